@@ -1,0 +1,609 @@
+//! Configuration: one TOML file, parsed into [`RawConfig`] (serde, unknown keys rejected), then
+//! validated into [`Config`] (durations parsed, `${VAR}` expanded, sinks defaulted). Validation
+//! does no IO beyond reading environment variables; clients are built by the pipeline afterwards.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::sinks::file::FileSinkConfig;
+use crate::sinks::otlp::OtlpSinkConfig;
+use crate::sinks::splunk_hec::HecSinkConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config file {path}: key `{key}`: {message}")]
+    Invalid { path: String, key: String, message: String },
+}
+
+/// A secret string (token, password): never shown by `Debug`, logs or `config check`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw, as written in the file.
+
+/// The config file, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub kafka: RawKafka,
+    #[serde(default)]
+    pub topics: RawTopics,
+    #[serde(default)]
+    pub decode: RawDecode,
+    #[serde(default)]
+    pub enrich: RawEnrich,
+    #[serde(default)]
+    pub rules: RawRules,
+    #[serde(default)]
+    pub window: RawWindow,
+    #[serde(default)]
+    pub sinks: RawSinks,
+    #[serde(default)]
+    pub server: RawServer,
+}
+
+/// `[kafka]`: the consumer (and the dead-letter producer, which shares these settings).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKafka {
+    /// Comma-separated `host:port` list. `${VAR}` expands.
+    pub bootstrap_servers: String,
+    /// Consumer group id. Follow the application prefix convention on shared clusters
+    /// (`Tech01-auditflow`). Default `auditflow`.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl` (Confluent Cloud).
+    pub security_protocol: Option<String>,
+    /// `PLAIN` (Confluent Cloud API keys, the default with SASL), `SCRAM-SHA-256`, `SCRAM-SHA-512`.
+    pub sasl_mechanism: Option<String>,
+    /// SASL user name: the Confluent Cloud API key. `${VAR}` expands.
+    pub sasl_username: Option<String>,
+    /// SASL password: the Confluent Cloud API secret. `${VAR}` expands; never logged.
+    pub sasl_password: Option<String>,
+    /// CA bundle to verify the brokers (PEM). Default: the system store.
+    pub ssl_ca_location: Option<String>,
+    /// Client certificate for mTLS (PEM).
+    pub ssl_certificate_location: Option<String>,
+    /// Client private key for mTLS (PEM).
+    pub ssl_key_location: Option<String>,
+    /// Password of the client key. `${VAR}` expands; never logged.
+    pub ssl_key_password: Option<String>,
+    /// Most records decoded as one batch. Default 2000.
+    #[serde(default = "default_batch_max_records")]
+    pub batch_max_records: usize,
+    /// Longest wait to fill a batch, e.g. `50ms`. Default `50ms`.
+    #[serde(default = "default_batch_linger")]
+    pub batch_linger: String,
+    /// Any librdkafka property, passed through verbatim (values expand `${VAR}`). These win over
+    /// the keys above.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_group_id() -> String {
+    "auditflow".into()
+}
+fn default_batch_max_records() -> usize {
+    2000
+}
+fn default_batch_linger() -> String {
+    "50ms".into()
+}
+
+/// `[topics]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTopics {
+    /// Topics holding Confluent audit events. Default `["confluent-audit-log-events"]`.
+    #[serde(default = "default_audit_topics")]
+    pub audit: Vec<String>,
+    /// Topics holding metric samples. Default `["confluent-metrics"]`.
+    #[serde(default = "default_metrics_topics")]
+    pub metrics: Vec<String>,
+    /// Where undecodable records go, unchanged, with error headers. Default `auditflow-dead-letter`.
+    #[serde(default = "default_dead_letter")]
+    pub dead_letter: String,
+    /// Optional topic that receives every alert as JSON.
+    pub alerts: Option<String>,
+}
+
+impl Default for RawTopics {
+    fn default() -> Self {
+        RawTopics {
+            audit: default_audit_topics(),
+            metrics: default_metrics_topics(),
+            dead_letter: default_dead_letter(),
+            alerts: None,
+        }
+    }
+}
+
+fn default_audit_topics() -> Vec<String> {
+    vec!["confluent-audit-log-events".into()]
+}
+fn default_metrics_topics() -> Vec<String> {
+    vec!["confluent-metrics".into()]
+}
+fn default_dead_letter() -> String {
+    "auditflow-dead-letter".into()
+}
+
+/// `[decode]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDecode {
+    /// Records larger than this go to the dead-letter topic. Default 1048576 (1 MiB).
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
+    /// Validate every audit event against the shipped JSON Schema. Default true.
+    #[serde(default = "default_true")]
+    pub validate_schema: bool,
+    /// Metric record encoding: `auto` (detected per record, default), `canonical`,
+    /// `metrics_api`, `otlp_proto` or `otlp_json`.
+    #[serde(default = "default_metrics_format")]
+    pub metrics_format: String,
+    /// Metric name for Metrics API response records that carry no `metric` header.
+    pub metrics_api_metric: Option<String>,
+    /// Cluster id for Metrics API response records that carry no `resource.kafka.id` header.
+    pub metrics_api_cluster_id: Option<String>,
+}
+
+impl Default for RawDecode {
+    fn default() -> Self {
+        RawDecode {
+            max_record_bytes: default_max_record_bytes(),
+            validate_schema: true,
+            metrics_format: default_metrics_format(),
+            metrics_api_metric: None,
+            metrics_api_cluster_id: None,
+        }
+    }
+}
+
+fn default_max_record_bytes() -> usize {
+    1 << 20
+}
+fn default_true() -> bool {
+    true
+}
+fn default_metrics_format() -> String {
+    "auto".into()
+}
+
+/// `[enrich]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnrich {
+    /// Namespace file (YAML, see `deploy/namespaces.example.yaml`). Optional.
+    pub namespaces: Option<PathBuf>,
+    /// How long an event id is remembered to drop duplicates, e.g. `1h`. Default `1h`.
+    #[serde(default = "default_dedupe_horizon")]
+    pub dedupe_horizon: String,
+    /// Most ids remembered; the oldest are forgotten first. Default 2000000.
+    #[serde(default = "default_dedupe_capacity")]
+    pub dedupe_capacity: usize,
+}
+
+impl Default for RawEnrich {
+    fn default() -> Self {
+        RawEnrich {
+            namespaces: None,
+            dedupe_horizon: default_dedupe_horizon(),
+            dedupe_capacity: default_dedupe_capacity(),
+        }
+    }
+}
+
+fn default_dedupe_horizon() -> String {
+    "1h".into()
+}
+fn default_dedupe_capacity() -> usize {
+    2_000_000
+}
+
+/// `[rules]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRules {
+    /// Directories of rule files (`*.yaml`, `*.test.yaml` excluded). Default `["rules"]`.
+    #[serde(default = "default_rule_dirs")]
+    pub dirs: Vec<PathBuf>,
+}
+
+impl Default for RawRules {
+    fn default() -> Self {
+        RawRules { dirs: default_rule_dirs() }
+    }
+}
+
+fn default_rule_dirs() -> Vec<PathBuf> {
+    vec![PathBuf::from("rules")]
+}
+
+/// `[window]`: the in-memory SQL window.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWindow {
+    /// How much event time the SQL tables keep, e.g. `1h`. Default `1h`.
+    #[serde(default = "default_retention")]
+    pub retention: String,
+}
+
+impl Default for RawWindow {
+    fn default() -> Self {
+        RawWindow { retention: default_retention() }
+    }
+}
+
+fn default_retention() -> String {
+    "1h".into()
+}
+
+/// `[sinks]`: every sink is optional; with none configured, the file sink writes
+/// `out/events.jsonl`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSinks {
+    pub splunk_hec: Option<HecSinkConfig>,
+    pub otlp: Option<OtlpSinkConfig>,
+    pub file: Option<FileSinkConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Address of the HTTP endpoints (`/v1/sql`, `/metrics`, `/healthz`, `/readyz`). Optional.
+    pub http_listen: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated.
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub topics: TopicsConfig,
+    pub decode: DecodeConfig,
+    pub enrich: EnrichConfig,
+    pub rule_dirs: Vec<PathBuf>,
+    pub window_retention: Duration,
+    pub sinks: SinksConfig,
+    pub http_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub group_id: String,
+    pub batch_max_records: usize,
+    pub batch_linger: Duration,
+    /// Every librdkafka property, secrets included (hence `Secret`): the pipeline hands these to
+    /// librdkafka and nowhere else.
+    pub client_properties: BTreeMap<String, Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TopicsConfig {
+    pub audit: Vec<String>,
+    pub metrics: Vec<String>,
+    pub dead_letter: String,
+    pub alerts: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DecodeConfig {
+    pub max_record_bytes: usize,
+    pub validate_schema: bool,
+    pub metrics_format: MetricsFormat,
+    pub metrics_api_metric: Option<String>,
+    pub metrics_api_cluster_id: Option<String>,
+}
+
+impl Default for DecodeConfig {
+    fn default() -> Self {
+        DecodeConfig {
+            max_record_bytes: default_max_record_bytes(),
+            validate_schema: true,
+            metrics_format: MetricsFormat::Auto,
+            metrics_api_metric: None,
+            metrics_api_cluster_id: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsFormat {
+    Auto,
+    Canonical,
+    MetricsApi,
+    OtlpProto,
+    OtlpJson,
+}
+
+#[derive(Debug, Clone)]
+pub struct EnrichConfig {
+    pub namespaces: Option<PathBuf>,
+    pub dedupe_horizon: Duration,
+    pub dedupe_capacity: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SinksConfig {
+    pub splunk_hec: Option<HecSinkConfig>,
+    pub otlp: Option<OtlpSinkConfig>,
+    pub file: Option<FileSinkConfig>,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        Config::validate(raw, origin)
+    }
+
+    /// Validates a raw config (no IO but environment variables).
+    pub fn validate(raw: RawConfig, origin: &str) -> Result<Config, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: origin.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let expand = |key: &str, value: &str| expand_env(value).map_err(|m| invalid(key, m));
+
+        let kafka = &raw.kafka;
+        let bootstrap = expand("kafka.bootstrap_servers", &kafka.bootstrap_servers)?;
+        if bootstrap.trim().is_empty() {
+            return Err(invalid("kafka.bootstrap_servers", "must name at least one broker".into()));
+        }
+        if kafka.group_id.trim().is_empty() {
+            return Err(invalid("kafka.group_id", "must not be empty".into()));
+        }
+        if kafka.batch_max_records == 0 {
+            return Err(invalid("kafka.batch_max_records", "must be at least 1".into()));
+        }
+        let mut props: BTreeMap<String, Secret> = BTreeMap::new();
+        props.insert("bootstrap.servers".into(), Secret::new(bootstrap));
+        props.insert("group.id".into(), Secret::new(kafka.group_id.clone()));
+        if let Some(p) = &kafka.security_protocol {
+            let p = p.to_ascii_lowercase();
+            if !["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"].contains(&p.as_str()) {
+                return Err(invalid(
+                    "kafka.security_protocol",
+                    format!("`{p}` is not one of plaintext, ssl, sasl_plaintext, sasl_ssl"),
+                ));
+            }
+            props.insert("security.protocol".into(), Secret::new(p));
+        }
+        if let Some(m) = &kafka.sasl_mechanism {
+            let m = m.to_ascii_uppercase();
+            if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&m.as_str()) {
+                return Err(invalid(
+                    "kafka.sasl_mechanism",
+                    format!("`{m}` is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"),
+                ));
+            }
+            props.insert("sasl.mechanisms".into(), Secret::new(m));
+        } else if kafka.sasl_username.is_some() {
+            props.insert("sasl.mechanisms".into(), Secret::new("PLAIN"));
+        }
+        let optional = [
+            ("kafka.sasl_username", "sasl.username", &kafka.sasl_username),
+            ("kafka.sasl_password", "sasl.password", &kafka.sasl_password),
+            ("kafka.ssl_ca_location", "ssl.ca.location", &kafka.ssl_ca_location),
+            ("kafka.ssl_certificate_location", "ssl.certificate.location", &kafka.ssl_certificate_location),
+            ("kafka.ssl_key_location", "ssl.key.location", &kafka.ssl_key_location),
+            ("kafka.ssl_key_password", "ssl.key.password", &kafka.ssl_key_password),
+        ];
+        for (key, property, value) in optional {
+            if let Some(v) = value {
+                props.insert(property.into(), Secret::new(expand(key, v)?));
+            }
+        }
+        if kafka.sasl_username.is_some() != kafka.sasl_password.is_some() {
+            return Err(invalid(
+                "kafka.sasl_password",
+                "sasl_username and sasl_password must be given together".into(),
+            ));
+        }
+        for (k, v) in &kafka.properties {
+            props.insert(k.clone(), Secret::new(expand(&format!("kafka.properties.{k}"), v)?));
+        }
+
+        let topics = &raw.topics;
+        if topics.audit.is_empty() && topics.metrics.is_empty() {
+            return Err(invalid("topics", "at least one audit or metrics topic is needed".into()));
+        }
+        if let Some(t) = topics.audit.iter().find(|t| topics.metrics.contains(t)) {
+            return Err(invalid("topics.metrics", format!("topic `{t}` is also an audit topic")));
+        }
+        if topics.dead_letter.is_empty() {
+            return Err(invalid("topics.dead_letter", "must not be empty".into()));
+        }
+
+        let metrics_format = match raw.decode.metrics_format.as_str() {
+            "auto" => MetricsFormat::Auto,
+            "canonical" => MetricsFormat::Canonical,
+            "metrics_api" => MetricsFormat::MetricsApi,
+            "otlp_proto" => MetricsFormat::OtlpProto,
+            "otlp_json" => MetricsFormat::OtlpJson,
+            other => {
+                return Err(invalid(
+                    "decode.metrics_format",
+                    format!("`{other}` is not one of auto, canonical, metrics_api, otlp_proto, otlp_json"),
+                ));
+            }
+        };
+
+        let mut sinks = SinksConfig {
+            splunk_hec: raw.sinks.splunk_hec.map(|s| s.validated(origin)).transpose()?,
+            otlp: raw.sinks.otlp.map(|s| s.validated(origin)).transpose()?,
+            file: raw.sinks.file,
+        };
+        if sinks.splunk_hec.is_none() && sinks.otlp.is_none() && sinks.file.is_none() {
+            sinks.file = Some(FileSinkConfig::default());
+        }
+
+        let http_listen = raw
+            .server
+            .http_listen
+            .as_deref()
+            .map(|a| a.parse().map_err(|e| invalid("server.http_listen", format!("`{a}`: {e}"))))
+            .transpose()?;
+
+        Ok(Config {
+            kafka: KafkaConfig {
+                group_id: kafka.group_id.clone(),
+                batch_max_records: kafka.batch_max_records,
+                batch_linger: duration(origin, "kafka.batch_linger", &kafka.batch_linger)?,
+                client_properties: props,
+            },
+            topics: TopicsConfig {
+                audit: topics.audit.clone(),
+                metrics: topics.metrics.clone(),
+                dead_letter: topics.dead_letter.clone(),
+                alerts: topics.alerts.clone(),
+            },
+            decode: DecodeConfig {
+                max_record_bytes: raw.decode.max_record_bytes,
+                validate_schema: raw.decode.validate_schema,
+                metrics_format,
+                metrics_api_metric: raw.decode.metrics_api_metric,
+                metrics_api_cluster_id: raw.decode.metrics_api_cluster_id,
+            },
+            enrich: EnrichConfig {
+                namespaces: raw.enrich.namespaces,
+                dedupe_horizon: duration(origin, "enrich.dedupe_horizon", &raw.enrich.dedupe_horizon)?,
+                dedupe_capacity: raw.enrich.dedupe_capacity,
+            },
+            rule_dirs: raw.rules.dirs,
+            window_retention: duration(origin, "window.retention", &raw.window.retention)?,
+            sinks,
+            http_listen,
+        })
+    }
+
+    /// The config with secrets masked, for `config check` output.
+    pub fn describe(&self) -> String {
+        format!("{self:#?}")
+    }
+}
+
+/// Parses a duration such as `50ms`, `30s`, `5m` or `1h`, naming the key on error.
+pub fn duration(origin: &str, key: &str, text: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(text).map_err(|e| ConfigError::Invalid {
+        path: origin.to_owned(),
+        key: key.to_owned(),
+        message: format!("`{text}` is not a duration (e.g. 30s, 5m, 1h): {e}"),
+    })
+}
+
+/// Expands `${VAR}` from the environment. A missing variable is an error naming it.
+pub fn expand_env(text: &str) -> Result<String, String> {
+    expand_vars(text, |name| std::env::var(name).ok())
+}
+
+/// Expands `${VAR}` through `lookup`.
+pub fn expand_vars(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| format!("unterminated `${{` in `{text}`"))?;
+        let name = &after[..end];
+        let value =
+            lookup(name).ok_or_else(|| format!("environment variable `{name}` is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\n";
+
+    #[test]
+    fn minimal_config_defaults_to_the_file_sink() {
+        let c = Config::parse(MINIMAL, "t.toml").unwrap();
+        assert!(c.sinks.file.is_some());
+        assert_eq!(c.topics.audit, vec!["confluent-audit-log-events"]);
+        assert_eq!(c.window_retention, Duration::from_secs(3600));
+        assert_eq!(c.kafka.client_properties["group.id"].expose(), "auditflow");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = "[kafka]\nbootstrap_servers = \"x:1\"\ngroup_idd = \"a\"\n";
+        let err = Config::parse(text, "bad.toml").unwrap_err().to_string();
+        assert!(err.contains("bad.toml"), "{err}");
+        assert!(err.contains("group_idd"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn env_expansion_and_missing_variable() {
+        let lookup = |name: &str| (name == "TOKEN").then(|| "s3cret".to_owned());
+        assert_eq!(expand_vars("a-${TOKEN}-b", lookup).unwrap(), "a-s3cret-b");
+        let err = expand_vars("${MISSING}", lookup).unwrap_err();
+        assert!(err.contains("MISSING"), "{err}");
+        assert!(expand_vars("${TOKEN", lookup).is_err());
+    }
+
+    #[test]
+    fn secrets_are_masked_in_describe() {
+        let text = format!(
+            "{MINIMAL}security_protocol = \"sasl_ssl\"\nsasl_username = \"KEY\"\nsasl_password = \"hunter2\"\n"
+        );
+        let c = Config::parse(&text, "t.toml").unwrap();
+        assert_eq!(c.kafka.client_properties["sasl.password"].expose(), "hunter2");
+        assert_eq!(c.kafka.client_properties["sasl.mechanisms"].expose(), "PLAIN");
+        assert!(!c.describe().contains("hunter2"));
+    }
+
+    #[test]
+    fn bad_duration_names_the_key() {
+        let text = format!("{MINIMAL}[window]\nretention = \"soon\"\n");
+        let err = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("window.retention"), "{err}");
+    }
+}

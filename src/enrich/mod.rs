@@ -1,0 +1,15 @@
+//! Enrichment: who owns what (namespace prefixes), duplicate removal, and the Splunk CIM fields.
+
+pub mod cim;
+pub mod dedupe;
+pub mod ownership;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrichError {
+    #[error("reading namespace file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("namespace file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("namespace file {path}: {message}")]
+    Invalid { path: String, message: String },
+}

@@ -1,0 +1,242 @@
+//! The `auditflow` command line.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use auditflow::config::Config;
+use auditflow::query::http::ARROW_STREAM;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+/// Kafka audit logs and metrics in; security alerts, Splunk HEC, OTLP and SQL out.
+#[derive(Parser)]
+#[command(name = "auditflow", version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline with a config file.
+    Run {
+        /// TOML config file (see deploy/).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Longest wait for sinks to drain on shutdown.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        drain_timeout: Duration,
+    },
+    /// Run everything in one process: in-process Kafka, generator, pipeline, SQL endpoint.
+    Demo {
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        duration: Option<u64>,
+        /// Address of the SQL and metrics endpoint.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        http_listen: SocketAddr,
+        /// File sink output.
+        #[arg(long, default_value = "out/demo-events.jsonl")]
+        output: PathBuf,
+        /// Audit events per second of normal traffic.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        /// Take the sinks (Splunk HEC, OTLP, file) from this config file instead.
+        #[arg(long)]
+        sinks_from: Option<PathBuf>,
+    },
+    /// Run a SQL query against a running auditflow.
+    Sql {
+        /// The query; `-` or nothing reads it from standard input.
+        query: Option<String>,
+        /// Base URL of the service.
+        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        url: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = SqlFormat::Table)]
+        format: SqlFormat,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Rule tools.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SqlFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file (secrets are masked in the output).
+    Check {
+        /// TOML config file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Validate every rule file under a directory (errors name file, line and field).
+    Check {
+        /// Rule directory.
+        dir: PathBuf,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AUDITFLOW_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), String> {
+    match command {
+        Command::Run { config, drain_timeout } => {
+            let config = Config::load(&config).map_err(|e| e.to_string())?;
+            let shutdown = CancellationToken::new();
+            let running = auditflow::pipeline::start(config, shutdown.clone()).await.map_err(|e| e.to_string())?;
+            tracing::info!(rules = running.num_rules, http = ?running.http_addr, "auditflow running");
+            let token = running.shutdown_token();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("shutdown requested");
+                token.cancel();
+            });
+            running.wait(drain_timeout).await.map_err(|e| e.to_string())
+        }
+        Command::Demo { duration, http_listen, output, rate, sinks_from } => {
+            let sinks_from = sinks_from.map(|p| Config::load(&p)).transpose().map_err(|e| e.to_string())?;
+            let options = auditflow::demo::DemoOptions {
+                duration: duration.map(Duration::from_secs),
+                http_listen,
+                output,
+                rate,
+                sinks_from,
+            };
+            auditflow::demo::run(options).await.map_err(|e| e.to_string())
+        }
+        Command::Sql { query, url, format } => sql(query, &url, format).await,
+        Command::Config { command: ConfigCommand::Check { file } } => {
+            let config = Config::load(&file).map_err(|e| e.to_string())?;
+            println!("{}: ok", file.display());
+            println!("{}", config.describe());
+            Ok(())
+        }
+        Command::Rules { command: RulesCommand::Check { dir } } => {
+            let rules = auditflow::rules::load_dirs(std::slice::from_ref(&dir)).map_err(|e| e.to_string())?;
+            for r in &rules {
+                println!("{:<28} {:<10} {:<8} {}", r.meta.id, r.kind.name(), r.meta.severity, r.meta.file.display());
+            }
+            println!("{}: {} rules ok", dir.display(), rules.len());
+            Ok(())
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn sql(query: Option<String>, url: &str, format: SqlFormat) -> Result<(), String> {
+    let query = match query.as_deref() {
+        Some("-") | None => {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text).map_err(|e| format!("reading the query from stdin: {e}"))?;
+            text
+        }
+        Some(q) => q.to_owned(),
+    };
+    let accept = match format {
+        SqlFormat::Table => ARROW_STREAM,
+        SqlFormat::Json => "application/json",
+        SqlFormat::Csv => "text/csv",
+    };
+    let endpoint = format!("{}/v1/sql", url.trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .post(&endpoint)
+        .header("Accept", accept)
+        .json(&serde_json::json!({ "sql": query }))
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach auditflow at {endpoint}: {e} (is `auditflow run` or `auditflow demo` running?)"))?;
+    let status = response.status();
+    let body = response.bytes().await.map_err(|e| format!("reading the answer from {endpoint}: {e}"))?;
+    if !status.is_success() {
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        return Err(format!("query failed ({status}): {message}"));
+    }
+    match format {
+        SqlFormat::Table => {
+            let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None)
+                .map_err(|e| format!("decoding the Arrow answer: {e}"))?;
+            let batches: Vec<_> = reader.collect::<Result<_, _>>().map_err(|e| format!("decoding the Arrow answer: {e}"))?;
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            let table = datafusion::arrow::util::pretty::pretty_format_batches(&batches).map_err(|e| e.to_string())?;
+            println!("{table}");
+            println!("({rows} row{})", if rows == 1 { "" } else { "s" });
+        }
+        SqlFormat::Json | SqlFormat::Csv => {
+            print!("{}", String::from_utf8_lossy(&body));
+            if !body.ends_with(b"\n") {
+                println!();
+            }
+        }
+    }
+    Ok(())
+}

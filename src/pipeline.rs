@@ -1,0 +1,356 @@
+//! Wires the stages: Kafka source -> decode -> dedupe -> enrich -> {rules, window, sinks} ->
+//! committer, with bounded channels between tasks, and shuts them down in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::producer::FutureRecord;
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::decode::DecodeError;
+use crate::decode::audit::AuditDecoder;
+use crate::decode::metrics::{MetricHeaders, MetricsDecoder};
+use crate::enrich::dedupe::Dedupe;
+use crate::enrich::ownership::Ownership;
+use crate::event::{Ack, Alert, Batch, Positions, now_us};
+use crate::query::engine::QueryEngine;
+use crate::query::tables;
+use crate::query::window::Window;
+use crate::rules::{self, RuleEngine, Source};
+use crate::sinks::SinkItem;
+use crate::sinks::otlp::OtlpSink;
+use crate::sinks::splunk_hec::sink::HecSink;
+use crate::source::dead_letter::{DeadLetters, Origin};
+use crate::source::kafka::{self, Pending};
+use crate::source::{Record, Stream};
+use crate::telemetry::{RuleLabel, StreamLabel, Telemetry};
+
+/// Batches queued per sink before the poll loop waits.
+const SINK_QUEUE: usize = 8;
+/// Batches awaiting acknowledgement before the poll loop waits.
+const COMMIT_QUEUE: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("{0}")]
+    Enrich(#[from] crate::enrich::EnrichError),
+    #[error("{0}")]
+    Rules(#[from] crate::rules::RulesError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("{0}")]
+    Sink(#[from] crate::sinks::SinkError),
+    #[error("http server on {addr}: {source}")]
+    Http { addr: SocketAddr, source: std::io::Error },
+    #[error("a pipeline task failed: {0}")]
+    Task(String),
+}
+
+/// Decode, dedupe, enrich, evaluate rules and fill the window, one batch at a time.
+pub struct Processor {
+    audit: AuditDecoder,
+    metrics: MetricsDecoder,
+    ownership: Ownership,
+    dedupe: Dedupe,
+    rules: RuleEngine,
+    window: Window,
+    telemetry: Telemetry,
+    alerts_tx: broadcast::Sender<Alert>,
+    seq: u64,
+}
+
+/// The outcome of processing a batch of records.
+pub struct Processed {
+    pub batch: Batch,
+    /// Records that could not be decoded, by index into the input, with why.
+    pub rejected: Vec<(usize, DecodeError)>,
+}
+
+impl Processor {
+    pub fn new(
+        config: &Config,
+        ownership: Ownership,
+        rules: RuleEngine,
+        window: Window,
+        telemetry: Telemetry,
+        alerts_tx: broadcast::Sender<Alert>,
+    ) -> Processor {
+        Processor {
+            audit: AuditDecoder::new(config.decode.validate_schema, config.decode.max_record_bytes),
+            metrics: MetricsDecoder::new(config.decode.clone()),
+            ownership,
+            dedupe: Dedupe::new(config.enrich.dedupe_horizon, config.enrich.dedupe_capacity),
+            rules,
+            window,
+            telemetry,
+            alerts_tx,
+            seq: 0,
+        }
+    }
+
+    pub fn process(&mut self, records: &[Record]) -> Processed {
+        let mut batch = Batch::default();
+        let mut rejected = Vec::new();
+        let now = now_us();
+        for (i, record) in records.iter().enumerate() {
+            self.telemetry.records_in.get_or_create(&StreamLabel { stream: record.stream.as_str() }).inc();
+            let payload = record.payload.as_deref().unwrap_or_default();
+            match record.stream {
+                Stream::Audit => match self.audit.decode(payload) {
+                    Ok(mut row) => {
+                        if self.dedupe.insert(&row.id, now) {
+                            self.ownership.enrich_audit(&mut row);
+                            batch.audit.push(row);
+                        } else {
+                            self.telemetry.duplicates.inc();
+                        }
+                    }
+                    Err(e) => rejected.push((i, e)),
+                },
+                Stream::Metrics => {
+                    let headers = MetricHeaders {
+                        content_type: record.header("content-type").map(str::to_owned),
+                        metric: record.header("metric").map(str::to_owned),
+                        cluster_id: record.header("resource.kafka.id").map(str::to_owned),
+                    };
+                    match self.metrics.decode(payload, &headers) {
+                        Ok(samples) => {
+                            for mut s in samples {
+                                self.ownership.enrich_metric(&mut s);
+                                batch.metrics.push(s);
+                            }
+                        }
+                        Err(e) => rejected.push((i, e)),
+                    }
+                }
+            }
+        }
+        self.telemetry.rows_decoded.get_or_create(&StreamLabel { stream: "audit" }).inc_by(batch.audit.len() as u64);
+        self.telemetry.rows_decoded.get_or_create(&StreamLabel { stream: "metrics" }).inc_by(batch.metrics.len() as u64);
+
+        let mut alerts = Vec::new();
+        if !batch.audit.is_empty() {
+            let arrow = tables::audit_batch(&batch.audit);
+            let (mut raised, micros) = self.rules.evaluate(Source::Audit, &arrow);
+            self.telemetry.rule_eval_micros.inc_by(micros);
+            alerts.append(&mut raised);
+            let newest = batch.audit.iter().map(|r| r.time_us).max().unwrap_or(now);
+            self.window.audit.append(arrow, newest);
+        }
+        if !batch.metrics.is_empty() {
+            let arrow = tables::metrics_batch(&batch.metrics);
+            let (mut raised, micros) = self.rules.evaluate(Source::Metrics, &arrow);
+            self.telemetry.rule_eval_micros.inc_by(micros);
+            alerts.append(&mut raised);
+            let newest = batch.metrics.iter().map(|m| m.time_us).max().unwrap_or(now);
+            self.window.metrics.append(arrow, newest);
+        }
+        if !alerts.is_empty() {
+            let arrow = tables::alerts_batch(&alerts);
+            // Rules over alerts see first-order alerts only, so they cannot feed themselves.
+            let (mut raised, _) = self.rules.evaluate(Source::Alerts, &arrow);
+            let arrow = if raised.is_empty() {
+                arrow
+            } else {
+                alerts.append(&mut raised);
+                tables::alerts_batch(&alerts)
+            };
+            let newest = alerts.iter().map(|a| a.time_us).max().unwrap_or(now);
+            self.window.alerts.append(arrow, newest);
+            for a in &alerts {
+                self.telemetry.alerts.get_or_create(&RuleLabel { rule: a.rule_id.clone() }).inc();
+                let _ = self.alerts_tx.send(a.clone());
+            }
+        }
+        batch.alerts = alerts;
+        self.seq += 1;
+        batch.seq = self.seq;
+        Processed { batch, rejected }
+    }
+
+    pub fn rules(&self) -> &RuleEngine {
+        &self.rules
+    }
+}
+
+/// Hands batches to the sinks and the committer.
+struct Dispatcher {
+    sinks: Vec<mpsc::Sender<SinkItem>>,
+    committer: mpsc::Sender<Pending>,
+}
+
+impl Dispatcher {
+    async fn dispatch(&self, batch: Batch, positions: Positions) -> Result<(), PipelineError> {
+        let closed = || PipelineError::Task("a sink or the committer stopped".into());
+        let mut acks = Vec::new();
+        if !batch.is_empty() {
+            let batch = Arc::new(batch);
+            for sink in &self.sinks {
+                let (ack, rx) = Ack::new();
+                sink.send(SinkItem { batch: batch.clone(), ack }).await.map_err(|_| closed())?;
+                acks.push(rx);
+            }
+        }
+        self.committer.send(Pending { positions, acks }).await.map_err(|_| closed())
+    }
+}
+
+/// A running pipeline and the handles to look inside it.
+pub struct RunningPipeline {
+    pub query: QueryEngine,
+    pub window: Window,
+    pub telemetry: Telemetry,
+    pub alerts: broadcast::Sender<Alert>,
+    pub http_addr: Option<SocketAddr>,
+    pub num_rules: usize,
+    shutdown: CancellationToken,
+    source: JoinHandle<Result<(), PipelineError>>,
+    drain: Vec<JoinHandle<()>>,
+    consumer: Arc<kafka::KafkaConsumer>,
+}
+
+impl RunningPipeline {
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits for the pipeline to stop (after the shutdown token is cancelled, or on a fatal
+    /// error), drains the sinks within `drain_timeout`, and commits what was delivered.
+    pub async fn wait(self, drain_timeout: Duration) -> Result<(), PipelineError> {
+        let result = match self.source.await {
+            Ok(r) => r,
+            Err(e) => Err(PipelineError::Task(e.to_string())),
+        };
+        let drained = tokio::time::timeout(drain_timeout, futures::future::join_all(self.drain)).await;
+        if drained.is_err() {
+            tracing::warn!(?drain_timeout, "sinks did not drain in time; undelivered records will be re-read on restart");
+        }
+        let consumer = self.consumer.clone();
+        tokio::task::spawn_blocking(move || kafka::commit_now(&consumer)).await.ok();
+        self.shutdown.cancel();
+        result
+    }
+}
+
+/// Starts every stage. Fails fast on a bad rule file, namespace file or client setting.
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<RunningPipeline, PipelineError> {
+    let ownership = match &config.enrich.namespaces {
+        Some(path) => Ownership::load(path)?,
+        None => Ownership::default(),
+    };
+    let rules = rules::load_dirs(&config.rule_dirs)?;
+    let num_rules = rules.len();
+    let telemetry = Telemetry::new();
+    let window = Window::new(config.window_retention);
+    let query = QueryEngine::new(&window);
+    let (alerts_tx, _) = broadcast::channel(1024);
+
+    let consumer = Arc::new(kafka::consumer(&config)?);
+    let dead_letters = DeadLetters::new(&config.kafka.client_properties, &config.topics.dead_letter, telemetry.clone())?;
+
+    // Sinks.
+    let mut sinks = Vec::new();
+    let mut drain = Vec::new();
+    if let Some(hec) = config.sinks.splunk_hec.clone() {
+        let (tx, rx) = mpsc::channel(SINK_QUEUE);
+        let sink = HecSink::new(hec, dead_letters.clone(), telemetry.clone())?;
+        drain.push(tokio::spawn(sink.run(rx)));
+        sinks.push(tx);
+    }
+    if let Some(otlp) = config.sinks.otlp.clone() {
+        let (tx, rx) = mpsc::channel(SINK_QUEUE);
+        let sink = OtlpSink::new(otlp, dead_letters.clone(), telemetry.clone())?;
+        drain.push(tokio::spawn(sink.run(rx)));
+        sinks.push(tx);
+    }
+    if let Some(file) = config.sinks.file.clone() {
+        let (tx, rx) = mpsc::channel(SINK_QUEUE);
+        let t = telemetry.clone();
+        drain.push(tokio::spawn(async move {
+            if let Err(e) = crate::sinks::file::run(file, rx, t).await {
+                tracing::error!(error = %e, "file sink stopped");
+            }
+        }));
+        sinks.push(tx);
+    }
+
+    let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
+    drain.push(tokio::spawn(kafka::run_committer(consumer.clone(), commit_rx, telemetry.clone())));
+    let dispatcher = Dispatcher { sinks, committer: commit_tx };
+
+    let http_addr = match config.http_listen {
+        Some(addr) => Some(
+            crate::query::http::serve(addr, query.clone(), telemetry.clone(), window.clone(), shutdown.clone())
+                .await
+                .map_err(|source| PipelineError::Http { addr, source })?,
+        ),
+        None => None,
+    };
+
+    let processor = Processor::new(&config, ownership, RuleEngine::new(rules), window.clone(), telemetry.clone(), alerts_tx.clone());
+    let source = tokio::spawn(run_source(
+        config,
+        consumer.clone(),
+        processor,
+        dead_letters,
+        dispatcher,
+        shutdown.clone(),
+    ));
+    Ok(RunningPipeline {
+        query,
+        window,
+        telemetry,
+        alerts: alerts_tx,
+        http_addr,
+        num_rules,
+        shutdown,
+        source,
+        drain,
+        consumer,
+    })
+}
+
+async fn run_source(
+    config: Config,
+    consumer: Arc<kafka::KafkaConsumer>,
+    mut processor: Processor,
+    dead_letters: DeadLetters,
+    dispatcher: Dispatcher,
+    shutdown: CancellationToken,
+) -> Result<(), PipelineError> {
+    let max = config.kafka.batch_max_records;
+    let linger = config.kafka.batch_linger;
+    while let Some(records) = kafka::poll_batch(&consumer, &config.topics, max, linger, &shutdown).await {
+        let mut positions = Positions::default();
+        for r in &records {
+            positions.record(&r.topic, r.partition, r.offset, r.timestamp_ms);
+        }
+        let processed = processor.process(&records);
+        // Dead letters first: the batch's offsets must not be stored before they are in Kafka.
+        let parked = processed.rejected.iter().map(|(i, error)| {
+            let r = &records[*i];
+            tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, class = error.class(), error = %error, "sent to dead-letter topic");
+            let origin = Origin { topic: &r.topic, partition: r.partition, offset: r.offset, key: r.key.as_deref() };
+            let message = error.to_string();
+            let dl = &dead_letters;
+            async move { dl.send_until_done(r.payload.as_deref().unwrap_or_default(), error.class(), &message, Some(origin)).await }
+        });
+        futures::future::join_all(parked).await;
+        if let Some(topic) = &config.topics.alerts {
+            for alert in &processed.batch.alerts {
+                let body = crate::sinks::alert_json(alert).to_string();
+                let record: FutureRecord<'_, str, str> = FutureRecord::to(topic).key(alert.id.as_str()).payload(body.as_str());
+                if let Err((e, _)) = dead_letters.producer().send(record, Duration::from_secs(5)).await {
+                    tracing::warn!(%topic, error = %e, "could not publish an alert to the alerts topic");
+                }
+            }
+        }
+        dispatcher.dispatch(processed.batch, positions).await?;
+    }
+    tracing::info!("stopped fetching; draining");
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! Runs every rule on every batch and keeps per-source event-time watermarks.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::util::display::array_value_to_string;
+
+use super::{Rule, RuleKind, Source};
+use crate::event::Alert;
+
+/// Read access to the rows of one batch, as rules need them.
+pub struct BatchView<'a> {
+    pub batch: &'a RecordBatch,
+    time: &'a TimestampMicrosecondArray,
+    id: Option<&'a StringArray>,
+    strings: BTreeMap<String, ArrayRef>,
+}
+
+impl<'a> BatchView<'a> {
+    pub fn new(batch: &'a RecordBatch) -> BatchView<'a> {
+        let time = batch
+            .column_by_name("time")
+            .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+            .expect("every table has a microsecond `time` column");
+        let id = batch.column_by_name("id").and_then(|c| c.as_any().downcast_ref::<StringArray>());
+        BatchView { batch, time, id, strings: BTreeMap::new() }
+    }
+
+    pub fn time(&self, row: usize) -> i64 {
+        self.time.value(row)
+    }
+
+    pub fn id(&self, row: usize) -> Option<String> {
+        self.id.map(|a| a.value(row).to_owned())
+    }
+
+    pub fn max_time(&self) -> Option<i64> {
+        datafusion::arrow::compute::max(self.time)
+    }
+
+    /// The value of `column` at `row` as text (NULL as the empty string).
+    pub fn text(&mut self, column: &str, row: usize) -> String {
+        if !self.strings.contains_key(column) {
+            let array = self.batch.column_by_name(column).expect("columns are validated at load");
+            let utf8 = cast(array, &DataType::Utf8).unwrap_or_else(|_| array.clone());
+            self.strings.insert(column.to_owned(), utf8);
+        }
+        let array = &self.strings[column];
+        if array.is_null(row) {
+            return String::new();
+        }
+        match array.as_any().downcast_ref::<StringArray>() {
+            Some(s) => s.value(row).to_owned(),
+            None => array_value_to_string(array, row).unwrap_or_default(),
+        }
+    }
+
+    /// Every column of `row` but `raw`, for alert templates.
+    pub fn row_context(&mut self, row: usize) -> BTreeMap<String, String> {
+        let names: Vec<String> = self.batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+        names
+            .into_iter()
+            .filter(|n| n != "raw")
+            .map(|n| {
+                let v = self.text(&n, row);
+                (n, v)
+            })
+            .collect()
+    }
+
+    pub fn key(&mut self, columns: &[String], row: usize) -> Vec<String> {
+        columns.iter().map(|c| self.text(c, row)).collect()
+    }
+}
+
+/// Labels of a series: group-by column names to the key's values.
+pub fn labels_of(columns: &[String], key: &[String]) -> BTreeMap<String, String> {
+    columns.iter().cloned().zip(key.iter().cloned()).collect()
+}
+
+/// Every loaded rule with its state.
+pub struct RuleEngine {
+    rules: Vec<Rule>,
+    watermarks: [i64; 3],
+}
+
+impl RuleEngine {
+    pub fn new(rules: Vec<Rule>) -> RuleEngine {
+        RuleEngine { rules, watermarks: [i64::MIN; 3] }
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Evaluates the rules reading `source` on `batch`; returns the alerts raised, and the
+    /// microseconds spent.
+    pub fn evaluate(&mut self, source: Source, batch: &RecordBatch) -> (Vec<Alert>, u64) {
+        let started = Instant::now();
+        let mut alerts = Vec::new();
+        if batch.num_rows() == 0 {
+            return (alerts, 0);
+        }
+        let mut view = BatchView::new(batch);
+        let slot = source as usize;
+        if let Some(max) = view.max_time() {
+            self.watermarks[slot] = self.watermarks[slot].max(max);
+        }
+        let now = self.watermarks[slot];
+        for rule in self.rules.iter_mut().filter(|r| r.meta.source == source) {
+            let result = match &mut rule.kind {
+                RuleKind::Match(m) => m.evaluate(&rule.meta, &mut view, now),
+                RuleKind::Count(c) => c.evaluate(&rule.meta, &mut view, now),
+                RuleKind::Threshold(t) => t.evaluate(&rule.meta, &mut view, now),
+            };
+            match result {
+                Ok(mut raised) => alerts.append(&mut raised),
+                Err(e) => tracing::warn!(rule = %rule.meta.id, error = %e, "rule evaluation failed for a batch"),
+            }
+        }
+        (alerts, started.elapsed().as_micros() as u64)
+    }
+
+    /// Total series shed by all rules because of `max_series`.
+    pub fn num_series_shed(&self) -> u64 {
+        self.rules
+            .iter()
+            .map(|r| match &r.kind {
+                RuleKind::Count(c) => c.num_shed(),
+                RuleKind::Threshold(t) => t.num_shed(),
+                RuleKind::Match(_) => 0,
+            })
+            .sum()
+    }
+}
+
+/// Shared handle used by the pipeline.
+pub type SharedRuleEngine = Arc<std::sync::Mutex<RuleEngine>>;

@@ -1,0 +1,47 @@
+//! `match`: an alert for each event matching `where` (repeats per group key suppressed for
+//! `repeat_interval`; without `group_by` every event is its own alert).
+
+use super::RuleMeta;
+use super::alert::{Lifecycle, Observation};
+use super::engine::{BatchView, labels_of};
+use super::predicate::Predicate;
+use crate::event::Alert;
+
+pub struct MatchRule {
+    predicate: Predicate,
+    group_by: Vec<String>,
+    lifecycle: Lifecycle,
+}
+
+impl MatchRule {
+    pub fn new(predicate: Predicate, group_by: Vec<String>) -> MatchRule {
+        MatchRule { predicate, group_by, lifecycle: Lifecycle::default() }
+    }
+
+    pub fn evaluate(&mut self, meta: &RuleMeta, view: &mut BatchView<'_>, now: i64) -> Result<Vec<Alert>, String> {
+        let mask = self.predicate.evaluate(view.batch)?;
+        let mut alerts = Vec::new();
+        for row in (0..mask.len()).filter(|&i| mask.value(i)) {
+            let id = view.id(row);
+            let key = if self.group_by.is_empty() {
+                vec![id.clone().unwrap_or_default()]
+            } else {
+                view.key(&self.group_by, row)
+            };
+            let labels = if self.group_by.is_empty() { Default::default() } else { labels_of(&self.group_by, &key) };
+            let obs = Observation {
+                key: &key,
+                labels,
+                value: 1.0,
+                threshold: None,
+                evidence: id.into_iter().collect(),
+                context: view.row_context(row),
+            };
+            let at = view.time(row);
+            alerts.extend(self.lifecycle.firing(meta, obs, at));
+        }
+        // Match alerts do not resolve; forget them once they can no longer suppress a repeat.
+        self.lifecycle.forget_before(now - meta.repeat_interval_us);
+        Ok(alerts)
+    }
+}

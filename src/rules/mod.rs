@@ -1,0 +1,421 @@
+//! Detection rules (PRODUCT 2): YAML files under `rules/` and the directories the config names,
+//! loaded and validated into a closed set of kinds, then evaluated on every Arrow batch.
+//!
+//! Loading is strict: a wrong key, an unknown column in `where:` or `group_by:`, a predicate that
+//! is not boolean, or a bad duration is an error naming the file, the line and the field.
+//! Windows run on event time; state per rule is capped (`max_series`).
+
+pub mod alert;
+pub mod count;
+pub mod engine;
+pub mod match_rule;
+pub mod predicate;
+pub mod threshold;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::execution::context::SessionContext;
+use serde::Deserialize;
+
+use crate::query::tables::{ALERTS_SCHEMA, AUDIT_SCHEMA, METRICS_SCHEMA};
+use count::CountRule;
+use match_rule::MatchRule;
+use predicate::Predicate;
+use threshold::{Aggregate, Comparison, ThresholdRule};
+
+pub use engine::RuleEngine;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error("reading rules {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}:{line}: rule `{rule}`: field `{field}`: {message}")]
+    Invalid { path: PathBuf, line: usize, rule: String, field: String, message: String },
+    #[error("rule id `{id}` is defined twice: {first} and {second}")]
+    DuplicateId { id: String, first: PathBuf, second: PathBuf },
+}
+
+/// Which table a rule reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Audit,
+    Metrics,
+    Alerts,
+}
+
+impl Source {
+    pub fn schema(self) -> &'static SchemaRef {
+        match self {
+            Source::Audit => &AUDIT_SCHEMA,
+            Source::Metrics => &METRICS_SCHEMA,
+            Source::Alerts => &ALERTS_SCHEMA,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw, as written.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuleFile {
+    groups: Vec<RawGroup>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    name: String,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+}
+
+/// One rule as written. Kind-specific fields are checked in `validate`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    /// Unique, stable id: alerts and tests refer to it.
+    id: String,
+    /// `match`, `count` or `threshold`.
+    kind: String,
+    /// `audit` (default), `metrics` or `alerts`.
+    #[serde(default)]
+    source: Option<String>,
+    /// SQL boolean expression over the source table's columns.
+    #[serde(rename = "where", default)]
+    where_: Option<String>,
+    /// Columns whose values key a series (Sigma: `group-by`).
+    #[serde(default, alias = "group-by")]
+    group_by: Vec<String>,
+    /// Sliding window on event time (Sigma: `timespan`).
+    #[serde(default, alias = "timespan")]
+    window: Option<String>,
+    /// `count`: fire when the count reaches this.
+    #[serde(default)]
+    threshold: Option<f64>,
+    /// `count`: count distinct values of this column instead of events.
+    #[serde(default)]
+    distinct: Option<String>,
+    /// `threshold`: the metric name.
+    #[serde(default)]
+    metric: Option<String>,
+    /// `threshold`: sum (default), avg, max, min, rate (per second), last.
+    #[serde(default)]
+    aggregate: Option<String>,
+    /// `threshold`: `>` (default), `>=`, `<`, `<=`.
+    #[serde(default)]
+    op: Option<String>,
+    /// `threshold`: the value compared with.
+    #[serde(default)]
+    value: Option<f64>,
+    /// `threshold`: how long the condition must hold before firing. Default 0s.
+    #[serde(rename = "for", default)]
+    for_: Option<String>,
+    /// info, low, medium, high or critical.
+    severity: String,
+    /// Template: `{{ label }}`, `{{ value }}`, `{{ threshold }}`, and (match) any column.
+    summary: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    runbook: Option<String>,
+    /// Repeats of a firing alert are suppressed this long. Default 1h.
+    #[serde(default)]
+    repeat_interval: Option<String>,
+    /// Extra labels every alert of the rule carries.
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    /// Most series tracked; new series past it are shed and counted. Default 100000.
+    #[serde(default)]
+    max_series: Option<usize>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated.
+
+/// What every rule has, whatever its kind.
+#[derive(Debug, Clone)]
+pub struct RuleMeta {
+    pub id: String,
+    pub group: String,
+    pub source: Source,
+    pub severity: String,
+    pub summary: String,
+    pub description: Option<String>,
+    pub runbook: Option<String>,
+    pub repeat_interval_us: i64,
+    pub labels: BTreeMap<String, String>,
+    pub file: PathBuf,
+}
+
+static TEMPLATES: LazyLock<minijinja::Environment<'static>> = LazyLock::new(minijinja::Environment::new);
+
+impl RuleMeta {
+    pub fn render(&self, template: &str, ctx: &BTreeMap<String, minijinja::Value>) -> String {
+        TEMPLATES
+            .render_str(template, ctx)
+            .unwrap_or_else(|e| format!("{template} (template error: {e})"))
+    }
+}
+
+/// A rule: its metadata and its kind-specific logic and state.
+pub struct Rule {
+    pub meta: RuleMeta,
+    pub kind: RuleKind,
+}
+
+/// The closed set of rule kinds; one file each.
+pub enum RuleKind {
+    Match(MatchRule),
+    Count(CountRule),
+    Threshold(ThresholdRule),
+}
+
+impl RuleKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            RuleKind::Match(_) => "match",
+            RuleKind::Count(_) => "count",
+            RuleKind::Threshold(_) => "threshold",
+        }
+    }
+}
+
+/// Rule files in `dir`: `*.yaml`/`*.yml`, except `*.test.yaml`, sorted by name.
+pub fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, RulesError> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d).map_err(|source| RulesError::Read { path: d.clone(), source })?;
+        for entry in entries {
+            let path = entry.map_err(|source| RulesError::Read { path: d.clone(), source })?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if path.is_dir() {
+                stack.push(path);
+            } else if (name.ends_with(".yaml") || name.ends_with(".yml"))
+                && !name.ends_with(".test.yaml")
+                && !name.ends_with(".test.yml")
+            {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Loads and validates every rule under `dirs`.
+pub fn load_dirs(dirs: &[PathBuf]) -> Result<Vec<Rule>, RulesError> {
+    let ctx = SessionContext::new();
+    let mut rules: Vec<Rule> = Vec::new();
+    for dir in dirs {
+        for file in rule_files(dir)? {
+            for rule in load_file(&ctx, &file)? {
+                if let Some(first) = rules.iter().find(|r| r.meta.id == rule.meta.id) {
+                    return Err(RulesError::DuplicateId {
+                        id: rule.meta.id.clone(),
+                        first: first.meta.file.clone(),
+                        second: file.clone(),
+                    });
+                }
+                rules.push(rule);
+            }
+        }
+    }
+    Ok(rules)
+}
+
+/// Loads one rule file.
+pub fn load_file(ctx: &SessionContext, path: &Path) -> Result<Vec<Rule>, RulesError> {
+    let text = std::fs::read_to_string(path).map_err(|source| RulesError::Read { path: path.to_owned(), source })?;
+    parse_rules(ctx, &text, path)
+}
+
+/// Parses and validates rule text; `path` names it in errors.
+pub fn parse_rules(ctx: &SessionContext, text: &str, path: &Path) -> Result<Vec<Rule>, RulesError> {
+    let raw: RawRuleFile = serde_yaml::from_str(text)
+        .map_err(|e| RulesError::Parse { path: path.to_owned(), message: e.to_string() })?;
+    let mut out = Vec::new();
+    for group in raw.groups {
+        for rule in group.rules {
+            out.push(validate(ctx, rule, &group.name, text, path)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The line of `field:` inside the rule `id` (1-based), or the rule's own line.
+fn line_of(text: &str, id: &str, field: &str) -> usize {
+    let lines: Vec<&str> = text.lines().collect();
+    let is_id = |l: &str| {
+        let t = l.trim_start().trim_start_matches("- ").trim();
+        t.strip_prefix("id:").is_some_and(|v| v.trim().trim_matches(|c| c == '"' || c == '\'') == id)
+    };
+    let Some(start) = lines.iter().position(|l| is_id(l)) else { return 1 };
+    let key = format!("{field}:");
+    for (i, l) in lines.iter().enumerate().skip(start) {
+        if i > start && l.trim_start().starts_with("- id:") {
+            break;
+        }
+        if l.trim_start().trim_start_matches("- ").starts_with(&key) {
+            return i + 1;
+        }
+    }
+    start + 1
+}
+
+fn validate(ctx: &SessionContext, r: RawRule, group: &str, text: &str, path: &Path) -> Result<Rule, RulesError> {
+    let err = |field: &str, message: String| RulesError::Invalid {
+        path: path.to_owned(),
+        line: line_of(text, &r.id, field),
+        rule: r.id.clone(),
+        field: field.to_owned(),
+        message,
+    };
+    if r.id.is_empty() || !r.id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_') {
+        return Err(err("id", "must be non-empty lowercase letters, digits, `-` or `_`".into()));
+    }
+    let source = match r.source.as_deref().unwrap_or(if r.kind == "threshold" { "metrics" } else { "audit" }) {
+        "audit" => Source::Audit,
+        "metrics" => Source::Metrics,
+        "alerts" => Source::Alerts,
+        other => return Err(err("source", format!("`{other}` is not one of audit, metrics, alerts"))),
+    };
+    if !["info", "low", "medium", "high", "critical"].contains(&r.severity.as_str()) {
+        return Err(err("severity", format!("`{}` is not one of info, low, medium, high, critical", r.severity)));
+    }
+    for (field, template) in [("summary", Some(&r.summary)), ("description", r.description.as_ref())] {
+        if let Some(t) = template
+            && let Err(e) = TEMPLATES.template_from_str(t)
+        {
+            return Err(err(field, format!("bad template: {e}")));
+        }
+    }
+    let dur = |field: &str, v: &Option<String>| -> Result<Option<i64>, RulesError> {
+        v.as_deref()
+            .map(|t| {
+                humantime::parse_duration(t)
+                    .map(|d| d.as_micros() as i64)
+                    .map_err(|e| err(field, format!("`{t}` is not a duration (e.g. 30s, 5m, 1h): {e}")))
+            })
+            .transpose()
+    };
+    let repeat_interval_us = dur("repeat_interval", &r.repeat_interval)?.unwrap_or(3_600_000_000);
+    let window_us = dur("window", &r.window)?;
+    let schema = source.schema();
+    for column in r.group_by.iter().chain(r.distinct.iter()) {
+        if schema.field_with_name(column).is_err() {
+            let field = if r.distinct.as_ref() == Some(column) { "distinct" } else { "group_by" };
+            return Err(err(field, format!("unknown column `{column}`")));
+        }
+    }
+    let predicate = |sql: &str| Predicate::compile(ctx, sql, schema).map_err(|m| err("where", m));
+    let max_series = r.max_series.unwrap_or(100_000);
+
+    let kind = match r.kind.as_str() {
+        "match" => {
+            let sql = r.where_.as_deref().ok_or_else(|| err("where", "a match rule needs `where`".into()))?;
+            RuleKind::Match(MatchRule::new(predicate(sql)?, r.group_by.clone()))
+        }
+        "count" => {
+            let window_us = window_us.ok_or_else(|| err("window", "a count rule needs `window`".into()))?;
+            let threshold = r.threshold.ok_or_else(|| err("threshold", "a count rule needs `threshold`".into()))?;
+            let sql = r.where_.as_deref().unwrap_or("true");
+            RuleKind::Count(CountRule::new(
+                predicate(sql)?,
+                r.group_by.clone(),
+                r.distinct.clone(),
+                window_us,
+                threshold,
+                max_series,
+            ))
+        }
+        "threshold" => {
+            if source != Source::Metrics {
+                return Err(err("source", "a threshold rule reads `metrics`".into()));
+            }
+            let metric = r.metric.as_deref().ok_or_else(|| err("metric", "a threshold rule needs `metric`".into()))?;
+            let window_us = window_us.ok_or_else(|| err("window", "a threshold rule needs `window`".into()))?;
+            let value = r.value.ok_or_else(|| err("value", "a threshold rule needs `value`".into()))?;
+            let aggregate = Aggregate::parse(r.aggregate.as_deref().unwrap_or("sum")).map_err(|m| err("aggregate", m))?;
+            let comparison = Comparison::parse(r.op.as_deref().unwrap_or(">")).map_err(|m| err("op", m))?;
+            let for_us = dur("for", &r.for_)?.unwrap_or(0);
+            let escaped = metric.replace('\'', "''");
+            let sql = match &r.where_ {
+                Some(w) => format!("name = '{escaped}' AND ({w})"),
+                None => format!("name = '{escaped}'"),
+            };
+            RuleKind::Threshold(ThresholdRule::new(
+                predicate(&sql)?,
+                r.group_by.clone(),
+                window_us,
+                aggregate,
+                comparison,
+                value,
+                for_us,
+                max_series,
+            ))
+        }
+        other => return Err(err("kind", format!("`{other}` is not one of match, count, threshold"))),
+    };
+    Ok(Rule {
+        meta: RuleMeta {
+            id: r.id.clone(),
+            group: group.to_owned(),
+            source,
+            severity: r.severity.clone(),
+            summary: r.summary.clone(),
+            description: r.description.clone(),
+            runbook: r.runbook.clone(),
+            repeat_interval_us,
+            labels: r.labels.clone(),
+            file: path.to_owned(),
+        },
+        kind,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Vec<Rule>, RulesError> {
+        parse_rules(&SessionContext::new(), text, Path::new("rules/x.yaml"))
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let text = "groups:\n  - name: g\n    rules:\n      - id: r1\n        kind: count\n        where: \"nope = 1\"\n        window: 5m\n        threshold: 3\n        severity: high\n        summary: s\n";
+        let e = parse(text).err().unwrap().to_string();
+        assert!(e.contains("rules/x.yaml:6") && e.contains("`where`") && e.contains("nope"), "{e}");
+
+        let text = "groups:\n  - name: g\n    rules:\n      - id: r1\n        kind: count\n        window: 5m\n        threshold: 3\n        group_by: [principle]\n        severity: high\n        summary: s\n";
+        let e = parse(text).err().unwrap().to_string();
+        assert!(e.contains(":8:") && e.contains("principle"), "{e}");
+
+        let text = "groups:\n  - name: g\n    rules:\n      - id: r1\n        kind: match\n        wher: \"true\"\n";
+        let e = parse(text).err().unwrap().to_string();
+        assert!(e.contains("wher") && e.contains("line 6"), "{e}");
+    }
+
+    #[test]
+    fn sigma_spellings_are_accepted() {
+        let text = "groups:\n  - name: g\n    rules:\n      - id: r1\n        kind: count\n        group-by: [principal]\n        timespan: 5m\n        threshold: 3\n        severity: high\n        summary: s\n";
+        let rules = parse(text).unwrap();
+        assert_eq!(rules[0].kind.name(), "count");
+    }
+
+    #[test]
+    fn the_shipped_pack_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+        let rules = load_dirs(&[dir]).unwrap();
+        for id in ["auth-failure-burst", "cross-namespace-denied", "egress-bytes-high"] {
+            assert!(rules.iter().any(|r| r.meta.id == id), "missing {id}");
+        }
+    }
+}

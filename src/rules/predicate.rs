@@ -1,0 +1,91 @@
+//! Rule predicates: SQL boolean expressions over the table columns, compiled once with
+//! DataFusion into a physical expression and evaluated on each Arrow batch.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, BooleanArray, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::DFSchema;
+use datafusion::execution::context::SessionContext;
+use datafusion::physical_expr::PhysicalExpr;
+
+/// A compiled `where:`.
+#[derive(Debug, Clone)]
+pub struct Predicate {
+    pub text: String,
+    expr: Arc<dyn PhysicalExpr>,
+}
+
+impl Predicate {
+    /// Compiles `sql` against `schema`. Errors name the unknown column or the type problem.
+    pub fn compile(ctx: &SessionContext, sql: &str, schema: &SchemaRef) -> Result<Predicate, String> {
+        let df_schema = DFSchema::try_from(schema.as_ref().clone()).map_err(|e| e.to_string())?;
+        let expr = ctx.parse_sql_expr(sql, &df_schema).map_err(|e| clean(e.to_string()))?;
+        for column in expr.column_refs() {
+            if schema.field_with_name(&column.name).is_err() {
+                return Err(format!("unknown column `{}`", column.name));
+            }
+        }
+        let physical = ctx.create_physical_expr(expr, &df_schema).map_err(|e| clean(e.to_string()))?;
+        let data_type = physical.data_type(schema).map_err(|e| clean(e.to_string()))?;
+        if data_type != DataType::Boolean {
+            return Err(format!("`{sql}` is {data_type}, not a boolean condition"));
+        }
+        Ok(Predicate { text: sql.to_owned(), expr: physical })
+    }
+
+    /// Rows for which the predicate is true (NULL counts as false).
+    pub fn evaluate(&self, batch: &RecordBatch) -> Result<BooleanArray, String> {
+        let value = self.expr.evaluate(batch).map_err(|e| e.to_string())?;
+        let array = value.into_array(batch.num_rows()).map_err(|e| e.to_string())?;
+        let mask = array
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .ok_or_else(|| format!("`{}` did not evaluate to booleans", self.text))?;
+        if mask.null_count() == 0 {
+            Ok(mask.clone())
+        } else {
+            Ok(mask.iter().map(|v| Some(v.unwrap_or(false))).collect())
+        }
+    }
+}
+
+fn clean(message: String) -> String {
+    message.replace("Schema error: ", "").replace("Error during planning: ", "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::AuditRow;
+    use crate::query::tables::{AUDIT_SCHEMA, audit_batch};
+
+    fn rows() -> RecordBatch {
+        let base = AuditRow { id: "1".into(), event_type: "t".into(), raw: Arc::from(&b"{}"[..]), ..AuditRow::default() };
+        audit_batch(&[
+            AuditRow { result_status: Some("SUCCESS".into()), principal: Some("User:sa-1".into()), ..base.clone() },
+            AuditRow { result_status: Some("UNAUTHENTICATED".into()), principal: Some("User:sa-2".into()), ..base.clone() },
+            AuditRow { granted: Some(false), principal: Some("User:bob".into()), ..base },
+        ])
+    }
+
+    #[test]
+    fn evaluates_sql_on_batches() {
+        let ctx = SessionContext::new();
+        let p = Predicate::compile(&ctx, "result_status <> 'SUCCESS' AND principal LIKE 'User:sa-%'", &AUDIT_SCHEMA).unwrap();
+        let mask = p.evaluate(&rows()).unwrap();
+        assert_eq!(mask.iter().collect::<Vec<_>>(), vec![Some(false), Some(true), Some(false)]);
+        let p = Predicate::compile(&ctx, "granted = false", &AUDIT_SCHEMA).unwrap();
+        assert_eq!(p.evaluate(&rows()).unwrap().true_count(), 1);
+    }
+
+    #[test]
+    fn unknown_columns_and_non_booleans_are_rejected() {
+        let ctx = SessionContext::new();
+        let err = Predicate::compile(&ctx, "no_such_column = 'x'", &AUDIT_SCHEMA).unwrap_err();
+        assert!(err.contains("no_such_column"), "{err}");
+        let err = Predicate::compile(&ctx, "principal", &AUDIT_SCHEMA).unwrap_err();
+        assert!(err.contains("boolean"), "{err}");
+        assert!(Predicate::compile(&ctx, "principal = ", &AUDIT_SCHEMA).is_err());
+    }
+}

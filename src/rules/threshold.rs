@@ -1,0 +1,199 @@
+//! `threshold`: an aggregate of metric `metric` per `group_by` over an event-time `window`,
+//! compared with `value`, holding for `for` before firing.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use datafusion::arrow::array::{Array, Float64Array};
+
+use super::RuleMeta;
+use super::alert::{Lifecycle, Observation};
+use super::engine::{BatchView, labels_of};
+use super::predicate::Predicate;
+use crate::event::Alert;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregate {
+    Sum,
+    Avg,
+    Max,
+    Min,
+    /// Sum per second of window.
+    Rate,
+    Last,
+}
+
+impl Aggregate {
+    pub fn parse(text: &str) -> Result<Aggregate, String> {
+        Ok(match text {
+            "sum" => Aggregate::Sum,
+            "avg" => Aggregate::Avg,
+            "max" => Aggregate::Max,
+            "min" => Aggregate::Min,
+            "rate" => Aggregate::Rate,
+            "last" => Aggregate::Last,
+            other => return Err(format!("`{other}` is not one of sum, avg, max, min, rate, last")),
+        })
+    }
+
+    fn apply(self, points: &VecDeque<(i64, f64)>, window_us: i64) -> Option<f64> {
+        let values = points.iter().map(|(_, v)| *v);
+        let n = points.len();
+        if n == 0 {
+            return None;
+        }
+        Some(match self {
+            Aggregate::Sum => values.sum(),
+            Aggregate::Avg => values.sum::<f64>() / n as f64,
+            Aggregate::Max => values.fold(f64::MIN, f64::max),
+            Aggregate::Min => values.fold(f64::MAX, f64::min),
+            Aggregate::Rate => values.sum::<f64>() / (window_us as f64 / 1e6),
+            Aggregate::Last => points.back().map(|(_, v)| *v)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comparison {
+    Gt,
+    Ge,
+    Lt,
+    Le,
+}
+
+impl Comparison {
+    pub fn parse(text: &str) -> Result<Comparison, String> {
+        Ok(match text {
+            ">" => Comparison::Gt,
+            ">=" => Comparison::Ge,
+            "<" => Comparison::Lt,
+            "<=" => Comparison::Le,
+            other => return Err(format!("`{other}` is not one of >, >=, <, <=")),
+        })
+    }
+
+    fn holds(self, observed: f64, limit: f64) -> bool {
+        match self {
+            Comparison::Gt => observed > limit,
+            Comparison::Ge => observed >= limit,
+            Comparison::Lt => observed < limit,
+            Comparison::Le => observed <= limit,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Series {
+    /// (time, value), sorted by time.
+    points: VecDeque<(i64, f64)>,
+    pending_since: Option<i64>,
+}
+
+pub struct ThresholdRule {
+    predicate: Predicate,
+    group_by: Vec<String>,
+    window_us: i64,
+    aggregate: Aggregate,
+    comparison: Comparison,
+    value: f64,
+    for_us: i64,
+    max_series: usize,
+    series: HashMap<Vec<String>, Series>,
+    lifecycle: Lifecycle,
+    num_shed: u64,
+}
+
+impl ThresholdRule {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        predicate: Predicate,
+        group_by: Vec<String>,
+        window_us: i64,
+        aggregate: Aggregate,
+        comparison: Comparison,
+        value: f64,
+        for_us: i64,
+        max_series: usize,
+    ) -> ThresholdRule {
+        ThresholdRule {
+            predicate,
+            group_by,
+            window_us,
+            aggregate,
+            comparison,
+            value,
+            for_us,
+            max_series,
+            series: HashMap::new(),
+            lifecycle: Lifecycle::default(),
+            num_shed: 0,
+        }
+    }
+
+    pub fn num_shed(&self) -> u64 {
+        self.num_shed
+    }
+
+    pub fn evaluate(&mut self, meta: &RuleMeta, view: &mut BatchView<'_>, now: i64) -> Result<Vec<Alert>, String> {
+        let mask = self.predicate.evaluate(view.batch)?;
+        let values = view
+            .batch
+            .column_by_name("value")
+            .and_then(|c| c.as_any().downcast_ref::<Float64Array>().cloned())
+            .ok_or("threshold rules read the metrics table's `value` column")?;
+        let cutoff = now - self.window_us;
+        let mut touched: HashSet<Vec<String>> = HashSet::new();
+        for row in (0..mask.len()).filter(|&i| mask.value(i)) {
+            let t = view.time(row);
+            if t <= cutoff || values.is_null(row) {
+                continue;
+            }
+            let key = view.key(&self.group_by, row);
+            if !self.series.contains_key(&key) && self.series.len() >= self.max_series {
+                self.num_shed += 1;
+                continue;
+            }
+            let s = self.series.entry(key.clone()).or_default();
+            let at = s.points.partition_point(|&(x, _)| x <= t);
+            s.points.insert(at, (t, values.value(row)));
+            touched.insert(key);
+        }
+        // Every series is re-evaluated as time moves: a `<` rule (traffic dropping) must see
+        // series that stopped receiving samples.
+        touched.extend(self.series.keys().cloned());
+
+        let mut alerts = Vec::new();
+        let mut dead = Vec::new();
+        for key in touched {
+            let Some(s) = self.series.get_mut(&key) else { continue };
+            while s.points.front().is_some_and(|&(t, _)| t <= cutoff) {
+                s.points.pop_front();
+            }
+            let observed = self.aggregate.apply(&s.points, self.window_us);
+            let holds = observed.is_some_and(|v| self.comparison.holds(v, self.value));
+            let obs = Observation {
+                key: &key,
+                labels: labels_of(&self.group_by, &key),
+                value: observed.unwrap_or(0.0),
+                threshold: Some(self.value),
+                evidence: Vec::new(),
+                context: Default::default(),
+            };
+            if holds {
+                let since = *s.pending_since.get_or_insert(now);
+                if now - since >= self.for_us {
+                    alerts.extend(self.lifecycle.firing(meta, obs, now));
+                }
+            } else {
+                s.pending_since = None;
+                alerts.extend(self.lifecycle.clear(meta, obs, now));
+                if s.points.is_empty() {
+                    dead.push(key);
+                }
+            }
+        }
+        for key in dead {
+            self.series.remove(&key);
+        }
+        Ok(alerts)
+    }
+}

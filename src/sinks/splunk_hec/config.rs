@@ -1,0 +1,113 @@
+//! `[sinks.splunk_hec]`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::{ConfigError, duration, expand_env};
+
+/// `[sinks.splunk_hec]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HecSinkConfig {
+    /// Base URLs of HEC endpoints (`https://splunk:8088`); requests fail over across them.
+    pub endpoints: Vec<String>,
+    /// HEC token; `${VAR}` expands from the environment. Never logged.
+    pub token: String,
+    /// Index for audit events. Default: the token's default index.
+    #[serde(default)]
+    pub index: Option<String>,
+    /// Index for alerts. Default: `index`.
+    #[serde(default)]
+    pub alert_index: Option<String>,
+    /// Metrics index for metric samples. Default: `index`.
+    #[serde(default)]
+    pub metrics_index: Option<String>,
+    /// `source` of every event. Default `auditflow`.
+    #[serde(default = "default_source")]
+    pub source: String,
+    /// `host` of every event. Default: none (Splunk uses the sender's address).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Largest request body before compression. Default 1048576.
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: usize,
+    /// Most events in one request. Default 2000.
+    #[serde(default = "default_batch_max_events")]
+    pub batch_max_events: usize,
+    /// Longest wait to fill a request, e.g. `200ms`. Default `200ms`.
+    #[serde(default = "default_linger")]
+    pub batch_linger: String,
+    /// Gzip request bodies (level 1). Default true.
+    #[serde(default = "default_true")]
+    pub compression: bool,
+    /// Per-request timeout. Default `30s`.
+    #[serde(default = "default_timeout")]
+    pub request_timeout: String,
+    /// Verify the endpoint's TLS certificate. Default true; turn off only for a lab.
+    #[serde(default = "default_true")]
+    pub tls_verify: bool,
+    /// Extra CA certificate (PEM) to trust.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_source() -> String {
+    "auditflow".into()
+}
+fn default_batch_max_bytes() -> usize {
+    1 << 20
+}
+fn default_batch_max_events() -> usize {
+    2000
+}
+fn default_linger() -> String {
+    "200ms".into()
+}
+fn default_timeout() -> String {
+    "30s".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+impl HecSinkConfig {
+    /// Expands the token and checks every value (no IO).
+    pub fn validated(mut self, origin: &str) -> Result<HecSinkConfig, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: origin.to_owned(),
+            key: format!("sinks.splunk_hec.{key}"),
+            message,
+        };
+        if self.endpoints.is_empty() {
+            return Err(invalid("endpoints", "at least one endpoint is needed".into()));
+        }
+        for e in &self.endpoints {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(invalid("endpoints", format!("`{e}` is not an http:// or https:// URL")));
+            }
+        }
+        self.token = expand_env(&self.token).map_err(|m| invalid("token", m))?;
+        if self.token.is_empty() {
+            return Err(invalid("token", "must not be empty".into()));
+        }
+        if self.batch_max_bytes < 1024 {
+            return Err(invalid("batch_max_bytes", "must be at least 1024".into()));
+        }
+        if self.batch_max_events == 0 {
+            return Err(invalid("batch_max_events", "must be at least 1".into()));
+        }
+        duration(origin, "sinks.splunk_hec.batch_linger", &self.batch_linger)?;
+        duration(origin, "sinks.splunk_hec.request_timeout", &self.request_timeout)?;
+        Ok(self)
+    }
+
+    pub fn linger(&self) -> Duration {
+        humantime::parse_duration(&self.batch_linger).unwrap_or(Duration::from_millis(200))
+    }
+
+    pub fn timeout(&self) -> Duration {
+        humantime::parse_duration(&self.request_timeout).unwrap_or(Duration::from_secs(30))
+    }
+}

@@ -1,0 +1,199 @@
+//! The HEC sink task: batch, encode, compress, send, retry, isolate rejected events.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::config::HecSinkConfig;
+use super::encoder::{Body, Encoder, gzip};
+use crate::sinks::{SinkError, SinkItem, backoff};
+use crate::source::dead_letter::DeadLetters;
+use crate::telemetry::{SinkLabel, Telemetry};
+
+/// HEC status codes that blame an event's content: isolate and dead-letter it.
+const EVENT_REJECTED: [u64; 5] = [6, 7, 12, 13, 15];
+/// HEC status codes that blame the token or the endpoint's configuration: hold and alert.
+const CONFIG_REJECTED: [u64; 6] = [1, 2, 3, 4, 14, 16];
+
+#[derive(Deserialize, Default)]
+struct HecResponse {
+    #[serde(default)]
+    text: String,
+    #[serde(default)]
+    code: Option<u64>,
+}
+
+enum Outcome {
+    Delivered,
+    EventRejected { code: u64, text: String },
+}
+
+pub struct HecSink {
+    config: HecSinkConfig,
+    client: reqwest::Client,
+    channel: String,
+    endpoint: usize,
+    dead_letters: DeadLetters,
+    telemetry: Telemetry,
+    label: SinkLabel,
+}
+
+impl HecSink {
+    pub fn new(config: HecSinkConfig, dead_letters: DeadLetters, telemetry: Telemetry) -> Result<HecSink, SinkError> {
+        let build_error = |message: String| SinkError::Rejected { sink: "splunk_hec", message };
+        let mut builder = reqwest::Client::builder()
+            .timeout(config.timeout())
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .danger_accept_invalid_certs(!config.tls_verify);
+        if let Some(ca) = &config.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| build_error(format!("reading ca_file {}: {e}", ca.display())))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| build_error(format!("ca_file {}: {e}", ca.display())))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let client = builder.build().map_err(|e| build_error(format!("building the HTTP client: {e}")))?;
+        Ok(HecSink {
+            config,
+            client,
+            channel: uuid::Uuid::new_v4().to_string(),
+            endpoint: 0,
+            dead_letters,
+            telemetry,
+            label: SinkLabel { sink: "splunk_hec" },
+        })
+    }
+
+    /// Runs until the channel closes, delivering everything received.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<SinkItem>) {
+        let linger = self.config.linger();
+        while let Some(first) = rx.recv().await {
+            let mut items = vec![first];
+            let mut num_events = items[0].batch.len();
+            let mut num_bytes: usize = estimate(&items[0]);
+            let deadline = Instant::now() + linger;
+            while num_events < self.config.batch_max_events && num_bytes < self.config.batch_max_bytes {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(item)) => {
+                        num_events += item.batch.len();
+                        num_bytes += estimate(&item);
+                        items.push(item);
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            let mut encoder = Encoder::new(&self.config);
+            for item in &items {
+                for row in &item.batch.audit {
+                    encoder.audit(row);
+                }
+                for m in &item.batch.metrics {
+                    encoder.metric(m);
+                }
+                for a in &item.batch.alerts {
+                    encoder.alert(a);
+                }
+            }
+            let bodies = std::mem::take(&mut encoder.bodies);
+            for body in bodies {
+                self.deliver(body).await;
+            }
+            self.telemetry.sink_events.get_or_create(&self.label).inc_by(num_events as u64);
+            for item in items {
+                item.ack.accept();
+            }
+        }
+    }
+
+    /// Delivers a body; events rejected for their content are isolated and dead-lettered.
+    async fn deliver(&mut self, body: Body) {
+        let mut stack = vec![body];
+        while let Some(body) = stack.pop() {
+            if body.num_events() == 0 {
+                continue;
+            }
+            match self.send(&body).await {
+                Outcome::Delivered => {}
+                Outcome::EventRejected { code, text } if body.num_events() == 1 => {
+                    let message = format!("HEC code {code}: {text}");
+                    tracing::warn!(code, text = %text, "HEC rejected an event; sending it to the dead-letter topic");
+                    self.dead_letters.send_until_done(body.event(0), "HecRejected", &message, None).await;
+                }
+                Outcome::EventRejected { .. } => {
+                    let (a, b) = body.split();
+                    stack.push(b);
+                    stack.push(a);
+                }
+            }
+        }
+    }
+
+    /// Sends one body until HEC accepts it or rejects an event in it.
+    async fn send(&mut self, body: &Body) -> Outcome {
+        let payload = if self.config.compression {
+            let raw = body.bytes.clone();
+            tokio::task::spawn_blocking(move || gzip(&raw)).await.expect("gzip does not panic")
+        } else {
+            body.bytes.clone()
+        };
+        let mut attempt: u32 = 0;
+        loop {
+            let base = &self.config.endpoints[self.endpoint % self.config.endpoints.len()];
+            let url = format!("{}/services/collector/event", base.trim_end_matches('/'));
+            let mut request = self
+                .client
+                .post(&url)
+                .header("Authorization", format!("Splunk {}", self.config.token))
+                .header("X-Splunk-Request-Channel", &self.channel)
+                .header("Content-Type", "application/json");
+            if self.config.compression {
+                request = request.header("Content-Encoding", "gzip");
+            }
+            let (retry_cap, failover) = match request.body(payload.clone()).send().await {
+                Err(e) => {
+                    tracing::warn!(endpoint = %base, error = %e, attempt, "HEC request failed; retrying");
+                    (Duration::from_secs(10), true)
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    let body = response.bytes().await.unwrap_or_default();
+                    let parsed: HecResponse = serde_json::from_slice(&body).unwrap_or_default();
+                    let code = parsed.code.unwrap_or(u64::MAX);
+                    if status == StatusCode::OK {
+                        return Outcome::Delivered;
+                    }
+                    if status == StatusCode::BAD_REQUEST && EVENT_REJECTED.contains(&code) {
+                        return Outcome::EventRejected { code, text: parsed.text };
+                    }
+                    if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) || CONFIG_REJECTED.contains(&code) {
+                        // Nothing is lost: the batch is held, the consumer backs up behind the
+                        // bounded channel, and delivery resumes once the token is fixed.
+                        tracing::error!(
+                            endpoint = %base, status = status.as_u16(), code, text = %parsed.text,
+                            "HEC refused the token or configuration; holding data and retrying"
+                        );
+                        (Duration::from_secs(30), false)
+                    } else {
+                        tracing::warn!(endpoint = %base, status = status.as_u16(), code, text = %parsed.text, attempt, "HEC busy or failing; retrying");
+                        (Duration::from_secs(10), true)
+                    }
+                }
+            };
+            self.telemetry.sink_retries.get_or_create(&self.label).inc();
+            if failover {
+                self.endpoint = self.endpoint.wrapping_add(1);
+            }
+            tokio::time::sleep(backoff(attempt, retry_cap)).await;
+            attempt = attempt.saturating_add(1);
+        }
+    }
+}
+
+fn estimate(item: &SinkItem) -> usize {
+    item.batch.audit.iter().map(|r| r.raw.len() + 400).sum::<usize>()
+        + item.batch.metrics.len() * 300
+        + item.batch.alerts.len() * 1000
+}

@@ -1,0 +1,181 @@
+//! The Kafka source.
+//!
+//! Contract:
+//! - One consumer group reads the audit and metrics topics. `enable.auto.offset.store=false`:
+//!   an offset is *stored* only when every record at or below it in its partition is finalised
+//!   (accepted by every enabled sink, or durably in the dead-letter topic); librdkafka's
+//!   auto-commit then commits stored offsets every second, and shutdown commits synchronously.
+//! - Batches are finalised in poll order (the committer awaits them first-in first-out), so the
+//!   stored offset of a partition is always a contiguous prefix: a later batch that finishes
+//!   early waits for the earlier one.
+//! - If a sink gives a batch up without accepting it, nothing after it is ever stored.
+//! - Channels to sinks and to the committer are bounded: when a sink is slow or down, the poll
+//!   loop waits, and the consumer's memory stays bounded.
+//! - Rebalance: with the eager protocol librdkafka commits what is stored before revoking; work
+//!   in flight for a revoked partition is redelivered to its next owner and removed there by the
+//!   dedupe stage.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{Record, Stream};
+use crate::config::{Config, TopicsConfig};
+use crate::event::Positions;
+use crate::telemetry::Telemetry;
+
+/// Logs rebalances; librdkafka does the rest.
+pub struct SourceContext;
+
+impl ClientContext for SourceContext {}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => tracing::info!(partitions = tpl.count(), "partitions revoked"),
+            Rebalance::Assign(tpl) => tracing::info!(partitions = tpl.count(), "partitions assigned"),
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => tracing::debug!(partitions = offsets.count(), "offsets committed"),
+            Err(e) => tracing::warn!(error = %e, "offset commit failed; the next commit retries"),
+        }
+    }
+}
+
+pub type KafkaConsumer = StreamConsumer<SourceContext>;
+
+/// Builds the consumer and subscribes it to every audit and metrics topic.
+pub fn consumer(config: &Config) -> KafkaResult<KafkaConsumer> {
+    let mut client = ClientConfig::new();
+    // Our defaults first; `[kafka.properties]` (already in client_properties) override them.
+    client
+        .set("enable.auto.offset.store", "false")
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        // Bound what librdkafka prefetches per partition: memory stays flat while draining a
+        // backlog (PRODUCT 9), and throughput is still set by our batch size.
+        .set("queued.max.messages.kbytes", "16384");
+    for (k, v) in &config.kafka.client_properties {
+        client.set(k, v.expose());
+    }
+    // At-least-once depends on these two; a pass-through property may not undo them.
+    client.set("enable.auto.offset.store", "false");
+    let consumer: KafkaConsumer = client.create_with_context(SourceContext)?;
+    let topics: Vec<&str> = config.topics.audit.iter().chain(config.topics.metrics.iter()).map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    Ok(consumer)
+}
+
+/// Reads up to `max` records, waiting at most `linger` after the first.
+pub async fn poll_batch(
+    consumer: &KafkaConsumer,
+    topics: &TopicsConfig,
+    max: usize,
+    linger: Duration,
+    shutdown: &CancellationToken,
+) -> Option<Vec<Record>> {
+    let mut records = Vec::with_capacity(max.min(4096));
+    let first = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            m = consumer.recv() => match m {
+                Ok(m) => break m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka consumer error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    };
+    records.push(detach(&first, topics));
+    drop(first);
+    let deadline = tokio::time::Instant::now() + linger;
+    while records.len() < max {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(m)) => records.push(detach(&m, topics)),
+            Ok(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
+            Err(_) => break,
+        }
+    }
+    Some(records)
+}
+
+fn detach(m: &rdkafka::message::BorrowedMessage<'_>, topics: &TopicsConfig) -> Record {
+    let topic = m.topic();
+    let stream = if topics.metrics.iter().any(|t| t == topic) { Stream::Metrics } else { Stream::Audit };
+    let headers = m
+        .headers()
+        .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect())
+        .unwrap_or_default();
+    Record {
+        stream,
+        topic: Arc::from(topic),
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp_ms: m.timestamp().to_millis(),
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}
+
+/// A batch waiting for its sinks.
+pub struct Pending {
+    pub positions: Positions,
+    pub acks: Vec<oneshot::Receiver<()>>,
+}
+
+/// Stores offsets of finalised batches, in poll order.
+pub async fn run_committer(consumer: Arc<KafkaConsumer>, mut rx: mpsc::Receiver<Pending>, telemetry: Telemetry) {
+    while let Some(pending) = rx.recv().await {
+        let mut delivered = true;
+        for ack in pending.acks {
+            delivered &= ack.await.is_ok();
+        }
+        if !delivered {
+            // A sink gave the batch up. Storing anything past it would skip records, so stop
+            // storing: the records are redelivered after a restart.
+            tracing::error!("a sink dropped a batch without accepting it; no further offsets will be committed");
+            while rx.recv().await.is_some() {}
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), max) in &pending.positions.max_offsets {
+            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(max + 1)) {
+                tracing::warn!(%topic, partition, error = %e, "cannot record an offset");
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.store_offsets(&tpl) {
+                // The partition was revoked meanwhile; its new owner re-reads from the last commit.
+                tracing::debug!(error = %e, "offsets not stored (partition no longer assigned)");
+            }
+        }
+        telemetry.batches_committed.inc();
+        if let Some(oldest) = pending.positions.oldest_record_ms {
+            let now = chrono::Utc::now().timestamp_millis();
+            telemetry.observe_latency_ms((now - oldest).max(0) as u64);
+        }
+    }
+}
+
+/// Commits stored offsets synchronously (shutdown).
+pub fn commit_now(consumer: &KafkaConsumer) {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => tracing::info!("final offsets committed"),
+        // Nothing stored since the last auto-commit is not an error worth alarming about.
+        Err(e) => tracing::debug!(error = %e, "final commit"),
+    }
+}

@@ -1,0 +1,42 @@
+//! Sources: where records come from. `kafka` is the real one (consumer, offsets, rebalances);
+//! `dead_letter` parks records that cannot be processed, Kafka Connect style.
+
+pub mod dead_letter;
+pub mod kafka;
+
+use std::sync::Arc;
+
+/// Which decoder a record needs, decided by its topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Audit,
+    Metrics,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Audit => "audit",
+            Stream::Metrics => "metrics",
+        }
+    }
+}
+
+/// One Kafka record, detached from the consumer.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub stream: Stream,
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+}

@@ -1,0 +1,97 @@
+//! Every example config parses; a wrong key is named with its line; secrets never print.
+
+use std::process::Command;
+
+use crate::support::repo;
+
+fn auditflow(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_auditflow"))
+        .args(args)
+        .current_dir(repo(""))
+        .env("AUDITFLOW_HEC_TOKEN", "hec-token-should-not-print")
+        .env("CONFLUENT_BOOTSTRAP", "pkc-test.eu-west-1.aws.confluent.cloud:9092")
+        .env("CONFLUENT_API_KEY", "APIKEY0000000001")
+        .env("CONFLUENT_API_SECRET", "api-secret-should-not-print")
+        .env("AUDITFLOW_KEY_PASSWORD", "key-password-should-not-print")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn every_deploy_example_passes_config_check_without_printing_secrets() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repo("deploy")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = auditflow(&["config", "check", path.to_str().unwrap()]);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{}: {stderr}", path.display());
+            assert!(stdout.contains(": ok"), "{stdout}");
+            for secret in ["should-not-print"] {
+                assert!(!stdout.contains(secret) && !stderr.contains(secret), "{}: secret printed:\n{stdout}", path.display());
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3);
+}
+
+#[test]
+fn wrong_key_is_named_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\n\n[sinks.splunk_hec]\nendpoints = [\"http://x:8088\"]\ntoken = \"t\"\nbatch_size = 10\n").unwrap();
+    let out = auditflow(&["config", "check", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.toml") && stderr.contains("batch_size") && stderr.contains("line 7"), "{stderr}");
+}
+
+#[test]
+fn missing_environment_variable_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("env.toml");
+    std::fs::write(&file, "[kafka]\nbootstrap_servers = \"${AUDITFLOW_TEST_UNSET_BOOTSTRAP}\"\n").unwrap();
+    let out = auditflow(&["config", "check", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("AUDITFLOW_TEST_UNSET_BOOTSTRAP") && stderr.contains("kafka.bootstrap_servers"), "{stderr}");
+}
+
+#[test]
+fn rules_check_accepts_the_pack_and_names_bad_fields() {
+    let out = auditflow(&["rules", "check", "rules"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for id in ["auth-failure-burst", "cross-namespace-denied", "egress-bytes-high"] {
+        assert!(stdout.contains(id), "{stdout}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "groups:\n  - name: g\n    rules:\n      - id: bad-one\n        kind: match\n        where: \"principall = 'x'\"\n        severity: high\n        summary: s\n",
+    )
+    .unwrap();
+    let out = auditflow(&["rules", "check", dir.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.yaml:6") && stderr.contains("where") && stderr.contains("principall"), "{stderr}");
+}
+
+#[test]
+fn sql_command_says_when_the_service_is_unreachable() {
+    let out = auditflow(&["sql", "--url", "http://127.0.0.1:9", "SELECT 1"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot reach auditflow"), "{stderr}");
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for args in [vec!["--help"], vec!["run", "--help"], vec!["demo", "--help"], vec!["sql", "--help"], vec!["config", "check", "--help"]] {
+        let out = auditflow(&args);
+        assert!(out.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{args:?}");
+    }
+}

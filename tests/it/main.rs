@@ -1,0 +1,8 @@
+//! One integration-test binary (link once): end to end against librdkafka's mock cluster and a
+//! tansu broker process, a strict Splunk HEC receiver and a real OTLP gRPC receiver.
+
+mod config_examples;
+mod dead_letters;
+mod e2e_mock;
+mod e2e_tansu;
+mod support;

@@ -1,0 +1,160 @@
+//! A Splunk HTTP Event Collector that is strict about the documented protocol: the
+//! `Authorization: Splunk <token>` header, gzip bodies, concatenated JSON event objects each with
+//! a non-blank `event`, numeric `time`, flat string `fields` (numbers allowed only as
+//! `metric_name:*` measurements of metric events), and Splunk's status codes and bodies.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+#[derive(Default)]
+pub struct HecState {
+    pub token: String,
+    /// Accepted events, in order.
+    pub events: Vec<Value>,
+    /// While true, answer 503 code 9 (server busy).
+    pub busy: bool,
+    pub num_refused: usize,
+    pub num_requests: usize,
+    /// Events whose `event.id` is here make their request fail with 400 code 6.
+    pub poison_ids: HashSet<String>,
+    pub channels: HashSet<String>,
+}
+
+#[derive(Clone)]
+pub struct HecReceiver {
+    pub addr: SocketAddr,
+    pub state: Arc<Mutex<HecState>>,
+}
+
+fn reply(status: StatusCode, code: u64, text: &str) -> Response {
+    (status, [("content-type", "application/json")], json!({"text": text, "code": code}).to_string()).into_response()
+}
+
+impl HecReceiver {
+    pub async fn start(token: &str) -> HecReceiver {
+        let state = Arc::new(Mutex::new(HecState { token: token.into(), ..HecState::default() }));
+        let app = Router::new()
+            .route("/services/collector/event", post(event))
+            .route("/services/collector/health", get(|| async { reply(StatusCode::OK, 17, "HEC is healthy") }))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        HecReceiver { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        self.state.lock().unwrap().events.clone()
+    }
+
+    pub fn set_busy(&self, busy: bool) {
+        self.state.lock().unwrap().busy = busy;
+    }
+
+    pub fn of_sourcetype(&self, sourcetype: &str) -> Vec<Value> {
+        self.events().into_iter().filter(|e| e["sourcetype"] == sourcetype).collect()
+    }
+}
+
+/// Validates one event object; `Err((code, text))` as Splunk would answer.
+fn check_event(e: &Value) -> Result<(), (u64, &'static str)> {
+    let obj = e.as_object().ok_or((6, "Invalid data format"))?;
+    let event = obj.get("event").ok_or((12, "Event field is required"))?;
+    if event.is_null() || event.as_str() == Some("") {
+        return Err((13, "Event field cannot be blank"));
+    }
+    if let Some(t) = obj.get("time")
+        && !t.is_number()
+    {
+        return Err((6, "Invalid data format"));
+    }
+    for key in ["host", "source", "sourcetype", "index"] {
+        if let Some(v) = obj.get(key)
+            && !v.is_string()
+        {
+            return Err((6, "Invalid data format"));
+        }
+    }
+    let is_metric = event.as_str() == Some("metric");
+    if let Some(fields) = obj.get("fields") {
+        let fields = fields.as_object().ok_or((15, "Error in handling indexed fields"))?;
+        for (k, v) in fields {
+            let ok = v.is_string()
+                || v.as_array().is_some_and(|a| a.iter().all(Value::is_string))
+                || (is_metric && k.starts_with("metric_name:") && v.is_number());
+            if !ok {
+                return Err((15, "Error in handling indexed fields"));
+            }
+        }
+        if is_metric && !fields.keys().any(|k| k.starts_with("metric_name:")) {
+            return Err((6, "Invalid data format"));
+        }
+    }
+    Ok(())
+}
+
+async fn event(State(state): State<Arc<Mutex<HecState>>>, headers: HeaderMap, body: Bytes) -> Response {
+    let mut s = state.lock().unwrap();
+    s.num_requests += 1;
+    let Some(auth) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
+        return reply(StatusCode::UNAUTHORIZED, 2, "Token is required");
+    };
+    let Some(token) = auth.strip_prefix("Splunk ") else {
+        return reply(StatusCode::UNAUTHORIZED, 3, "Invalid authorization");
+    };
+    if token != s.token {
+        return reply(StatusCode::FORBIDDEN, 4, "Invalid token");
+    }
+    if let Some(c) = headers.get("x-splunk-request-channel").and_then(|v| v.to_str().ok()) {
+        if uuid::Uuid::parse_str(c).is_err() {
+            return reply(StatusCode::BAD_REQUEST, 11, "Invalid data channel");
+        }
+        s.channels.insert(c.to_owned());
+    }
+    if s.busy {
+        s.num_refused += 1;
+        return reply(StatusCode::SERVICE_UNAVAILABLE, 9, "Server is busy");
+    }
+    let gzip = headers.get("content-encoding").and_then(|v| v.to_str().ok()) == Some("gzip");
+    let body = if gzip {
+        let mut out = Vec::new();
+        if flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut out).is_err() {
+            return reply(StatusCode::BAD_REQUEST, 6, "Invalid data format");
+        }
+        out
+    } else {
+        body.to_vec()
+    };
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return reply(StatusCode::BAD_REQUEST, 5, "No data");
+    }
+    let mut events = Vec::new();
+    for item in serde_json::Deserializer::from_slice(&body).into_iter::<Value>() {
+        let Ok(e) = item else {
+            return reply(StatusCode::BAD_REQUEST, 6, "Invalid data format");
+        };
+        if let Err((code, text)) = check_event(&e) {
+            return reply(StatusCode::BAD_REQUEST, code, text);
+        }
+        if e["event"]["id"].as_str().is_some_and(|id| s.poison_ids.contains(id)) {
+            return reply(StatusCode::BAD_REQUEST, 6, "Invalid data format");
+        }
+        events.push(e);
+    }
+    s.events.extend(events);
+    reply(StatusCode::OK, 0, "Success")
+}
