@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{SinkError, SinkItem, backoff};
-use crate::config::{ConfigError, duration, expand_env};
+use crate::config::{ConfigError, Secret, duration, expand_env};
 use crate::event::{Alert, AlertStatus, AuditRow, Batch, MetricKind, MetricSample, now_us};
 use crate::source::dead_letter::DeadLetters;
 use crate::telemetry::{SinkLabel, Telemetry};
@@ -38,7 +38,7 @@ pub struct OtlpSinkConfig {
     pub endpoint: String,
     /// Metadata sent with every request (e.g. an API key); values expand `${VAR}`.
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, Secret>,
     /// Per-request timeout. Default `10s`.
     #[serde(default = "default_timeout")]
     pub timeout: String,
@@ -59,7 +59,7 @@ impl OtlpSinkConfig {
             return Err(invalid("endpoint", format!("`{}` is not an http:// or https:// URL", self.endpoint)));
         }
         for (k, v) in self.headers.iter_mut() {
-            *v = expand_env(v).map_err(|m| invalid(&format!("headers.{k}"), m))?;
+            *v = Secret::new(expand_env(v.expose()).map_err(|m| invalid(&format!("headers.{k}"), m))?);
         }
         duration(origin, "sinks.otlp.timeout", &self.timeout)?;
         Ok(self)
@@ -285,7 +285,7 @@ impl OtlpSink {
         for (k, v) in &self.config.headers {
             if let (Ok(key), Ok(value)) = (
                 tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes()),
-                v.parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>(),
+                v.expose().parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>(),
             ) {
                 request.metadata_mut().insert(key, value);
             }

@@ -36,6 +36,9 @@ const CONSUMER_ONLY: [&str; 10] = [
     "partition.assignment.strategy",
 ];
 
+/// How much of a record the broker refuses whole is parked.
+const TRUNCATED_BYTES: usize = 512 * 1024;
+
 /// Where a dead letter came from.
 #[derive(Debug, Clone, Copy)]
 pub struct Origin<'a> {
@@ -61,6 +64,12 @@ impl DeadLetters {
             }
         }
         config.set("message.timeout.ms", "30000");
+        // A dead letter is the original record, which may be larger than the producer's 1 MB
+        // default (an oversized record is one reason to dead-letter). The broker's own limit
+        // still applies; see `send_until_done`.
+        if !properties.contains_key("message.max.bytes") {
+            config.set("message.max.bytes", "104857600");
+        }
         let producer: FutureProducer = config.create()?;
         Ok(DeadLetters { producer, topic: Arc::from(topic), telemetry })
     }
@@ -99,6 +108,13 @@ impl DeadLetters {
         loop {
             match self.send(payload, class, message, origin).await {
                 Ok(()) => return,
+                Err(KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge)) if payload.len() > TRUNCATED_BYTES => {
+                    // The broker will never take the whole record. Park its head, say so, and
+                    // point at the original (topic, partition and offset are in the headers).
+                    tracing::error!(size = payload.len(), "dead letter too large for the broker; parking its first {TRUNCATED_BYTES} bytes");
+                    let note = format!("{message} (dead letter truncated from {} to {TRUNCATED_BYTES} bytes: the broker refused its size)", payload.len());
+                    return Box::pin(self.send_until_done(&payload[..TRUNCATED_BYTES], class, &note, origin)).await;
+                }
                 Err(e) => {
                     tracing::error!(topic = %self.topic, error = %e, attempt, "cannot produce to the dead-letter topic; retrying");
                     tokio::time::sleep(crate::sinks::backoff(attempt, Duration::from_secs(10))).await;

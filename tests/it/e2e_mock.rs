@@ -233,8 +233,10 @@ async fn mock_cluster_to_hec_otlp_sql() {
     let (_, rows) = sql(http, "SELECT auth_identifier, count(*) AS failures FROM audit_events WHERE result_status <> 'SUCCESS' GROUP BY auth_identifier ORDER BY failures DESC LIMIT 1").await;
     assert_eq!(rows[0]["auth_identifier"], "BRUTEFORCEKEY001");
     assert_eq!(rows[0]["failures"], 50);
-    let (_, rows) = sql(http, "SELECT principal_app, resource_app, cross_namespace FROM audit_events WHERE granted = false AND cross_namespace").await;
-    assert_eq!(rows.as_array().unwrap().len(), 1);
+    // The shared sample and the generated event: both are Tech03's account on Tech02's topic.
+    let (_, rows) = sql(http, "SELECT principal_app, resource_app FROM audit_events WHERE granted = false AND cross_namespace").await;
+    assert_eq!(rows.as_array().unwrap().len(), 2, "{rows}");
+    assert!(rows.as_array().unwrap().iter().all(|r| r["principal_app"] == "Tech03" && r["resource_app"] == "Tech02"));
     let (_, rows) = sql(http, "SELECT DISTINCT rule_id FROM alerts ORDER BY rule_id").await;
     let rules: Vec<&str> = rows.as_array().unwrap().iter().filter_map(|r| r["rule_id"].as_str()).collect();
     for r in ["auth-failure-burst", "cross-namespace-denied", "egress-bytes-high"] {

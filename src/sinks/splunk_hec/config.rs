@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, duration, expand_env};
+use crate::config::{ConfigError, Secret, duration, expand_env};
 
 /// `[sinks.splunk_hec]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -14,7 +14,7 @@ pub struct HecSinkConfig {
     /// Base URLs of HEC endpoints (`https://splunk:8088`); requests fail over across them.
     pub endpoints: Vec<String>,
     /// HEC token; `${VAR}` expands from the environment. Never logged.
-    pub token: String,
+    pub token: Secret,
     /// Index for audit events. Default: the token's default index.
     #[serde(default)]
     pub index: Option<String>,
@@ -88,8 +88,8 @@ impl HecSinkConfig {
                 return Err(invalid("endpoints", format!("`{e}` is not an http:// or https:// URL")));
             }
         }
-        self.token = expand_env(&self.token).map_err(|m| invalid("token", m))?;
-        if self.token.is_empty() {
+        self.token = Secret::new(expand_env(self.token.expose()).map_err(|m| invalid("token", m))?);
+        if self.token.expose().is_empty() {
             return Err(invalid("token", "must not be empty".into()));
         }
         if self.batch_max_bytes < 1024 {

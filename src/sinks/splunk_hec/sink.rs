@@ -146,7 +146,7 @@ impl HecSink {
             let mut request = self
                 .client
                 .post(&url)
-                .header("Authorization", format!("Splunk {}", self.config.token))
+                .header("Authorization", format!("Splunk {}", self.config.token.expose()))
                 .header("X-Splunk-Request-Channel", &self.channel)
                 .header("Content-Type", "application/json");
             if self.config.compression {
