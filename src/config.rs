@@ -243,7 +243,9 @@ pub struct RawRules {
 
 impl Default for RawRules {
     fn default() -> Self {
-        RawRules { dirs: default_rule_dirs() }
+        RawRules {
+            dirs: default_rule_dirs(),
+        }
     }
 }
 
@@ -262,7 +264,9 @@ pub struct RawWindow {
 
 impl Default for RawWindow {
     fn default() -> Self {
-        RawWindow { retention: default_retention() }
+        RawWindow {
+            retention: default_retention(),
+        }
     }
 }
 
@@ -369,8 +373,10 @@ pub struct SinksConfig {
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Config::parse(&text, &path.display().to_string())
     }
 
@@ -395,7 +401,10 @@ impl Config {
         let kafka = &raw.kafka;
         let bootstrap = expand("kafka.bootstrap_servers", &kafka.bootstrap_servers)?;
         if bootstrap.trim().is_empty() {
-            return Err(invalid("kafka.bootstrap_servers", "must name at least one broker".into()));
+            return Err(invalid(
+                "kafka.bootstrap_servers",
+                "must name at least one broker".into(),
+            ));
         }
         if kafka.group_id.trim().is_empty() {
             return Err(invalid("kafka.group_id", "must not be empty".into()));
@@ -432,7 +441,11 @@ impl Config {
             ("kafka.sasl_username", "sasl.username", &kafka.sasl_username),
             ("kafka.sasl_password", "sasl.password", &kafka.sasl_password),
             ("kafka.ssl_ca_location", "ssl.ca.location", &kafka.ssl_ca_location),
-            ("kafka.ssl_certificate_location", "ssl.certificate.location", &kafka.ssl_certificate_location),
+            (
+                "kafka.ssl_certificate_location",
+                "ssl.certificate.location",
+                &kafka.ssl_certificate_location,
+            ),
             ("kafka.ssl_key_location", "ssl.key.location", &kafka.ssl_key_location),
             ("kafka.ssl_key_password", "ssl.key.password", &kafka.ssl_key_password),
         ];
@@ -453,7 +466,10 @@ impl Config {
 
         let topics = &raw.topics;
         if topics.audit.is_empty() && topics.metrics.is_empty() {
-            return Err(invalid("topics", "at least one audit or metrics topic is needed".into()));
+            return Err(invalid(
+                "topics",
+                "at least one audit or metrics topic is needed".into(),
+            ));
         }
         if let Some(t) = topics.audit.iter().find(|t| topics.metrics.contains(t)) {
             return Err(invalid("topics.metrics", format!("topic `{t}` is also an audit topic")));
@@ -489,7 +505,10 @@ impl Config {
             .server
             .http_listen
             .as_deref()
-            .map(|a| a.parse().map_err(|e| invalid("server.http_listen", format!("`{a}`: {e}"))))
+            .map(|a| {
+                a.parse()
+                    .map_err(|e| invalid("server.http_listen", format!("`{a}`: {e}")))
+            })
             .transpose()?;
 
         Ok(Config {
@@ -551,10 +570,11 @@ pub fn expand_vars(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Resul
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| format!("unterminated `${{` in `{text}`"))?;
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unterminated `${{` in `{text}`"))?;
         let name = &after[..end];
-        let value =
-            lookup(name).ok_or_else(|| format!("environment variable `{name}` is not set"))?;
+        let value = lookup(name).ok_or_else(|| format!("environment variable `{name}` is not set"))?;
         out.push_str(&value);
         rest = &after[end + 1..];
     }

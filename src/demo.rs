@@ -24,7 +24,10 @@ pub const DEAD_LETTER_TOPIC: &str = "auditflow-dead-letter";
 
 /// The shipped rule pack and namespace file, embedded so the demo runs from anywhere.
 const EMBEDDED: [(&str, &str); 4] = [
-    ("rules/authentication.yaml", include_str!("../rules/authentication.yaml")),
+    (
+        "rules/authentication.yaml",
+        include_str!("../rules/authentication.yaml"),
+    ),
     ("rules/authorization.yaml", include_str!("../rules/authorization.yaml")),
     ("rules/traffic.yaml", include_str!("../rules/traffic.yaml")),
     ("namespaces.yaml", include_str!("../deploy/namespaces.example.yaml")),
@@ -62,9 +65,24 @@ struct App {
 }
 
 const APPS: [App; 3] = [
-    App { principal: "User:sa-r8v2kq", api_key: "KQ4ZT7WJ3NFXD2LB", topics: ["Tech01-orders", "Tech01-invoices"], group: "Tech01-Consumer-Group-01" },
-    App { principal: "User:sa-k2p9wd", api_key: "PL7XW2QH9ZD4MN3R", topics: ["Tech02-payments", "Tech02-refunds"], group: "Tech02-Consumer-Group-01" },
-    App { principal: "User:sa-m3n8zd", api_key: "HX2VB8KL5TQ9WC1J", topics: ["Tech03-shipments", "Tech03-tracking"], group: "Tech03-Consumer-Group-01" },
+    App {
+        principal: "User:sa-r8v2kq",
+        api_key: "KQ4ZT7WJ3NFXD2LB",
+        topics: ["Tech01-orders", "Tech01-invoices"],
+        group: "Tech01-Consumer-Group-01",
+    },
+    App {
+        principal: "User:sa-k2p9wd",
+        api_key: "PL7XW2QH9ZD4MN3R",
+        topics: ["Tech02-payments", "Tech02-refunds"],
+        group: "Tech02-Consumer-Group-01",
+    },
+    App {
+        principal: "User:sa-m3n8zd",
+        api_key: "HX2VB8KL5TQ9WC1J",
+        topics: ["Tech03-shipments", "Tech03-tracking"],
+        group: "Tech03-Consumer-Group-01",
+    },
 ];
 
 const ORG: &str = "5d1c2b7e-8f3a-4c21-9e6d-0a4b7c3e9f12";
@@ -72,7 +90,8 @@ const ENV: &str = "env-q7k2m";
 const CLUSTER: &str = "lkc-7x3p9w";
 
 fn crn(resource: Option<(&str, &str)>) -> String {
-    let base = format!("crn://confluent.cloud/organization={ORG}/environment={ENV}/cloud-cluster={CLUSTER}/kafka={CLUSTER}");
+    let base =
+        format!("crn://confluent.cloud/organization={ORG}/environment={ENV}/cloud-cluster={CLUSTER}/kafka={CLUSTER}");
     match resource {
         Some((k, v)) => format!("{base}/{k}={v}"),
         None => base,
@@ -100,7 +119,14 @@ fn authentication(principal: &str, key: &str, ok: bool, ip: &str) -> Value {
     })
 }
 
-fn authorization(principal: &str, method: &str, operation: &str, kind: (&str, &str), resource: &str, granted: bool) -> Value {
+fn authorization(
+    principal: &str,
+    method: &str,
+    operation: &str,
+    kind: (&str, &str),
+    resource: &str,
+    granted: bool,
+) -> Value {
     let (crn_key, resource_type) = kind;
     let mut info = json!({
         "granted": granted, "operation": operation, "resourceType": resource_type,
@@ -172,8 +198,22 @@ async fn generate(producer: FutureProducer, rate: u32, stop: CancellationToken) 
             let event = match i % 4 {
                 0 => authentication(app.principal, app.api_key, true, "10.0.4.17"),
                 1 => authorization(app.principal, "kafka.Produce", "Write", ("topic", "Topic"), topic, true),
-                2 => authorization(app.principal, "kafka.FetchConsumer", "Read", ("topic", "Topic"), topic, true),
-                _ => authorization(app.principal, "kafka.JoinGroup", "Read", ("group", "Group"), app.group, true),
+                2 => authorization(
+                    app.principal,
+                    "kafka.FetchConsumer",
+                    "Read",
+                    ("topic", "Topic"),
+                    topic,
+                    true,
+                ),
+                _ => authorization(
+                    app.principal,
+                    "kafka.JoinGroup",
+                    "Read",
+                    ("group", "Group"),
+                    app.group,
+                    true,
+                ),
             };
             send(AUDIT_TOPIC, event).await;
         }
@@ -181,12 +221,36 @@ async fn generate(producer: FutureProducer, rate: u32, stop: CancellationToken) 
         if step.is_multiple_of(50) {
             for app in &APPS {
                 for topic in app.topics {
-                    send(METRICS_TOPIC, metric("io.confluent.kafka.server/received_bytes", 4.0e6 + rand::random_range(0.0..1.0e6), Some(topic))).await;
-                    send(METRICS_TOPIC, metric("io.confluent.kafka.server/sent_bytes", 8.0e6 + rand::random_range(0.0..2.0e6), Some(topic))).await;
-                    send(METRICS_TOPIC, metric("io.confluent.kafka.server/retained_bytes", 2.0e9, Some(topic))).await;
+                    send(
+                        METRICS_TOPIC,
+                        metric(
+                            "io.confluent.kafka.server/received_bytes",
+                            4.0e6 + rand::random_range(0.0..1.0e6),
+                            Some(topic),
+                        ),
+                    )
+                    .await;
+                    send(
+                        METRICS_TOPIC,
+                        metric(
+                            "io.confluent.kafka.server/sent_bytes",
+                            8.0e6 + rand::random_range(0.0..2.0e6),
+                            Some(topic),
+                        ),
+                    )
+                    .await;
+                    send(
+                        METRICS_TOPIC,
+                        metric("io.confluent.kafka.server/retained_bytes", 2.0e9, Some(topic)),
+                    )
+                    .await;
                 }
             }
-            send(METRICS_TOPIC, metric("io.confluent.kafka.server/partition_count", 1874.0, None)).await;
+            send(
+                METRICS_TOPIC,
+                metric("io.confluent.kafka.server/partition_count", 1874.0, None),
+            )
+            .await;
         }
         // Incidents, each once per two-minute cycle.
         if !step.is_multiple_of(10) {
@@ -196,27 +260,62 @@ async fn generate(producer: FutureProducer, rate: u32, stop: CancellationToken) 
             10 => {
                 tracing::info!("demo incident: brute-force burst on API key ZZ9X0BADKEY00001");
                 for _ in 0..50 {
-                    send(AUDIT_TOPIC, authentication("", "ZZ9X0BADKEY00001", false, "198.51.100.77")).await;
+                    send(
+                        AUDIT_TOPIC,
+                        authentication("", "ZZ9X0BADKEY00001", false, "198.51.100.77"),
+                    )
+                    .await;
                 }
             }
             25 => {
                 tracing::info!("demo incident: password spray from 203.0.113.9");
                 for n in 0..12 {
-                    send(AUDIT_TOPIC, authentication("", &format!("SPRAYKEY{n:08}"), false, "203.0.113.9")).await;
+                    send(
+                        AUDIT_TOPIC,
+                        authentication("", &format!("SPRAYKEY{n:08}"), false, "203.0.113.9"),
+                    )
+                    .await;
                 }
             }
             40 => {
                 tracing::info!("demo incident: Tech03's service account reads Tech02-payments");
-                send(AUDIT_TOPIC, authorization("User:sa-m3n8zd", "kafka.FetchConsumer", "Read", ("topic", "Topic"), "Tech02-payments", false)).await;
+                send(
+                    AUDIT_TOPIC,
+                    authorization(
+                        "User:sa-m3n8zd",
+                        "kafka.FetchConsumer",
+                        "Read",
+                        ("topic", "Topic"),
+                        "Tech02-payments",
+                        false,
+                    ),
+                )
+                .await;
             }
             55 => {
                 tracing::info!("demo incident: egress spike on Tech01-orders");
-                send(METRICS_TOPIC, metric("io.confluent.kafka.server/sent_bytes", 1.2e10, Some("Tech01-orders"))).await;
+                send(
+                    METRICS_TOPIC,
+                    metric("io.confluent.kafka.server/sent_bytes", 1.2e10, Some("Tech01-orders")),
+                )
+                .await;
             }
             70 => {
                 tracing::info!("demo incident: topic deletion and a poison record");
-                send(AUDIT_TOPIC, authorization("User:bob", "kafka.DeleteTopics", "Delete", ("topic", "Topic"), "Tech02-refunds", true)).await;
-                let record: FutureRecord<'_, (), str> = FutureRecord::to(AUDIT_TOPIC).payload("this is not an audit event");
+                send(
+                    AUDIT_TOPIC,
+                    authorization(
+                        "User:bob",
+                        "kafka.DeleteTopics",
+                        "Delete",
+                        ("topic", "Topic"),
+                        "Tech02-refunds",
+                        true,
+                    ),
+                )
+                .await;
+                let record: FutureRecord<'_, (), str> =
+                    FutureRecord::to(AUDIT_TOPIC).payload("this is not an audit event");
                 let _ = producer.send(record, Duration::from_secs(5)).await;
             }
             _ => {}
@@ -234,7 +333,10 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     let scratch = write_embedded()?;
 
     let mut raw = RawConfig {
-        kafka: RawKafka { bootstrap_servers: bootstrap.clone(), ..RawKafka::default() },
+        kafka: RawKafka {
+            bootstrap_servers: bootstrap.clone(),
+            ..RawKafka::default()
+        },
         ..RawConfig::default()
     };
     raw.kafka.group_id = "auditflow-demo".into();
@@ -251,7 +353,12 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     let mut config = Config::validate(raw, "demo")?;
     config.sinks = match &options.sinks_from {
         Some(c) => c.sinks.clone(),
-        None => crate::config::SinksConfig { file: Some(FileSinkConfig { path: options.output.clone() }), ..Default::default() },
+        None => crate::config::SinksConfig {
+            file: Some(FileSinkConfig {
+                path: options.output.clone(),
+            }),
+            ..Default::default()
+        },
     };
 
     let shutdown = CancellationToken::new();
@@ -267,9 +374,15 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     println!("  SQL endpoint: http://{http}/v1/sql   metrics: http://{http}/metrics");
     println!();
     println!("Try, while it runs:");
-    println!("  cargo run --release -- sql --url http://{http} \"SELECT rule_id, status, summary FROM alerts ORDER BY time\"");
-    println!("  curl -s http://{http}/v1/sql -d '{{\"sql\": \"SELECT principal, count(*) AS failures FROM audit_events WHERE result_status <> '\\''SUCCESS'\\'' GROUP BY principal ORDER BY failures DESC LIMIT 10\"}}'");
-    println!("  curl -s http://{http}/v1/sql -d '{{\"sql\": \"SELECT topic, sum(value) AS bytes FROM metrics WHERE name = '\\''io.confluent.kafka.server/sent_bytes'\\'' GROUP BY topic ORDER BY bytes DESC\"}}'");
+    println!(
+        "  cargo run --release -- sql --url http://{http} \"SELECT rule_id, status, summary FROM alerts ORDER BY time\""
+    );
+    println!(
+        "  curl -s http://{http}/v1/sql -d '{{\"sql\": \"SELECT principal, count(*) AS failures FROM audit_events WHERE result_status <> '\\''SUCCESS'\\'' GROUP BY principal ORDER BY failures DESC LIMIT 10\"}}'"
+    );
+    println!(
+        "  curl -s http://{http}/v1/sql -d '{{\"sql\": \"SELECT topic, sum(value) AS bytes FROM metrics WHERE name = '\\''io.confluent.kafka.server/sent_bytes'\\'' GROUP BY topic ORDER BY bytes DESC\"}}'"
+    );
     println!();
 
     let producer: FutureProducer = ClientConfig::new()
@@ -281,7 +394,13 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     let mut alerts = running.alerts.subscribe();
     let printer = tokio::spawn(async move {
         while let Ok(a) = alerts.recv().await {
-            println!("ALERT [{}] {} {}: {}", a.severity, a.status.as_str(), a.rule_id, a.summary);
+            println!(
+                "ALERT [{}] {} {}: {}",
+                a.severity,
+                a.status.as_str(),
+                a.rule_id,
+                a.summary
+            );
         }
     });
     let telemetry = running.telemetry.clone();

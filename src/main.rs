@@ -108,7 +108,9 @@ enum RulesCommand {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AUDITFLOW_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -133,7 +135,9 @@ async fn run(command: Command) -> Result<(), String> {
         Command::Run { config, drain_timeout } => {
             let config = Config::load(&config).map_err(|e| e.to_string())?;
             let shutdown = CancellationToken::new();
-            let running = auditflow::pipeline::start(config, shutdown.clone()).await.map_err(|e| e.to_string())?;
+            let running = auditflow::pipeline::start(config, shutdown.clone())
+                .await
+                .map_err(|e| e.to_string())?;
             tracing::info!(rules = running.num_rules, http = ?running.http_addr, "auditflow running");
             let token = running.shutdown_token();
             tokio::spawn(async move {
@@ -143,8 +147,17 @@ async fn run(command: Command) -> Result<(), String> {
             });
             running.wait(drain_timeout).await.map_err(|e| e.to_string())
         }
-        Command::Demo { duration, http_listen, output, rate, sinks_from } => {
-            let sinks_from = sinks_from.map(|p| Config::load(&p)).transpose().map_err(|e| e.to_string())?;
+        Command::Demo {
+            duration,
+            http_listen,
+            output,
+            rate,
+            sinks_from,
+        } => {
+            let sinks_from = sinks_from
+                .map(|p| Config::load(&p))
+                .transpose()
+                .map_err(|e| e.to_string())?;
             let options = auditflow::demo::DemoOptions {
                 duration: duration.map(Duration::from_secs),
                 http_listen,
@@ -155,16 +168,26 @@ async fn run(command: Command) -> Result<(), String> {
             auditflow::demo::run(options).await.map_err(|e| e.to_string())
         }
         Command::Sql { query, url, format } => sql(query, &url, format).await,
-        Command::Config { command: ConfigCommand::Check { file } } => {
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
             let config = Config::load(&file).map_err(|e| e.to_string())?;
             println!("{}: ok", file.display());
             println!("{}", config.describe());
             Ok(())
         }
-        Command::Rules { command: RulesCommand::Check { dir } } => {
+        Command::Rules {
+            command: RulesCommand::Check { dir },
+        } => {
             let rules = auditflow::rules::load_dirs(std::slice::from_ref(&dir)).map_err(|e| e.to_string())?;
             for r in &rules {
-                println!("{:<28} {:<10} {:<8} {}", r.meta.id, r.kind.name(), r.meta.severity, r.meta.file.display());
+                println!(
+                    "{:<28} {:<10} {:<8} {}",
+                    r.meta.id,
+                    r.kind.name(),
+                    r.meta.severity,
+                    r.meta.file.display()
+                );
             }
             println!("{}: {} rules ok", dir.display(), rules.len());
             Ok(())
@@ -194,7 +217,9 @@ async fn sql(query: Option<String>, url: &str, format: SqlFormat) -> Result<(), 
     let query = match query.as_deref() {
         Some("-") | None => {
             let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text).map_err(|e| format!("reading the query from stdin: {e}"))?;
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| format!("reading the query from stdin: {e}"))?;
             text
         }
         Some(q) => q.to_owned(),
@@ -211,9 +236,14 @@ async fn sql(query: Option<String>, url: &str, format: SqlFormat) -> Result<(), 
         .json(&serde_json::json!({ "sql": query }))
         .send()
         .await
-        .map_err(|e| format!("cannot reach auditflow at {endpoint}: {e} (is `auditflow run` or `auditflow demo` running?)"))?;
+        .map_err(|e| {
+            format!("cannot reach auditflow at {endpoint}: {e} (is `auditflow run` or `auditflow demo` running?)")
+        })?;
     let status = response.status();
-    let body = response.bytes().await.map_err(|e| format!("reading the answer from {endpoint}: {e}"))?;
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| format!("reading the answer from {endpoint}: {e}"))?;
     if !status.is_success() {
         let message = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
@@ -225,7 +255,9 @@ async fn sql(query: Option<String>, url: &str, format: SqlFormat) -> Result<(), 
         SqlFormat::Table => {
             let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None)
                 .map_err(|e| format!("decoding the Arrow answer: {e}"))?;
-            let batches: Vec<_> = reader.collect::<Result<_, _>>().map_err(|e| format!("decoding the Arrow answer: {e}"))?;
+            let batches: Vec<_> = reader
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("decoding the Arrow answer: {e}"))?;
             let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
             let table = datafusion::arrow::util::pretty::pretty_format_batches(&batches).map_err(|e| e.to_string())?;
             println!("{table}");

@@ -97,7 +97,12 @@ impl Processor {
         let mut rejected = Vec::new();
         let now = now_us();
         for (i, record) in records.iter().enumerate() {
-            self.telemetry.records_in.get_or_create(&StreamLabel { stream: record.stream.as_str() }).inc();
+            self.telemetry
+                .records_in
+                .get_or_create(&StreamLabel {
+                    stream: record.stream.as_str(),
+                })
+                .inc();
             let payload = record.payload.as_deref().unwrap_or_default();
             match record.stream {
                 Stream::Audit => match self.audit.decode(payload) {
@@ -129,8 +134,14 @@ impl Processor {
                 }
             }
         }
-        self.telemetry.rows_decoded.get_or_create(&StreamLabel { stream: "audit" }).inc_by(batch.audit.len() as u64);
-        self.telemetry.rows_decoded.get_or_create(&StreamLabel { stream: "metrics" }).inc_by(batch.metrics.len() as u64);
+        self.telemetry
+            .rows_decoded
+            .get_or_create(&StreamLabel { stream: "audit" })
+            .inc_by(batch.audit.len() as u64);
+        self.telemetry
+            .rows_decoded
+            .get_or_create(&StreamLabel { stream: "metrics" })
+            .inc_by(batch.metrics.len() as u64);
 
         let mut alerts = Vec::new();
         if !batch.audit.is_empty() {
@@ -162,7 +173,12 @@ impl Processor {
             let newest = alerts.iter().map(|a| a.time_us).max().unwrap_or(now);
             self.window.alerts.append(arrow, newest);
             for a in &alerts {
-                self.telemetry.alerts.get_or_create(&RuleLabel { rule: a.rule_id.clone() }).inc();
+                self.telemetry
+                    .alerts
+                    .get_or_create(&RuleLabel {
+                        rule: a.rule_id.clone(),
+                    })
+                    .inc();
                 let _ = self.alerts_tx.send(a.clone());
             }
         }
@@ -191,11 +207,19 @@ impl Dispatcher {
             let batch = Arc::new(batch);
             for sink in &self.sinks {
                 let (ack, rx) = Ack::new();
-                sink.send(SinkItem { batch: batch.clone(), ack }).await.map_err(|_| closed())?;
+                sink.send(SinkItem {
+                    batch: batch.clone(),
+                    ack,
+                })
+                .await
+                .map_err(|_| closed())?;
                 acks.push(rx);
             }
         }
-        self.committer.send(Pending { positions, acks }).await.map_err(|_| closed())
+        self.committer
+            .send(Pending { positions, acks })
+            .await
+            .map_err(|_| closed())
     }
 }
 
@@ -227,10 +251,15 @@ impl RunningPipeline {
         };
         let drained = tokio::time::timeout(drain_timeout, futures::future::join_all(self.drain)).await;
         if drained.is_err() {
-            tracing::warn!(?drain_timeout, "sinks did not drain in time; undelivered records will be re-read on restart");
+            tracing::warn!(
+                ?drain_timeout,
+                "sinks did not drain in time; undelivered records will be re-read on restart"
+            );
         }
         let consumer = self.consumer.clone();
-        tokio::task::spawn_blocking(move || kafka::commit_now(&consumer)).await.ok();
+        tokio::task::spawn_blocking(move || kafka::commit_now(&consumer))
+            .await
+            .ok();
         self.shutdown.cancel();
         result
     }
@@ -250,7 +279,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let (alerts_tx, _) = broadcast::channel(1024);
 
     let consumer = Arc::new(kafka::consumer(&config)?);
-    let dead_letters = DeadLetters::new(&config.kafka.client_properties, &config.topics.dead_letter, telemetry.clone())?;
+    let dead_letters = DeadLetters::new(
+        &config.kafka.client_properties,
+        &config.topics.dead_letter,
+        telemetry.clone(),
+    )?;
 
     // Sinks.
     let mut sinks = Vec::new();
@@ -279,8 +312,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     }
 
     let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
-    drain.push(tokio::spawn(kafka::run_committer(consumer.clone(), commit_rx, telemetry.clone())));
-    let dispatcher = Dispatcher { sinks, committer: commit_tx };
+    drain.push(tokio::spawn(kafka::run_committer(
+        consumer.clone(),
+        commit_rx,
+        telemetry.clone(),
+    )));
+    let dispatcher = Dispatcher {
+        sinks,
+        committer: commit_tx,
+    };
 
     let http_addr = match config.http_listen {
         Some(addr) => Some(
@@ -291,7 +331,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         None => None,
     };
 
-    let processor = Processor::new(&config, ownership, RuleEngine::new(rules), window.clone(), telemetry.clone(), alerts_tx.clone());
+    let processor = Processor::new(
+        &config,
+        ownership,
+        RuleEngine::new(rules),
+        window.clone(),
+        telemetry.clone(),
+        alerts_tx.clone(),
+    );
     let source = tokio::spawn(run_source(
         config,
         consumer.clone(),
@@ -343,7 +390,8 @@ async fn run_source(
         if let Some(topic) = &config.topics.alerts {
             for alert in &processed.batch.alerts {
                 let body = crate::sinks::alert_json(alert).to_string();
-                let record: FutureRecord<'_, str, str> = FutureRecord::to(topic).key(alert.id.as_str()).payload(body.as_str());
+                let record: FutureRecord<'_, str, str> =
+                    FutureRecord::to(topic).key(alert.id.as_str()).payload(body.as_str());
                 if let Err((e, _)) = dead_letters.producer().send(record, Duration::from_secs(5)).await {
                     tracing::warn!(%topic, error = %e, "could not publish an alert to the alerts topic");
                 }

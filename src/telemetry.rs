@@ -103,23 +103,50 @@ impl Telemetry {
             )),
         };
         registry.register("records_in", "Kafka records read", t.records_in.clone());
-        registry.register("rows_decoded", "Rows decoded from Kafka records", t.rows_decoded.clone());
-        registry.register("dead_letters", "Records sent to the dead-letter topic", t.dead_letters.clone());
-        registry.register("duplicates_dropped", "Audit events dropped as duplicates", t.duplicates.clone());
+        registry.register(
+            "rows_decoded",
+            "Rows decoded from Kafka records",
+            t.rows_decoded.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Records sent to the dead-letter topic",
+            t.dead_letters.clone(),
+        );
+        registry.register(
+            "duplicates_dropped",
+            "Audit events dropped as duplicates",
+            t.duplicates.clone(),
+        );
         registry.register("alerts", "Alert notifications raised", t.alerts.clone());
         registry.register("sink_events", "Events accepted by a sink", t.sink_events.clone());
         registry.register("sink_retries", "Sink requests retried", t.sink_retries.clone());
-        registry.register("batches_committed", "Batches whose offsets were stored", t.batches_committed.clone());
-        registry.register("rule_eval_micros", "Microseconds spent evaluating rules", t.rule_eval_micros.clone());
+        registry.register(
+            "batches_committed",
+            "Batches whose offsets were stored",
+            t.batches_committed.clone(),
+        );
+        registry.register(
+            "rule_eval_micros",
+            "Microseconds spent evaluating rules",
+            t.rule_eval_micros.clone(),
+        );
         registry.register("window_rows", "Rows held in the SQL window", t.window_rows.clone());
         registry.register("window_bytes", "Bytes held in the SQL window", t.window_bytes.clone());
-        registry.register("window_evicted_rows", "Rows evicted from the SQL window", t.window_evicted.clone());
+        registry.register(
+            "window_evicted_rows",
+            "Rows evicted from the SQL window",
+            t.window_evicted.clone(),
+        );
         registry.register(
             "end_to_end_latency_ms",
             "Kafka record timestamp to all sinks accepted, percentiles",
             t.latency_ms.clone(),
         );
-        Telemetry { registry: Arc::new(registry), ..t }
+        Telemetry {
+            registry: Arc::new(registry),
+            ..t
+        }
     }
 
     /// Records one end-to-end latency observation.
@@ -137,24 +164,45 @@ impl Telemetry {
     /// Counter value of a labelled family member, for tests and the demo's progress line.
     pub fn dead_letter_count(&self) -> u64 {
         // Families cannot be iterated; the demo and tests ask per class instead.
-        ["RecordTooLarge", "EmptyRecord", "NotJson", "SchemaViolation", "InvalidEvent", "InvalidMetric", "NotProtobuf", "HecRejected"]
-            .iter()
-            .map(|c| self.dead_letters.get_or_create(&ClassLabel { class: (*c).into() }).get())
-            .sum()
+        [
+            "RecordTooLarge",
+            "EmptyRecord",
+            "NotJson",
+            "SchemaViolation",
+            "InvalidEvent",
+            "InvalidMetric",
+            "NotProtobuf",
+            "HecRejected",
+        ]
+        .iter()
+        .map(|c| {
+            self.dead_letters
+                .get_or_create(&ClassLabel { class: (*c).into() })
+                .get()
+        })
+        .sum()
     }
 
     /// Prometheus text exposition, with the window and latency gauges refreshed.
     pub fn render(&self, window: Option<&Window>) -> String {
         if let Some(w) = window {
-            for (name, table) in [("audit_events", &w.audit), ("metrics", &w.metrics), ("alerts", &w.alerts)] {
+            for (name, table) in [
+                ("audit_events", &w.audit),
+                ("metrics", &w.metrics),
+                ("alerts", &w.alerts),
+            ] {
                 let l = TableLabel { table: name };
                 self.window_rows.get_or_create(&l).set(table.num_rows() as i64);
                 self.window_bytes.get_or_create(&l).set(table.num_bytes() as i64);
-                self.window_evicted.get_or_create(&l).set(table.num_evicted_rows() as i64);
+                self.window_evicted
+                    .get_or_create(&l)
+                    .set(table.num_evicted_rows() as i64);
             }
         }
         for (label, q) in [("0.5", 0.5), ("0.9", 0.9), ("0.99", 0.99), ("0.999", 0.999)] {
-            self.latency_ms.get_or_create(&QuantileLabel { quantile: label }).set(self.latency_percentile_ms(q) as i64);
+            self.latency_ms
+                .get_or_create(&QuantileLabel { quantile: label })
+                .set(self.latency_percentile_ms(q) as i64);
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");

@@ -29,17 +29,22 @@ pub struct AuditDecoder {
 impl AuditDecoder {
     pub fn new(validate_schema: bool, max_record_bytes: usize) -> AuditDecoder {
         let validator = validate_schema.then(|| {
-            let schema: Value =
-                serde_json::from_str(AUDIT_SCHEMA).expect("the shipped audit schema is valid JSON");
+            let schema: Value = serde_json::from_str(AUDIT_SCHEMA).expect("the shipped audit schema is valid JSON");
             jsonschema::validator_for(&schema).expect("the shipped audit schema compiles")
         });
-        AuditDecoder { validator, max_record_bytes }
+        AuditDecoder {
+            validator,
+            max_record_bytes,
+        }
     }
 
     /// Decodes one record value.
     pub fn decode(&self, payload: &[u8]) -> Result<AuditRow, DecodeError> {
         if payload.len() > self.max_record_bytes {
-            return Err(DecodeError::TooLarge { size: payload.len(), limit: self.max_record_bytes });
+            return Err(DecodeError::TooLarge {
+                size: payload.len(),
+                limit: self.max_record_bytes,
+            });
         }
         let (_schema_id, json) = schema_registry::strip_framing(payload);
         if json.iter().all(u8::is_ascii_whitespace) {
@@ -54,8 +59,7 @@ impl AuditDecoder {
                 message: e.to_string(),
             });
         }
-        let envelope = Envelope::deserialize(&value)
-            .map_err(|e| DecodeError::InvalidEvent(e.to_string()))?;
+        let envelope = Envelope::deserialize(&value).map_err(|e| DecodeError::InvalidEvent(e.to_string()))?;
         let raw: Arc<[u8]> = Arc::from(json);
         to_row(envelope, raw)
     }
@@ -246,7 +250,11 @@ fn to_row(e: Envelope<'_>, raw: Arc<[u8]>) -> Result<AuditRow, DecodeError> {
         .get("kafka")
         .or_else(|| crn.get("cloud-cluster"))
         .map(str::to_owned)
-        .or_else(|| e.source.as_deref().and_then(|s| Crn::parse(s).get("kafka").map(str::to_owned)));
+        .or_else(|| {
+            e.source
+                .as_deref()
+                .and_then(|s| Crn::parse(s).get("kafka").map(str::to_owned))
+        });
 
     let mut row = AuditRow {
         time_us,
@@ -327,9 +335,7 @@ fn to_row(e: Envelope<'_>, raw: Arc<[u8]>) -> Result<AuditRow, DecodeError> {
     if let Some(address) = data.request_metadata.and_then(|m| m.client_address) {
         let (ip, port) = match address {
             ClientAddress::Text(text) => parse_client_address(&text),
-            ClientAddress::List(list) => {
-                (list.into_iter().find_map(|e| owned(e.ip)), None)
-            }
+            ClientAddress::List(list) => (list.into_iter().find_map(|e| owned(e.ip)), None),
         };
         row.client_ip = ip;
         row.client_port = port;
@@ -516,7 +522,10 @@ mod tests {
         assert_eq!(r.principal_type, PrincipalType::User);
         assert_eq!(r.auth_mechanism.as_deref(), Some("SSL"));
         // `\u003d` unescaped.
-        assert_eq!(r.auth_identifier.as_deref(), Some("CN=alice,OU=payments,O=Example Corp,C=GB"));
+        assert_eq!(
+            r.auth_identifier.as_deref(),
+            Some("CN=alice,OU=payments,O=Example Corp,C=GB")
+        );
         assert_eq!(r.cluster_id.as_deref(), Some("Qx1vR8mTS0ab-4kLd7PzYw"));
         assert_eq!(r.client_ip.as_deref(), Some("172.16.5.9"));
         assert_eq!(r.client_port, Some(53422));
@@ -595,7 +604,10 @@ mod tests {
     #[test]
     fn client_addresses() {
         assert_eq!(parse_client_address("/172.21.0.1"), (Some("172.21.0.1".into()), None));
-        assert_eq!(parse_client_address("/10.0.0.4:53422"), (Some("10.0.0.4".into()), Some(53422)));
+        assert_eq!(
+            parse_client_address("/10.0.0.4:53422"),
+            (Some("10.0.0.4".into()), Some(53422))
+        );
         assert_eq!(parse_client_address("/[::1]:9092"), (Some("::1".into()), Some(9092)));
         assert_eq!(parse_client_address("fe80::1"), (Some("fe80::1".into()), None));
         assert_eq!(parse_client_address(""), (None, None));
@@ -603,7 +615,9 @@ mod tests {
 
     #[test]
     fn crns() {
-        let c = Crn::parse("crn://confluent.cloud/organization=o/environment=env-x/cloud-cluster=lkc-y/kafka=lkc-y/topic=T");
+        let c = Crn::parse(
+            "crn://confluent.cloud/organization=o/environment=env-x/cloud-cluster=lkc-y/kafka=lkc-y/topic=T",
+        );
         assert_eq!(c.get("organization"), Some("o"));
         assert_eq!(c.get("kafka"), Some("lkc-y"));
         assert_eq!(c.resource(), (Some("Topic"), Some("T")));

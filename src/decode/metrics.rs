@@ -19,8 +19,14 @@ use crate::config::{DecodeConfig, MetricsFormat};
 use crate::event::{MetricKind, MetricSample};
 
 /// Resource attributes that name the cluster a sample belongs to, most specific first.
-const CLUSTER_KEYS: [&str; 6] =
-    ["kafka.id", "kafka.cluster.id", "resource.kafka.id", "ksql.id", "schema_registry.id", "connector.id"];
+const CLUSTER_KEYS: [&str; 6] = [
+    "kafka.id",
+    "kafka.cluster.id",
+    "resource.kafka.id",
+    "ksql.id",
+    "schema_registry.id",
+    "connector.id",
+];
 
 /// Metric names whose values are levels, not per-interval deltas.
 const GAUGES: [&str; 5] = [
@@ -53,7 +59,10 @@ impl MetricsDecoder {
     /// Decodes one record into one or more samples.
     pub fn decode(&self, payload: &[u8], headers: &MetricHeaders) -> Result<Vec<MetricSample>, DecodeError> {
         if payload.len() > self.config.max_record_bytes {
-            return Err(DecodeError::TooLarge { size: payload.len(), limit: self.config.max_record_bytes });
+            return Err(DecodeError::TooLarge {
+                size: payload.len(),
+                limit: self.config.max_record_bytes,
+            });
         }
         let (_, payload) = schema_registry::strip_framing(payload);
         let first = payload.iter().find(|b| !b.is_ascii_whitespace());
@@ -71,7 +80,7 @@ impl MetricsDecoder {
                 from_otlp(request)
             }
             Some(MetricsFormat::OtlpJson) => from_otlp(serde_json::from_slice(payload)?),
-            Some(MetricsFormat::MetricsApi) => self.from_metrics_api(serde_json::from_slice(payload)?, headers)?,
+            Some(MetricsFormat::MetricsApi) => self.decode_metrics_api(serde_json::from_slice(payload)?, headers)?,
             Some(MetricsFormat::Canonical) => from_canonical_stream(payload)?,
             Some(MetricsFormat::Auto) | None => {
                 let mut stream = serde_json::Deserializer::from_slice(payload).into_iter::<Value>();
@@ -82,7 +91,7 @@ impl MetricsDecoder {
                         from_otlp(serde_json::from_value(first)?)
                     }
                     Value::Object(m) if is_single && m.get("data").is_some_and(Value::is_array) => {
-                        self.from_metrics_api(serde_json::from_value(first)?, headers)?
+                        self.decode_metrics_api(serde_json::from_value(first)?, headers)?
                     }
                     _ => from_canonical_stream(payload)?,
                 }
@@ -94,7 +103,11 @@ impl MetricsDecoder {
         Ok(samples)
     }
 
-    fn from_metrics_api(&self, response: MetricsApiResponse, headers: &MetricHeaders) -> Result<Vec<MetricSample>, DecodeError> {
+    fn decode_metrics_api(
+        &self,
+        response: MetricsApiResponse,
+        headers: &MetricHeaders,
+    ) -> Result<Vec<MetricSample>, DecodeError> {
         let name = headers
             .metric
             .clone()
@@ -104,7 +117,10 @@ impl MetricsDecoder {
                     "Metrics API response without a `metric` header or decode.metrics_api_metric".into(),
                 )
             })?;
-        let cluster = headers.cluster_id.clone().or_else(|| self.config.metrics_api_cluster_id.clone());
+        let cluster = headers
+            .cluster_id
+            .clone()
+            .or_else(|| self.config.metrics_api_cluster_id.clone());
         response
             .data
             .into_iter()
@@ -180,9 +196,8 @@ fn from_canonical_stream(payload: &[u8]) -> Result<Vec<MetricSample>, DecodeErro
             OneOrMany::Many(v) => v,
         };
         for s in list {
-            let time_us = parse_time_us(&s.timestamp).ok_or_else(|| {
-                DecodeError::InvalidMetric(format!("timestamp {:?} is not RFC 3339", s.timestamp))
-            })?;
+            let time_us = parse_time_us(&s.timestamp)
+                .ok_or_else(|| DecodeError::InvalidMetric(format!("timestamp {:?} is not RFC 3339", s.timestamp)))?;
             let kind = match s.kind.as_deref() {
                 None => None,
                 Some("gauge") => Some(MetricKind::Gauge),
@@ -194,8 +209,7 @@ fn from_canonical_stream(payload: &[u8]) -> Result<Vec<MetricSample>, DecodeErro
                     )));
                 }
             };
-            let mut labels: BTreeMap<String, String> =
-                s.labels.into_iter().map(|(k, v)| (k, json_label(v))).collect();
+            let mut labels: BTreeMap<String, String> = s.labels.into_iter().map(|(k, v)| (k, json_label(v))).collect();
             for (k, v) in s.resource {
                 labels.insert(k, json_label(v));
             }
@@ -225,7 +239,13 @@ fn from_otlp(request: ExportMetricsServiceRequest) -> Vec<MetricSample> {
                 match m.data {
                     Some(metric::Data::Gauge(g)) => {
                         for p in g.data_points {
-                            push(m.name.clone(), p.time_unix_nano, number(&p.value), MetricKind::Gauge, p.attributes);
+                            push(
+                                m.name.clone(),
+                                p.time_unix_nano,
+                                number(&p.value),
+                                MetricKind::Gauge,
+                                p.attributes,
+                            );
                         }
                     }
                     Some(metric::Data::Sum(s)) => {
@@ -242,20 +262,56 @@ fn from_otlp(request: ExportMetricsServiceRequest) -> Vec<MetricSample> {
                     Some(metric::Data::Histogram(h)) => {
                         for p in h.data_points {
                             let (name_count, name_sum) = (format!("{}_count", m.name), format!("{}_sum", m.name));
-                            push(name_count, p.time_unix_nano, p.count as f64, MetricKind::Counter, p.attributes.clone());
-                            push(name_sum, p.time_unix_nano, p.sum.unwrap_or(0.0), MetricKind::Counter, p.attributes);
+                            push(
+                                name_count,
+                                p.time_unix_nano,
+                                p.count as f64,
+                                MetricKind::Counter,
+                                p.attributes.clone(),
+                            );
+                            push(
+                                name_sum,
+                                p.time_unix_nano,
+                                p.sum.unwrap_or(0.0),
+                                MetricKind::Counter,
+                                p.attributes,
+                            );
                         }
                     }
                     Some(metric::Data::ExponentialHistogram(h)) => {
                         for p in h.data_points {
-                            push(format!("{}_count", m.name), p.time_unix_nano, p.count as f64, MetricKind::Counter, p.attributes.clone());
-                            push(format!("{}_sum", m.name), p.time_unix_nano, p.sum.unwrap_or(0.0), MetricKind::Counter, p.attributes);
+                            push(
+                                format!("{}_count", m.name),
+                                p.time_unix_nano,
+                                p.count as f64,
+                                MetricKind::Counter,
+                                p.attributes.clone(),
+                            );
+                            push(
+                                format!("{}_sum", m.name),
+                                p.time_unix_nano,
+                                p.sum.unwrap_or(0.0),
+                                MetricKind::Counter,
+                                p.attributes,
+                            );
                         }
                     }
                     Some(metric::Data::Summary(s)) => {
                         for p in s.data_points {
-                            push(format!("{}_count", m.name), p.time_unix_nano, p.count as f64, MetricKind::Counter, p.attributes.clone());
-                            push(format!("{}_sum", m.name), p.time_unix_nano, p.sum, MetricKind::Counter, p.attributes);
+                            push(
+                                format!("{}_count", m.name),
+                                p.time_unix_nano,
+                                p.count as f64,
+                                MetricKind::Counter,
+                                p.attributes.clone(),
+                            );
+                            push(
+                                format!("{}_sum", m.name),
+                                p.time_unix_nano,
+                                p.sum,
+                                MetricKind::Counter,
+                                p.attributes,
+                            );
                         }
                     }
                     None => {}
@@ -332,7 +388,11 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> Vec<u8> {
-        std::fs::read(format!("{}/tests/fixtures/samples/metrics/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+        std::fs::read(format!(
+            "{}/tests/fixtures/samples/metrics/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
     }
 
     fn decoder() -> MetricsDecoder {
@@ -341,7 +401,9 @@ mod tests {
 
     #[test]
     fn canonical_json_lines() {
-        let s = decoder().decode(&fixture("canonical-samples.jsonl"), &MetricHeaders::default()).unwrap();
+        let s = decoder()
+            .decode(&fixture("canonical-samples.jsonl"), &MetricHeaders::default())
+            .unwrap();
         assert_eq!(s.len(), 6);
         assert_eq!(s[0].name, "io.confluent.kafka.server/received_bytes");
         assert_eq!(s[0].value, 52428800.0);
@@ -364,8 +426,18 @@ mod tests {
     fn canonical_array_and_single() {
         let one = br#"{"metric":"m","timestamp":"2026-11-24T10:01:00Z","value":1,"resource":{"kafka.id":"lkc-1"},"labels":{"topic":"t"}}"#;
         assert_eq!(decoder().decode(one, &MetricHeaders::default()).unwrap().len(), 1);
-        let many = format!("[{},{}]", std::str::from_utf8(one).unwrap(), std::str::from_utf8(one).unwrap());
-        assert_eq!(decoder().decode(many.as_bytes(), &MetricHeaders::default()).unwrap().len(), 2);
+        let many = format!(
+            "[{},{}]",
+            std::str::from_utf8(one).unwrap(),
+            std::str::from_utf8(one).unwrap()
+        );
+        assert_eq!(
+            decoder()
+                .decode(many.as_bytes(), &MetricHeaders::default())
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[test]
@@ -375,7 +447,9 @@ mod tests {
             cluster_id: Some("lkc-7x3p9w".into()),
             ..MetricHeaders::default()
         };
-        let s = decoder().decode(&fixture("metrics-api-query-response.json"), &headers).unwrap();
+        let s = decoder()
+            .decode(&fixture("metrics-api-query-response.json"), &headers)
+            .unwrap();
         assert_eq!(s.len(), 2);
         assert_eq!(s[1].name, "io.confluent.kafka.server/sent_bytes");
         assert_eq!(s[1].topic.as_deref(), Some("Tech02-payments"));
@@ -383,13 +457,17 @@ mod tests {
         assert_eq!(s[1].cluster_id.as_deref(), Some("lkc-7x3p9w"));
         assert_eq!(s[1].kind, MetricKind::Counter);
         // Without a metric name it is an error, not a guess.
-        let err = decoder().decode(&fixture("metrics-api-query-response.json"), &MetricHeaders::default()).unwrap_err();
+        let err = decoder()
+            .decode(&fixture("metrics-api-query-response.json"), &MetricHeaders::default())
+            .unwrap_err();
         assert_eq!(err.class(), "InvalidMetric");
     }
 
     #[test]
     fn otlp_json_and_proto() {
-        let s = decoder().decode(&fixture("otlp-json-metrics.json"), &MetricHeaders::default()).unwrap();
+        let s = decoder()
+            .decode(&fixture("otlp-json-metrics.json"), &MetricHeaders::default())
+            .unwrap();
         assert_eq!(s.len(), 2);
         assert_eq!(s[0].name, "io.confluent.kafka.server/received_bytes");
         assert_eq!(s[0].kind, MetricKind::Counter);
@@ -412,12 +490,19 @@ mod tests {
         let d = decoder();
         for (input, class) in [
             (&b"{\"metric\":\"m\"}"[..], "InvalidMetric"),
-            (&b"{\"metric\":\"m\",\"timestamp\":\"x\",\"value\":1}"[..], "InvalidMetric"),
+            (
+                &b"{\"metric\":\"m\",\"timestamp\":\"x\",\"value\":1}"[..],
+                "InvalidMetric",
+            ),
             (&b"\x08\x96\x01garbage"[..], "NotProtobuf"),
             (&b"{not json"[..], "NotJson"),
             (&b""[..], "EmptyRecord"),
         ] {
-            assert_eq!(d.decode(input, &MetricHeaders::default()).unwrap_err().class(), class, "{input:?}");
+            assert_eq!(
+                d.decode(input, &MetricHeaders::default()).unwrap_err().class(),
+                class,
+                "{input:?}"
+            );
         }
     }
 }

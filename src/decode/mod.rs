@@ -46,5 +46,7 @@ impl DecodeError {
 
 /// Parses an RFC 3339 timestamp of any fractional precision to microseconds since the epoch.
 pub fn parse_time_us(text: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_micros())
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.timestamp_micros())
 }

@@ -8,7 +8,12 @@ fn change_type(method: &str) -> Option<&'static str> {
     let m = method.strip_prefix("kafka.").unwrap_or(method);
     if m.contains("Acl") || m.contains("RoleBinding") || m.contains("ApiKey") || m.contains("ServiceAccount") {
         Some("AAA")
-    } else if m.starts_with("Create") || m.starts_with("Delete") || m.starts_with("Alter") || m.starts_with("IncrementalAlter") || m.starts_with("Update") {
+    } else if m.starts_with("Create")
+        || m.starts_with("Delete")
+        || m.starts_with("Alter")
+        || m.starts_with("IncrementalAlter")
+        || m.starts_with("Update")
+    {
         Some("kafka")
     } else {
         None
@@ -17,8 +22,7 @@ fn change_type(method: &str) -> Option<&'static str> {
 
 /// The CIM fields of an audit event, in a fixed order.
 pub fn fields(row: &AuditRow) -> Vec<(&'static str, String)> {
-    let failed = row.granted == Some(false)
-        || row.result_status.as_deref().is_some_and(|s| s != "SUCCESS");
+    let failed = row.granted == Some(false) || row.result_status.as_deref().is_some_and(|s| s != "SUCCESS");
     let action = if failed { "failure" } else { "success" };
     let mut out: Vec<(&'static str, String)> = vec![
         ("action", action.into()),
@@ -37,7 +41,10 @@ pub fn fields(row: &AuditRow) -> Vec<(&'static str, String)> {
     push("signature", row.method.as_deref());
     push("authentication_method", row.auth_mechanism.as_deref());
     push("object", row.resource_name.as_deref());
-    push("object_category", row.resource_type.as_deref().map(|t| t.to_ascii_lowercase()).as_deref());
+    push(
+        "object_category",
+        row.resource_type.as_deref().map(|t| t.to_ascii_lowercase()).as_deref(),
+    );
     push("change_type", row.method.as_deref().and_then(change_type));
     out
 }

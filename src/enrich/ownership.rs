@@ -41,14 +41,22 @@ pub struct Ownership {
 impl Ownership {
     pub fn load(path: &Path) -> Result<Ownership, EnrichError> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| EnrichError::Read { path: name.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| EnrichError::Read {
+            path: name.clone(),
+            source,
+        })?;
         Ownership::parse(&text, &name)
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Ownership, EnrichError> {
-        let file: NamespaceFile = serde_yaml::from_str(text)
-            .map_err(|e| EnrichError::Parse { path: origin.to_owned(), message: e.to_string() })?;
-        let invalid = |message: String| EnrichError::Invalid { path: origin.to_owned(), message };
+        let file: NamespaceFile = serde_yaml::from_str(text).map_err(|e| EnrichError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        let invalid = |message: String| EnrichError::Invalid {
+            path: origin.to_owned(),
+            message,
+        };
         let mut by_prefix: HashMap<String, String> = HashMap::new();
         let mut principals: HashMap<String, String> = HashMap::new();
         for app in file.applications {
@@ -87,7 +95,10 @@ impl Ownership {
 
     /// The application owning a resource name, by longest prefix.
     pub fn resource_app(&self, resource: &str) -> Option<&str> {
-        self.prefixes.iter().find(|(p, _)| resource.starts_with(p.as_str())).map(|(_, a)| a.as_str())
+        self.prefixes
+            .iter()
+            .find(|(p, _)| resource.starts_with(p.as_str()))
+            .map(|(_, a)| a.as_str())
     }
 
     /// The application a principal runs for.
@@ -96,7 +107,12 @@ impl Ownership {
     }
 
     pub fn num_applications(&self) -> usize {
-        let mut apps: Vec<&String> = self.prefixes.iter().map(|(_, a)| a).chain(self.principals.values()).collect();
+        let mut apps: Vec<&String> = self
+            .prefixes
+            .iter()
+            .map(|(_, a)| a)
+            .chain(self.principals.values())
+            .collect();
         apps.sort();
         apps.dedup();
         apps.len()
@@ -110,11 +126,18 @@ impl Ownership {
             Some("Topic" | "Group" | "TransactionalId" | "Subject" | "Connector")
         );
         row.resource_app = if namespaced {
-            row.resource_name.as_deref().and_then(|r| self.resource_app(r)).map(str::to_owned)
+            row.resource_name
+                .as_deref()
+                .and_then(|r| self.resource_app(r))
+                .map(str::to_owned)
         } else {
             None
         };
-        row.principal_app = row.principal.as_deref().and_then(|p| self.principal_app(p)).map(str::to_owned);
+        row.principal_app = row
+            .principal
+            .as_deref()
+            .and_then(|p| self.principal_app(p))
+            .map(str::to_owned);
         row.cross_namespace = match (&row.principal_app, &row.resource_app) {
             (Some(p), Some(r)) => Some(p != r),
             _ => None,
@@ -122,7 +145,11 @@ impl Ownership {
     }
 
     pub fn enrich_metric(&self, sample: &mut MetricSample) {
-        sample.resource_app = sample.topic.as_deref().and_then(|t| self.resource_app(t)).map(str::to_owned);
+        sample.resource_app = sample
+            .topic
+            .as_deref()
+            .and_then(|t| self.resource_app(t))
+            .map(str::to_owned);
     }
 }
 

@@ -30,15 +30,24 @@ impl QueryEngine {
             .with_information_schema(true)
             .with_default_catalog_and_schema("auditflow", "public");
         let ctx = SessionContext::new_with_config(config);
-        ctx.register_table("audit_events", window.audit.clone()).expect("fresh catalog");
-        ctx.register_table("metrics", window.metrics.clone()).expect("fresh catalog");
-        ctx.register_table("alerts", window.alerts.clone()).expect("fresh catalog");
-        QueryEngine { ctx, timeout: Duration::from_secs(30) }
+        ctx.register_table("audit_events", window.audit.clone())
+            .expect("fresh catalog");
+        ctx.register_table("metrics", window.metrics.clone())
+            .expect("fresh catalog");
+        ctx.register_table("alerts", window.alerts.clone())
+            .expect("fresh catalog");
+        QueryEngine {
+            ctx,
+            timeout: Duration::from_secs(30),
+        }
     }
 
     /// Runs one read-only statement and collects its result.
     pub async fn query(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
-        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
         let run = async {
             let df = self.ctx.sql_with_options(sql, options).await?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());

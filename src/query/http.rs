@@ -47,9 +47,15 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
-        .with_state(AppState { query, telemetry, window });
+        .with_state(AppState {
+            query,
+            telemetry,
+            window,
+        });
     tokio::spawn(async move {
-        let result = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
         if let Err(e) = result {
             tracing::error!(error = %e, "http server stopped");
         }
@@ -58,19 +64,32 @@ pub async fn serve(
 }
 
 fn error(status: StatusCode, message: String) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], serde_json::json!({ "error": message }).to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({ "error": message }).to_string(),
+    )
+        .into_response()
 }
 
 async fn sql(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let request: SqlRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body must be {{\"sql\": \"...\"}}: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("body must be {{\"sql\": \"...\"}}: {e}"),
+            );
+        }
     };
     let (schema, batches) = match state.query.query(&request.sql).await {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
     let encoded = if accept.contains(ARROW_STREAM) {
         encode_arrow(&schema, &batches).map(|b| (ARROW_STREAM, b))
     } else if accept.contains("text/csv") {
@@ -96,14 +115,19 @@ pub fn encode_json(batches: &[RecordBatch]) -> Result<Vec<u8>, datafusion::arrow
 }
 
 pub fn encode_csv(batches: &[RecordBatch]) -> Result<Vec<u8>, datafusion::arrow::error::ArrowError> {
-    let mut writer = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(Vec::new());
+    let mut writer = datafusion::arrow::csv::WriterBuilder::new()
+        .with_header(true)
+        .build(Vec::new());
     for b in batches {
         writer.write(b)?;
     }
     Ok(writer.into_inner())
 }
 
-pub fn encode_arrow(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, datafusion::arrow::error::ArrowError> {
+pub fn encode_arrow(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<Vec<u8>, datafusion::arrow::error::ArrowError> {
     let mut writer = datafusion::arrow::ipc::writer::StreamWriter::try_new(Vec::new(), schema)?;
     for b in batches {
         writer.write(b)?;

@@ -88,7 +88,11 @@ pub static ALERTS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("summary", DataType::Utf8, false),
         utf8("description"),
         utf8("runbook"),
-        Field::new("evidence", DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))), false),
+        Field::new(
+            "evidence",
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            false,
+        ),
     ]))
 });
 
@@ -243,7 +247,12 @@ mod tests {
         assert_eq!(audit_batch(&[]).num_rows(), 0);
         assert_eq!(metrics_batch(&[]).num_rows(), 0);
         assert_eq!(alerts_batch(&[]).num_rows(), 0);
-        let row = AuditRow { id: "x".into(), event_type: "t".into(), raw: Arc::from(&b"{}"[..]), ..AuditRow::default() };
+        let row = AuditRow {
+            id: "x".into(),
+            event_type: "t".into(),
+            raw: Arc::from(&b"{}"[..]),
+            ..AuditRow::default()
+        };
         let b = audit_batch(&[row]);
         assert_eq!(b.num_rows(), 1);
         assert_eq!(b.schema(), *AUDIT_SCHEMA);

@@ -7,8 +7,8 @@
 //! clock), so a replayed backlog stays queryable instead of expiring on arrival.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, RwLock};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -67,7 +67,8 @@ impl WindowTable {
         let before: usize = batches.iter().map(|s| s.batch.num_rows()).sum();
         batches.retain(|s| s.newest_us > cutoff);
         let after: usize = batches.iter().map(|s| s.batch.num_rows()).sum();
-        self.num_evicted_rows.fetch_add((before - after) as u64, Ordering::Relaxed);
+        self.num_evicted_rows
+            .fetch_add((before - after) as u64, Ordering::Relaxed);
     }
 
     /// The batches currently held (cheap: record batches share their buffers).

@@ -59,7 +59,11 @@ impl Lifecycle {
                 let id = alert_id(&meta.id, obs.key);
                 self.active.insert(
                     obs.key.to_vec(),
-                    Active { id: id.clone(), started_at_us: now_us, last_notified_us: now_us },
+                    Active {
+                        id: id.clone(),
+                        started_at_us: now_us,
+                        last_notified_us: now_us,
+                    },
                 );
                 Some(render(meta, id, AlertStatus::Firing, now_us, None, now_us, obs))
             }
@@ -69,7 +73,15 @@ impl Lifecycle {
     /// The condition no longer holds for `obs.key`: resolve if it was firing.
     pub fn clear(&mut self, meta: &RuleMeta, obs: Observation<'_>, now_us: i64) -> Option<Alert> {
         let a = self.active.remove(obs.key)?;
-        Some(render(meta, a.id, AlertStatus::Resolved, a.started_at_us, Some(now_us), now_us, obs))
+        Some(render(
+            meta,
+            a.id,
+            AlertStatus::Resolved,
+            a.started_at_us,
+            Some(now_us),
+            now_us,
+            obs,
+        ))
     }
 
     pub fn is_firing(&self, key: &[String]) -> bool {
@@ -100,7 +112,10 @@ fn render(
         ctx.insert(k.clone(), minijinja::Value::from(v.clone()));
     }
     ctx.insert("value".into(), format_number(obs.value).into());
-    ctx.insert("threshold".into(), obs.threshold.map(format_number).unwrap_or_default().into());
+    ctx.insert(
+        "threshold".into(),
+        obs.threshold.map(format_number).unwrap_or_default().into(),
+    );
     ctx.insert("rule_id".into(), meta.id.clone().into());
     ctx.insert("status".into(), status.as_str().into());
     ctx.insert("labels".into(), minijinja::Value::from_serialize(&obs.labels));
@@ -128,7 +143,11 @@ fn render(
 
 /// `3` rather than `3.0`; large byte counts without exponent.
 pub fn format_number(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e18 { format!("{}", v as i64) } else { format!("{v:.3}") }
+    if v.fract() == 0.0 && v.abs() < 1e18 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v:.3}")
+    }
 }
 
 #[cfg(test)]
@@ -140,7 +159,10 @@ mod tests {
         let a = alert_id("r", &["k1".into()]);
         assert_eq!(a, alert_id("r", &["k1".into()]));
         assert_ne!(a, alert_id("r", &["k2".into()]));
-        assert_ne!(alert_id("r", &["a".into(), "bc".into()]), alert_id("r", &["ab".into(), "c".into()]));
+        assert_ne!(
+            alert_id("r", &["a".into(), "bc".into()]),
+            alert_id("r", &["ab".into(), "c".into()])
+        );
     }
 
     #[test]

@@ -108,7 +108,11 @@ impl CountRule {
         for key in touched {
             let Some(s) = self.series.get_mut(&key) else { continue };
             s.evict(cutoff);
-            let value = if self.distinct.is_some() { s.distinct.len() } else { s.times.len() } as f64;
+            let value = if self.distinct.is_some() {
+                s.distinct.len()
+            } else {
+                s.times.len()
+            } as f64;
             let obs = Observation {
                 key: &key,
                 labels: labels_of(&self.group_by, &key),

@@ -26,8 +26,15 @@ impl<'a> BatchView<'a> {
             .column_by_name("time")
             .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
             .expect("every table has a microsecond `time` column");
-        let id = batch.column_by_name("id").and_then(|c| c.as_any().downcast_ref::<StringArray>());
-        BatchView { batch, time, id, strings: BTreeMap::new() }
+        let id = batch
+            .column_by_name("id")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>());
+        BatchView {
+            batch,
+            time,
+            id,
+            strings: BTreeMap::new(),
+        }
     }
 
     pub fn time(&self, row: usize) -> i64 {
@@ -45,7 +52,10 @@ impl<'a> BatchView<'a> {
     /// The value of `column` at `row` as text (NULL as the empty string).
     pub fn text(&mut self, column: &str, row: usize) -> String {
         if !self.strings.contains_key(column) {
-            let array = self.batch.column_by_name(column).expect("columns are validated at load");
+            let array = self
+                .batch
+                .column_by_name(column)
+                .expect("columns are validated at load");
             let utf8 = cast(array, &DataType::Utf8).unwrap_or_else(|_| array.clone());
             self.strings.insert(column.to_owned(), utf8);
         }
@@ -90,7 +100,10 @@ pub struct RuleEngine {
 
 impl RuleEngine {
     pub fn new(rules: Vec<Rule>) -> RuleEngine {
-        RuleEngine { rules, watermarks: [i64::MIN; 3] }
+        RuleEngine {
+            rules,
+            watermarks: [i64::MIN; 3],
+        }
     }
 
     pub fn rules(&self) -> &[Rule] {

@@ -15,7 +15,11 @@ pub struct MatchRule {
 
 impl MatchRule {
     pub fn new(predicate: Predicate, group_by: Vec<String>) -> MatchRule {
-        MatchRule { predicate, group_by, lifecycle: Lifecycle::default() }
+        MatchRule {
+            predicate,
+            group_by,
+            lifecycle: Lifecycle::default(),
+        }
     }
 
     pub fn evaluate(&mut self, meta: &RuleMeta, view: &mut BatchView<'_>, now: i64) -> Result<Vec<Alert>, String> {
@@ -28,7 +32,11 @@ impl MatchRule {
             } else {
                 view.key(&self.group_by, row)
             };
-            let labels = if self.group_by.is_empty() { Default::default() } else { labels_of(&self.group_by, &key) };
+            let labels = if self.group_by.is_empty() {
+                Default::default()
+            } else {
+                labels_of(&self.group_by, &key)
+            };
             let obs = Observation {
                 key: &key,
                 labels,

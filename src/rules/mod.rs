@@ -35,9 +35,19 @@ pub enum RulesError {
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}:{line}: rule `{rule}`: field `{field}`: {message}")]
-    Invalid { path: PathBuf, line: usize, rule: String, field: String, message: String },
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        rule: String,
+        field: String,
+        message: String,
+    },
     #[error("rule id `{id}` is defined twice: {first} and {second}")]
-    DuplicateId { id: String, first: PathBuf, second: PathBuf },
+    DuplicateId {
+        id: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
 }
 
 /// Which table a rule reads.
@@ -191,9 +201,17 @@ pub fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, RulesError> {
     let mut files = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d).map_err(|source| RulesError::Read { path: d.clone(), source })?;
+        let entries = std::fs::read_dir(&d).map_err(|source| RulesError::Read {
+            path: d.clone(),
+            source,
+        })?;
         for entry in entries {
-            let path = entry.map_err(|source| RulesError::Read { path: d.clone(), source })?.path();
+            let path = entry
+                .map_err(|source| RulesError::Read {
+                    path: d.clone(),
+                    source,
+                })?
+                .path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             if path.is_dir() {
                 stack.push(path);
@@ -232,14 +250,19 @@ pub fn load_dirs(dirs: &[PathBuf]) -> Result<Vec<Rule>, RulesError> {
 
 /// Loads one rule file.
 pub fn load_file(ctx: &SessionContext, path: &Path) -> Result<Vec<Rule>, RulesError> {
-    let text = std::fs::read_to_string(path).map_err(|source| RulesError::Read { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| RulesError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     parse_rules(ctx, &text, path)
 }
 
 /// Parses and validates rule text; `path` names it in errors.
 pub fn parse_rules(ctx: &SessionContext, text: &str, path: &Path) -> Result<Vec<Rule>, RulesError> {
-    let raw: RawRuleFile = serde_yaml::from_str(text)
-        .map_err(|e| RulesError::Parse { path: path.to_owned(), message: e.to_string() })?;
+    let raw: RawRuleFile = serde_yaml::from_str(text).map_err(|e| RulesError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
     let mut out = Vec::new();
     for group in raw.groups {
         for rule in group.rules {
@@ -254,9 +277,12 @@ fn line_of(text: &str, id: &str, field: &str) -> usize {
     let lines: Vec<&str> = text.lines().collect();
     let is_id = |l: &str| {
         let t = l.trim_start().trim_start_matches("- ").trim();
-        t.strip_prefix("id:").is_some_and(|v| v.trim().trim_matches(|c| c == '"' || c == '\'') == id)
+        t.strip_prefix("id:")
+            .is_some_and(|v| v.trim().trim_matches(|c| c == '"' || c == '\'') == id)
     };
-    let Some(start) = lines.iter().position(|l| is_id(l)) else { return 1 };
+    let Some(start) = lines.iter().position(|l| is_id(l)) else {
+        return 1;
+    };
     let key = format!("{field}:");
     for (i, l) in lines.iter().enumerate().skip(start) {
         if i > start && l.trim_start().starts_with("- id:") {
@@ -277,17 +303,32 @@ fn validate(ctx: &SessionContext, r: RawRule, group: &str, text: &str, path: &Pa
         field: field.to_owned(),
         message,
     };
-    if r.id.is_empty() || !r.id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_') {
-        return Err(err("id", "must be non-empty lowercase letters, digits, `-` or `_`".into()));
+    if r.id.is_empty()
+        || !r
+            .id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    {
+        return Err(err(
+            "id",
+            "must be non-empty lowercase letters, digits, `-` or `_`".into(),
+        ));
     }
-    let source = match r.source.as_deref().unwrap_or(if r.kind == "threshold" { "metrics" } else { "audit" }) {
+    let source = match r
+        .source
+        .as_deref()
+        .unwrap_or(if r.kind == "threshold" { "metrics" } else { "audit" })
+    {
         "audit" => Source::Audit,
         "metrics" => Source::Metrics,
         "alerts" => Source::Alerts,
         other => return Err(err("source", format!("`{other}` is not one of audit, metrics, alerts"))),
     };
     if !["info", "low", "medium", "high", "critical"].contains(&r.severity.as_str()) {
-        return Err(err("severity", format!("`{}` is not one of info, low, medium, high, critical", r.severity)));
+        return Err(err(
+            "severity",
+            format!("`{}` is not one of info, low, medium, high, critical", r.severity),
+        ));
     }
     for (field, template) in [("summary", Some(&r.summary)), ("description", r.description.as_ref())] {
         if let Some(t) = template
@@ -310,7 +351,11 @@ fn validate(ctx: &SessionContext, r: RawRule, group: &str, text: &str, path: &Pa
     let schema = source.schema();
     for column in r.group_by.iter().chain(r.distinct.iter()) {
         if schema.field_with_name(column).is_err() {
-            let field = if r.distinct.as_ref() == Some(column) { "distinct" } else { "group_by" };
+            let field = if r.distinct.as_ref() == Some(column) {
+                "distinct"
+            } else {
+                "group_by"
+            };
             return Err(err(field, format!("unknown column `{column}`")));
         }
     }
@@ -319,12 +364,17 @@ fn validate(ctx: &SessionContext, r: RawRule, group: &str, text: &str, path: &Pa
 
     let kind = match r.kind.as_str() {
         "match" => {
-            let sql = r.where_.as_deref().ok_or_else(|| err("where", "a match rule needs `where`".into()))?;
+            let sql = r
+                .where_
+                .as_deref()
+                .ok_or_else(|| err("where", "a match rule needs `where`".into()))?;
             RuleKind::Match(MatchRule::new(predicate(sql)?, r.group_by.clone()))
         }
         "count" => {
             let window_us = window_us.ok_or_else(|| err("window", "a count rule needs `window`".into()))?;
-            let threshold = r.threshold.ok_or_else(|| err("threshold", "a count rule needs `threshold`".into()))?;
+            let threshold = r
+                .threshold
+                .ok_or_else(|| err("threshold", "a count rule needs `threshold`".into()))?;
             let sql = r.where_.as_deref().unwrap_or("true");
             RuleKind::Count(CountRule::new(
                 predicate(sql)?,
@@ -339,10 +389,16 @@ fn validate(ctx: &SessionContext, r: RawRule, group: &str, text: &str, path: &Pa
             if source != Source::Metrics {
                 return Err(err("source", "a threshold rule reads `metrics`".into()));
             }
-            let metric = r.metric.as_deref().ok_or_else(|| err("metric", "a threshold rule needs `metric`".into()))?;
+            let metric = r
+                .metric
+                .as_deref()
+                .ok_or_else(|| err("metric", "a threshold rule needs `metric`".into()))?;
             let window_us = window_us.ok_or_else(|| err("window", "a threshold rule needs `window`".into()))?;
-            let value = r.value.ok_or_else(|| err("value", "a threshold rule needs `value`".into()))?;
-            let aggregate = Aggregate::parse(r.aggregate.as_deref().unwrap_or("sum")).map_err(|m| err("aggregate", m))?;
+            let value = r
+                .value
+                .ok_or_else(|| err("value", "a threshold rule needs `value`".into()))?;
+            let aggregate =
+                Aggregate::parse(r.aggregate.as_deref().unwrap_or("sum")).map_err(|m| err("aggregate", m))?;
             let comparison = Comparison::parse(r.op.as_deref().unwrap_or(">")).map_err(|m| err("op", m))?;
             let for_us = dur("for", &r.for_)?.unwrap_or(0);
             let escaped = metric.replace('\'', "''");
@@ -392,7 +448,10 @@ mod tests {
     fn errors_name_file_line_and_field() {
         let text = "groups:\n  - name: g\n    rules:\n      - id: r1\n        kind: count\n        where: \"nope = 1\"\n        window: 5m\n        threshold: 3\n        severity: high\n        summary: s\n";
         let e = parse(text).err().unwrap().to_string();
-        assert!(e.contains("rules/x.yaml:6") && e.contains("`where`") && e.contains("nope"), "{e}");
+        assert!(
+            e.contains("rules/x.yaml:6") && e.contains("`where`") && e.contains("nope"),
+            "{e}"
+        );
 
         let text = "groups:\n  - name: g\n    rules:\n      - id: r1\n        kind: count\n        window: 5m\n        threshold: 3\n        group_by: [principle]\n        severity: high\n        summary: s\n";
         let e = parse(text).err().unwrap().to_string();

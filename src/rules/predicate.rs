@@ -26,12 +26,17 @@ impl Predicate {
                 return Err(format!("unknown column `{}`", column.name));
             }
         }
-        let physical = ctx.create_physical_expr(expr, &df_schema).map_err(|e| clean(e.to_string()))?;
+        let physical = ctx
+            .create_physical_expr(expr, &df_schema)
+            .map_err(|e| clean(e.to_string()))?;
         let data_type = physical.data_type(schema).map_err(|e| clean(e.to_string()))?;
         if data_type != DataType::Boolean {
             return Err(format!("`{sql}` is {data_type}, not a boolean condition"));
         }
-        Ok(Predicate { text: sql.to_owned(), expr: physical })
+        Ok(Predicate {
+            text: sql.to_owned(),
+            expr: physical,
+        })
     }
 
     /// Rows for which the predicate is true (NULL counts as false).
@@ -51,7 +56,9 @@ impl Predicate {
 }
 
 fn clean(message: String) -> String {
-    message.replace("Schema error: ", "").replace("Error during planning: ", "")
+    message
+        .replace("Schema error: ", "")
+        .replace("Error during planning: ", "")
 }
 
 #[cfg(test)]
@@ -61,20 +68,45 @@ mod tests {
     use crate::query::tables::{AUDIT_SCHEMA, audit_batch};
 
     fn rows() -> RecordBatch {
-        let base = AuditRow { id: "1".into(), event_type: "t".into(), raw: Arc::from(&b"{}"[..]), ..AuditRow::default() };
+        let base = AuditRow {
+            id: "1".into(),
+            event_type: "t".into(),
+            raw: Arc::from(&b"{}"[..]),
+            ..AuditRow::default()
+        };
         audit_batch(&[
-            AuditRow { result_status: Some("SUCCESS".into()), principal: Some("User:sa-1".into()), ..base.clone() },
-            AuditRow { result_status: Some("UNAUTHENTICATED".into()), principal: Some("User:sa-2".into()), ..base.clone() },
-            AuditRow { granted: Some(false), principal: Some("User:bob".into()), ..base },
+            AuditRow {
+                result_status: Some("SUCCESS".into()),
+                principal: Some("User:sa-1".into()),
+                ..base.clone()
+            },
+            AuditRow {
+                result_status: Some("UNAUTHENTICATED".into()),
+                principal: Some("User:sa-2".into()),
+                ..base.clone()
+            },
+            AuditRow {
+                granted: Some(false),
+                principal: Some("User:bob".into()),
+                ..base
+            },
         ])
     }
 
     #[test]
     fn evaluates_sql_on_batches() {
         let ctx = SessionContext::new();
-        let p = Predicate::compile(&ctx, "result_status <> 'SUCCESS' AND principal LIKE 'User:sa-%'", &AUDIT_SCHEMA).unwrap();
+        let p = Predicate::compile(
+            &ctx,
+            "result_status <> 'SUCCESS' AND principal LIKE 'User:sa-%'",
+            &AUDIT_SCHEMA,
+        )
+        .unwrap();
         let mask = p.evaluate(&rows()).unwrap();
-        assert_eq!(mask.iter().collect::<Vec<_>>(), vec![Some(false), Some(true), Some(false)]);
+        assert_eq!(
+            mask.iter().collect::<Vec<_>>(),
+            vec![Some(false), Some(true), Some(false)]
+        );
         let p = Predicate::compile(&ctx, "granted = false", &AUDIT_SCHEMA).unwrap();
         assert_eq!(p.evaluate(&rows()).unwrap().true_count(), 1);
     }

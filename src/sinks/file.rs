@@ -40,7 +40,11 @@ pub fn encode(batch: &Batch, out: &mut Vec<u8>) {
         out.extend_from_slice(b",\"id\":");
         out.extend_from_slice(serde_json::to_string(&row.id).unwrap_or_default().as_bytes());
         out.extend_from_slice(b",\"fields\":");
-        out.extend_from_slice(serde_json::Value::Object(fields_object(audit_fields(row))).to_string().as_bytes());
+        out.extend_from_slice(
+            serde_json::Value::Object(fields_object(audit_fields(row)))
+                .to_string()
+                .as_bytes(),
+        );
         out.extend_from_slice(b",\"event\":");
         // Re-indent nothing: a pretty-printed raw event is still one JSON value; strip newlines
         // so the file stays one object per line.
@@ -72,11 +76,19 @@ pub fn encode(batch: &Batch, out: &mut Vec<u8>) {
 }
 
 /// Runs the file sink until its channel closes.
-pub async fn run(config: FileSinkConfig, mut rx: mpsc::Receiver<SinkItem>, telemetry: Telemetry) -> Result<(), std::io::Error> {
+pub async fn run(
+    config: FileSinkConfig,
+    mut rx: mpsc::Receiver<SinkItem>,
+    telemetry: Telemetry,
+) -> Result<(), std::io::Error> {
     if let Some(parent) = config.path.parent().filter(|p| !p.as_os_str().is_empty()) {
         tokio::fs::create_dir_all(parent).await?;
     }
-    let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&config.path).await?;
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&config.path)
+        .await?;
     let label = SinkLabel { sink: "file" };
     let mut buf = Vec::with_capacity(1 << 20);
     while let Some(item) = rx.recv().await {
@@ -101,7 +113,10 @@ pub async fn run(config: FileSinkConfig, mut rx: mpsc::Receiver<SinkItem>, telem
                 }
             }
         }
-        telemetry.sink_events.get_or_create(&label).inc_by(item.batch.len() as u64);
+        telemetry
+            .sink_events
+            .get_or_create(&label)
+            .inc_by(item.batch.len() as u64);
         item.ack.accept();
     }
     Ok(())

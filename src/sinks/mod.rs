@@ -60,7 +60,10 @@ pub fn audit_fields(row: &AuditRow) -> Vec<(&'static str, String)> {
     push("authz_via", Some(row.authz_via.as_str()));
     push("resource_app", row.resource_app.as_deref());
     push("principal_app", row.principal_app.as_deref());
-    push("cross_namespace", row.cross_namespace.map(|b| if b { "true" } else { "false" }));
+    push(
+        "cross_namespace",
+        row.cross_namespace.map(|b| if b { "true" } else { "false" }),
+    );
     push("auth_identifier", row.auth_identifier.as_deref());
     f.extend(cim::fields(row));
     f
@@ -93,7 +96,10 @@ pub fn alert_json(a: &Alert) -> Value {
 
 /// Fields object from pairs.
 pub fn fields_object(pairs: Vec<(&'static str, String)>) -> Map<String, Value> {
-    pairs.into_iter().map(|(k, v)| (k.to_owned(), Value::String(v))).collect()
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), Value::String(v)))
+        .collect()
 }
 
 /// Epoch seconds of an event, as JSON.

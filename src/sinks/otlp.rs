@@ -17,7 +17,8 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
 use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric, number_data_point,
+    AggregationTemporality, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric,
+    number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use serde::Deserialize;
@@ -56,7 +57,10 @@ impl OtlpSinkConfig {
             message,
         };
         if !(self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://")) {
-            return Err(invalid("endpoint", format!("`{}` is not an http:// or https:// URL", self.endpoint)));
+            return Err(invalid(
+                "endpoint",
+                format!("`{}` is not an http:// or https:// URL", self.endpoint),
+            ));
         }
         for (k, v) in self.headers.iter_mut() {
             *v = Secret::new(expand_env(v.expose()).map_err(|m| invalid(&format!("headers.{k}"), m))?);
@@ -67,7 +71,11 @@ impl OtlpSinkConfig {
 }
 
 fn kv(key: &str, value: any_value::Value) -> KeyValue {
-    KeyValue { key: key.to_owned(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
 }
 
 fn kv_str(key: &str, value: &str) -> KeyValue {
@@ -77,18 +85,29 @@ fn kv_str(key: &str, value: &str) -> KeyValue {
 fn resource(extra: Vec<KeyValue>) -> Option<Resource> {
     let mut attributes = vec![kv_str("service.name", "auditflow")];
     attributes.extend(extra);
-    Some(Resource { attributes, ..Default::default() })
+    Some(Resource {
+        attributes,
+        ..Default::default()
+    })
 }
 
 fn scope() -> Option<InstrumentationScope> {
-    Some(InstrumentationScope { name: "auditflow".into(), version: env!("CARGO_PKG_VERSION").into(), ..Default::default() })
+    Some(InstrumentationScope {
+        name: "auditflow".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    })
 }
 
 /// An audit event as a log record: the original JSON as body, the normalised fields as
 /// attributes (semantic-convention names where one exists).
 pub fn audit_log_record(row: &AuditRow, observed_ns: u64) -> LogRecord {
     let failed = row.granted == Some(false) || row.result_status.as_deref().is_some_and(|s| s != "SUCCESS");
-    let (severity, text) = if failed { (SeverityNumber::Warn, "WARN") } else { (SeverityNumber::Info, "INFO") };
+    let (severity, text) = if failed {
+        (SeverityNumber::Warn, "WARN")
+    } else {
+        (SeverityNumber::Info, "INFO")
+    };
     let mut attributes = vec![
         kv_str("event.name", &row.event_type),
         kv_str("cloudevents.event_id", &row.id),
@@ -129,7 +148,11 @@ pub fn audit_log_record(row: &AuditRow, observed_ns: u64) -> LogRecord {
         observed_time_unix_nano: observed_ns,
         severity_number: severity as i32,
         severity_text: text.into(),
-        body: Some(AnyValue { value: Some(any_value::Value::StringValue(String::from_utf8_lossy(&row.raw).into_owned())) }),
+        body: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(
+                String::from_utf8_lossy(&row.raw).into_owned(),
+            )),
+        }),
         attributes,
         ..Default::default()
     }
@@ -170,7 +193,9 @@ pub fn alert_log_record(a: &Alert, observed_ns: u64) -> LogRecord {
         observed_time_unix_nano: observed_ns,
         severity_number: severity as i32,
         severity_text: text.into(),
-        body: Some(AnyValue { value: Some(any_value::Value::StringValue(a.summary.clone())) }),
+        body: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(a.summary.clone())),
+        }),
         attributes,
         ..Default::default()
     }
@@ -187,7 +212,11 @@ pub fn logs_request(batch: &Batch) -> Option<ExportLogsServiceRequest> {
     Some(ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
             resource: resource(vec![]),
-            scope_logs: vec![ScopeLogs { scope: scope(), log_records, ..Default::default() }],
+            scope_logs: vec![ScopeLogs {
+                scope: scope(),
+                log_records,
+                ..Default::default()
+            }],
             ..Default::default()
         }],
     })
@@ -221,7 +250,9 @@ pub fn metrics_request(samples: &[MetricSample]) -> Option<ExportMetricsServiceR
                         ..Default::default()
                     };
                     let data = match s.kind {
-                        MetricKind::Gauge => metric::Data::Gauge(Gauge { data_points: vec![point] }),
+                        MetricKind::Gauge => metric::Data::Gauge(Gauge {
+                            data_points: vec![point],
+                        }),
                         MetricKind::Counter | MetricKind::Cumulative => metric::Data::Sum(Sum {
                             data_points: vec![point],
                             aggregation_temporality: if s.kind == MetricKind::Counter {
@@ -232,12 +263,20 @@ pub fn metrics_request(samples: &[MetricSample]) -> Option<ExportMetricsServiceR
                             is_monotonic: true,
                         }),
                     };
-                    Metric { name: s.name.clone(), data: Some(data), ..Default::default() }
+                    Metric {
+                        name: s.name.clone(),
+                        data: Some(data),
+                        ..Default::default()
+                    }
                 })
                 .collect();
             ResourceMetrics {
                 resource: resource(cluster.map(|c| vec![kv_str("kafka.cluster.id", c)]).unwrap_or_default()),
-                scope_metrics: vec![ScopeMetrics { scope: scope(), metrics, ..Default::default() }],
+                scope_metrics: vec![ScopeMetrics {
+                    scope: scope(),
+                    metrics,
+                    ..Default::default()
+                }],
                 ..Default::default()
             }
         })
@@ -249,7 +288,12 @@ fn retriable(status: &tonic::Status) -> bool {
     use tonic::Code;
     matches!(
         status.code(),
-        Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled | Code::Unknown
+        Code::Unavailable
+            | Code::ResourceExhausted
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::Cancelled
+            | Code::Unknown
     )
 }
 
@@ -266,7 +310,10 @@ impl OtlpSink {
     pub fn new(config: OtlpSinkConfig, dead_letters: DeadLetters, telemetry: Telemetry) -> Result<OtlpSink, SinkError> {
         let timeout = humantime::parse_duration(&config.timeout).unwrap_or(Duration::from_secs(10));
         let endpoint = Endpoint::from_shared(config.endpoint.clone())
-            .map_err(|e| SinkError::Rejected { sink: "otlp", message: format!("endpoint {}: {e}", config.endpoint) })?
+            .map_err(|e| SinkError::Rejected {
+                sink: "otlp",
+                message: format!("endpoint {}: {e}", config.endpoint),
+            })?
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(5));
         let channel = endpoint.connect_lazy();
@@ -285,7 +332,8 @@ impl OtlpSink {
         for (k, v) in &self.config.headers {
             if let (Ok(key), Ok(value)) = (
                 tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes()),
-                v.expose().parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>(),
+                v.expose()
+                    .parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>(),
             ) {
                 request.metadata_mut().insert(key, value);
             }
@@ -301,7 +349,9 @@ impl OtlpSink {
                 // Refused for what it is: park the audit events, never drop them.
                 let message = format!("OTLP {:?}: {}", status.code(), status.message());
                 for row in &item.batch.audit {
-                    self.dead_letters.send_until_done(&row.raw, "OtlpRejected", &message, None).await;
+                    self.dead_letters
+                        .send_until_done(&row.raw, "OtlpRejected", &message, None)
+                        .await;
                 }
             }
             if let Some(metrics) = metrics_request(&item.batch.metrics)
@@ -309,10 +359,21 @@ impl OtlpSink {
             {
                 let message = format!("OTLP {:?}: {}", status.code(), status.message());
                 let mut lines = Vec::new();
-                crate::sinks::file::encode(&Batch { metrics: item.batch.metrics.clone(), ..Batch::default() }, &mut lines);
-                self.dead_letters.send_until_done(&lines, "OtlpRejected", &message, None).await;
+                crate::sinks::file::encode(
+                    &Batch {
+                        metrics: item.batch.metrics.clone(),
+                        ..Batch::default()
+                    },
+                    &mut lines,
+                );
+                self.dead_letters
+                    .send_until_done(&lines, "OtlpRejected", &message, None)
+                    .await;
             }
-            self.telemetry.sink_events.get_or_create(&self.label).inc_by(item.batch.len() as u64);
+            self.telemetry
+                .sink_events
+                .get_or_create(&self.label)
+                .inc_by(item.batch.len() as u64);
             item.ack.accept();
         }
     }
@@ -323,7 +384,11 @@ impl OtlpSink {
             let request = self.request(message.clone());
             match self.logs.export(request).await {
                 Ok(response) => {
-                    if let Some(p) = response.into_inner().partial_success.filter(|p| p.rejected_log_records > 0) {
+                    if let Some(p) = response
+                        .into_inner()
+                        .partial_success
+                        .filter(|p| p.rejected_log_records > 0)
+                    {
                         tracing::warn!(rejected = p.rejected_log_records, message = %p.error_message, "OTLP receiver rejected some log records");
                     }
                     return Ok(());
@@ -344,7 +409,11 @@ impl OtlpSink {
             let request = self.request(message.clone());
             match self.metrics.export(request).await {
                 Ok(response) => {
-                    if let Some(p) = response.into_inner().partial_success.filter(|p| p.rejected_data_points > 0) {
+                    if let Some(p) = response
+                        .into_inner()
+                        .partial_success
+                        .filter(|p| p.rejected_data_points > 0)
+                    {
                         tracing::warn!(rejected = p.rejected_data_points, message = %p.error_message, "OTLP receiver rejected some data points");
                     }
                     return Ok(());
@@ -397,7 +466,9 @@ mod tests {
         let attrs = &r.resource_metrics[0].resource.as_ref().unwrap().attributes;
         assert!(attrs.iter().any(|kv| kv.key == "kafka.cluster.id"));
         let m = &r.resource_metrics[0].scope_metrics[0].metrics[0];
-        assert!(matches!(m.data, Some(metric::Data::Sum(ref s)) if s.aggregation_temporality == AggregationTemporality::Delta as i32));
+        assert!(
+            matches!(m.data, Some(metric::Data::Sum(ref s)) if s.aggregation_temporality == AggregationTemporality::Delta as i32)
+        );
         let m = &r.resource_metrics[1].scope_metrics[0].metrics[0];
         assert!(matches!(m.data, Some(metric::Data::Gauge(_))));
     }

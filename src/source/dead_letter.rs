@@ -56,7 +56,11 @@ pub struct DeadLetters {
 }
 
 impl DeadLetters {
-    pub fn new(properties: &BTreeMap<String, Secret>, topic: &str, telemetry: Telemetry) -> Result<DeadLetters, KafkaError> {
+    pub fn new(
+        properties: &BTreeMap<String, Secret>,
+        topic: &str,
+        telemetry: Telemetry,
+    ) -> Result<DeadLetters, KafkaError> {
         let mut config = ClientConfig::new();
         for (k, v) in properties {
             if !CONSUMER_ONLY.contains(&k.as_str()) && !k.starts_with("fetch.") {
@@ -71,7 +75,11 @@ impl DeadLetters {
             config.set("message.max.bytes", "104857600");
         }
         let producer: FutureProducer = config.create()?;
-        Ok(DeadLetters { producer, topic: Arc::from(topic), telemetry })
+        Ok(DeadLetters {
+            producer,
+            topic: Arc::from(topic),
+            telemetry,
+        })
     }
 
     pub fn producer(&self) -> &FutureProducer {
@@ -79,25 +87,57 @@ impl DeadLetters {
     }
 
     /// Produces one dead letter and waits for the broker to take it.
-    pub async fn send(&self, payload: &[u8], class: &str, message: &str, origin: Option<Origin<'_>>) -> Result<(), KafkaError> {
+    pub async fn send(
+        &self,
+        payload: &[u8],
+        class: &str,
+        message: &str,
+        origin: Option<Origin<'_>>,
+    ) -> Result<(), KafkaError> {
         let partition = origin.map(|o| o.partition.to_string());
         let offset = origin.map(|o| o.offset.to_string());
         let mut headers = OwnedHeaders::new()
-            .insert(Header { key: HEADER_CLASS, value: Some(class) })
-            .insert(Header { key: HEADER_MESSAGE, value: Some(message) })
-            .insert(Header { key: HEADER_CONNECTOR, value: Some("auditflow") });
+            .insert(Header {
+                key: HEADER_CLASS,
+                value: Some(class),
+            })
+            .insert(Header {
+                key: HEADER_MESSAGE,
+                value: Some(message),
+            })
+            .insert(Header {
+                key: HEADER_CONNECTOR,
+                value: Some("auditflow"),
+            });
         if let (Some(o), Some(p), Some(off)) = (origin, &partition, &offset) {
             headers = headers
-                .insert(Header { key: HEADER_TOPIC, value: Some(o.topic) })
-                .insert(Header { key: HEADER_PARTITION, value: Some(p.as_str()) })
-                .insert(Header { key: HEADER_OFFSET, value: Some(off.as_str()) });
+                .insert(Header {
+                    key: HEADER_TOPIC,
+                    value: Some(o.topic),
+                })
+                .insert(Header {
+                    key: HEADER_PARTITION,
+                    value: Some(p.as_str()),
+                })
+                .insert(Header {
+                    key: HEADER_OFFSET,
+                    value: Some(off.as_str()),
+                });
         }
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).payload(payload).headers(headers);
         if let Some(key) = origin.and_then(|o| o.key) {
             record = record.key(key);
         }
-        self.producer.send(record, Duration::from_secs(5)).await.map_err(|(e, _)| e)?;
-        self.telemetry.dead_letters.get_or_create(&ClassLabel { class: class.to_owned() }).inc();
+        self.producer
+            .send(record, Duration::from_secs(5))
+            .await
+            .map_err(|(e, _)| e)?;
+        self.telemetry
+            .dead_letters
+            .get_or_create(&ClassLabel {
+                class: class.to_owned(),
+            })
+            .inc();
         Ok(())
     }
 
@@ -108,11 +148,19 @@ impl DeadLetters {
         loop {
             match self.send(payload, class, message, origin).await {
                 Ok(()) => return,
-                Err(KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge)) if payload.len() > TRUNCATED_BYTES => {
+                Err(KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge))
+                    if payload.len() > TRUNCATED_BYTES =>
+                {
                     // The broker will never take the whole record. Park its head, say so, and
                     // point at the original (topic, partition and offset are in the headers).
-                    tracing::error!(size = payload.len(), "dead letter too large for the broker; parking its first {TRUNCATED_BYTES} bytes");
-                    let note = format!("{message} (dead letter truncated from {} to {TRUNCATED_BYTES} bytes: the broker refused its size)", payload.len());
+                    tracing::error!(
+                        size = payload.len(),
+                        "dead letter too large for the broker; parking its first {TRUNCATED_BYTES} bytes"
+                    );
+                    let note = format!(
+                        "{message} (dead letter truncated from {} to {TRUNCATED_BYTES} bytes: the broker refused its size)",
+                        payload.len()
+                    );
                     return Box::pin(self.send_until_done(&payload[..TRUNCATED_BYTES], class, &note, origin)).await;
                 }
                 Err(e) => {

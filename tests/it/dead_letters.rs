@@ -23,7 +23,11 @@ async fn malformed_records_go_to_the_dead_letter_topic() {
     let hec = HecReceiver::start("00000000-0000-0000-0000-000000000001").await;
     let dir = tempfile::tempdir().unwrap();
     let group = "Tech00-auditflow-dlq";
-    let config = Config::parse(&config_text(&bootstrap, group, &hec.url(), None, &dir.path().join("o.jsonl")), "t.toml").unwrap();
+    let config = Config::parse(
+        &config_text(&bootstrap, group, &hec.url(), None, &dir.path().join("o.jsonl")),
+        "t.toml",
+    )
+    .unwrap();
 
     let p = producer(&bootstrap);
     let big = vec![b' '; 3 * 1024 * 1024]; // over the 1 MiB default limit
@@ -40,11 +44,21 @@ async fn malformed_records_go_to_the_dead_letter_topic() {
         produce(&p, "confluent-audit-log-events", Some(i as i32), payload, &[]).await;
     }
     // A good event after the poison still arrives.
-    produce(&p, "confluent-audit-log-events", Some(0), &fixture("audit/platform-authentication-mtls-success.json"), &[]).await;
+    produce(
+        &p,
+        "confluent-audit-log-events",
+        Some(0),
+        &fixture("audit/platform-authentication-mtls-success.json"),
+        &[],
+    )
+    .await;
 
     let shutdown = CancellationToken::new();
     let running = auditflow::pipeline::start(config, shutdown.clone()).await.unwrap();
-    eventually(Duration::from_secs(30), "the good event at HEC", || !hec.of_sourcetype("confluent:audit").is_empty()).await;
+    eventually(Duration::from_secs(30), "the good event at HEC", || {
+        !hec.of_sourcetype("confluent:audit").is_empty()
+    })
+    .await;
 
     let dead = tokio::task::spawn_blocking({
         let b = bootstrap.clone();
@@ -58,7 +72,10 @@ async fn malformed_records_go_to_the_dead_letter_topic() {
             .iter()
             .find(|d| d.headers["__connect.errors.partition"] == partition.to_string())
             .unwrap_or_else(|| panic!("no dead letter for partition {partition}"));
-        assert_eq!(d.headers["__connect.errors.exception.class.name"], *class, "partition {partition}");
+        assert_eq!(
+            d.headers["__connect.errors.exception.class.name"], *class,
+            "partition {partition}"
+        );
         assert_eq!(&d.payload, payload, "partition {partition}: payload unchanged");
         assert_eq!(d.headers["__connect.errors.offset"], "0");
         assert_eq!(d.headers["__connect.errors.topic"], "confluent-audit-log-events");
@@ -66,6 +83,12 @@ async fn malformed_records_go_to_the_dead_letter_topic() {
     assert_eq!(running.telemetry.dead_letter_count(), poison.len() as u64);
     shutdown.cancel();
     running.wait(Duration::from_secs(20)).await.unwrap();
-    let offsets = tokio::task::spawn_blocking(move || committed(&bootstrap, group, "confluent-audit-log-events", 6)).await.unwrap();
-    assert_eq!(offsets, vec![Some(2), Some(1), Some(1), Some(1), Some(1), Some(1)], "dead-lettered records are committed");
+    let offsets = tokio::task::spawn_blocking(move || committed(&bootstrap, group, "confluent-audit-log-events", 6))
+        .await
+        .unwrap();
+    assert_eq!(
+        offsets,
+        vec![Some(2), Some(1), Some(1), Some(1), Some(1), Some(1)],
+        "dead-lettered records are committed"
+    );
 }

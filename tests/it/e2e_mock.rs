@@ -31,7 +31,9 @@ const SAMPLES: [&str; 8] = [
 ];
 
 pub fn config_text(bootstrap: &str, group: &str, hec: &str, otlp: Option<&str>, out: &std::path::Path) -> String {
-    let otlp = otlp.map(|o| format!("[sinks.otlp]\nendpoint = \"{o}\"\n")).unwrap_or_default();
+    let otlp = otlp
+        .map(|o| format!("[sinks.otlp]\nendpoint = \"{o}\"\n"))
+        .unwrap_or_default();
     format!(
         r#"
 [kafka]
@@ -121,7 +123,14 @@ pub async fn produce_scenario(bootstrap: &str) -> Produced {
     audit_ids.insert(id);
     produce(&p, AUDIT, None, &bytes, &ce).await;
     // A duplicate of an event already sent (a redelivery): dropped by dedupe, not delivered twice.
-    produce(&p, AUDIT, None, &fixture("audit/cloud-authentication-success-apikey.json"), &ce).await;
+    produce(
+        &p,
+        AUDIT,
+        None,
+        &fixture("audit/cloud-authentication-success-apikey.json"),
+        &ce,
+    )
+    .await;
 
     // Metrics: the canonical samples, and an egress spike now.
     produce(&p, METRICS, None, &fixture("metrics/canonical-samples.jsonl"), &[]).await;
@@ -135,7 +144,10 @@ pub async fn produce_scenario(bootstrap: &str) -> Produced {
     produce(&p, AUDIT, None, b"definitely not json", &[]).await;
     produce(&p, AUDIT, None, br#"{"specversion":"1.0","id":"trunc"#, &[]).await;
     produce(&p, AUDIT, None, &[b'{', b'"', 0xff, 0xfe, b'"', b':', b'1', b'}'], &[]).await;
-    Produced { audit_ids, num_poison: 3 }
+    Produced {
+        audit_ids,
+        num_poison: 3,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,7 +163,13 @@ async fn mock_cluster_to_hec_otlp_sql() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("events.jsonl");
     let group = "Tech00-auditflow-it";
-    let text = config_text(&bootstrap, group, &hec.url(), Some(&format!("http://{otlp_addr}")), &out);
+    let text = config_text(
+        &bootstrap,
+        group,
+        &hec.url(),
+        Some(&format!("http://{otlp_addr}")),
+        &out,
+    );
     let config = Config::parse(&text, "e2e.toml").unwrap();
 
     let produced = produce_scenario(&bootstrap).await;
@@ -160,14 +178,21 @@ async fn mock_cluster_to_hec_otlp_sql() {
     let shutdown = CancellationToken::new();
     let running = auditflow::pipeline::start(config, shutdown.clone()).await.unwrap();
     let http = running.http_addr.unwrap();
-    eventually(Duration::from_secs(30), "HEC to refuse a few requests", || hec.state.lock().unwrap().num_refused >= 3).await;
+    eventually(Duration::from_secs(30), "HEC to refuse a few requests", || {
+        hec.state.lock().unwrap().num_refused >= 3
+    })
+    .await;
     let before = tokio::task::spawn_blocking({
         let b = bootstrap.clone();
         move || committed(&b, group, AUDIT, 2)
     })
     .await
     .unwrap();
-    assert_eq!(before, vec![None, None], "offsets committed before HEC accepted anything");
+    assert_eq!(
+        before,
+        vec![None, None],
+        "offsets committed before HEC accepted anything"
+    );
     hec.set_busy(false);
 
     let expected_ids = produced.audit_ids.clone();
@@ -181,24 +206,49 @@ async fn mock_cluster_to_hec_otlp_sql() {
     })
     .await;
     eventually(Duration::from_secs(30), "alerts at HEC", || {
-        let rules: HashSet<String> =
-            hec.of_sourcetype("auditflow:alert").iter().filter_map(|e| e["event"]["rule_id"].as_str().map(str::to_owned)).collect();
-        ["auth-failure-burst", "cross-namespace-denied", "egress-bytes-high"].iter().all(|r| rules.contains(*r))
+        let rules: HashSet<String> = hec
+            .of_sourcetype("auditflow:alert")
+            .iter()
+            .filter_map(|e| e["event"]["rule_id"].as_str().map(str::to_owned))
+            .collect();
+        ["auth-failure-burst", "cross-namespace-denied", "egress-bytes-high"]
+            .iter()
+            .all(|r| rules.contains(*r))
     })
     .await;
 
     // HEC envelope.
     let audit = hec.of_sourcetype("confluent:audit");
-    assert_eq!(audit.len(), produced.audit_ids.len(), "each audit event exactly once (the duplicate was dropped)");
-    let denied = audit.iter().find(|e| e["event"]["data"]["authorizationInfo"]["resourceName"] == "Tech02-payments" && e["fields"]["principal_app"] == "Tech03").unwrap();
+    assert_eq!(
+        audit.len(),
+        produced.audit_ids.len(),
+        "each audit event exactly once (the duplicate was dropped)"
+    );
+    let denied = audit
+        .iter()
+        .find(|e| {
+            e["event"]["data"]["authorizationInfo"]["resourceName"] == "Tech02-payments"
+                && e["fields"]["principal_app"] == "Tech03"
+        })
+        .unwrap();
     assert_eq!(denied["fields"]["resource_app"], "Tech02");
     assert_eq!(denied["fields"]["cross_namespace"], "true");
     assert_eq!(denied["fields"]["action"], "failure");
     assert_eq!(denied["index"], "kafka_audit");
-    let sample = audit.iter().find(|e| e["event"]["id"] == "a7d4e2c0-1f5b-4c3a-8e9d-6b2f0c1a7e55").unwrap();
+    let sample = audit
+        .iter()
+        .find(|e| e["event"]["id"] == "a7d4e2c0-1f5b-4c3a-8e9d-6b2f0c1a7e55")
+        .unwrap();
     assert_eq!(sample["time"].as_f64().unwrap(), 1795511703.001);
-    assert_eq!(sample["event"]["data"]["requestMetadata"]["connection_id"].as_u64(), Some(170112233445566901));
-    let burst = hec.of_sourcetype("auditflow:alert").into_iter().find(|e| e["event"]["rule_id"] == "auth-failure-burst").unwrap();
+    assert_eq!(
+        sample["event"]["data"]["requestMetadata"]["connection_id"].as_u64(),
+        Some(170112233445566901)
+    );
+    let burst = hec
+        .of_sourcetype("auditflow:alert")
+        .into_iter()
+        .find(|e| e["event"]["rule_id"] == "auth-failure-burst")
+        .unwrap();
     assert_eq!(burst["event"]["status"], "firing");
     assert_eq!(burst["event"]["severity"], "high");
     assert_eq!(burst["event"]["labels"]["auth_identifier"], "BRUTEFORCEKEY001");
@@ -206,22 +256,33 @@ async fn mock_cluster_to_hec_otlp_sql() {
     assert!(!burst["event"]["evidence"].as_array().unwrap().is_empty());
     assert!(burst["event"]["summary"].as_str().unwrap().contains("BRUTEFORCEKEY001"));
     let metrics = hec.of_sourcetype("auditflow:metric");
-    assert!(metrics.iter().any(|m| m["event"] == "metric" && m["fields"]["metric_name:io.confluent.kafka.server/sent_bytes"].as_f64() == Some(12.0e9)));
+    assert!(metrics.iter().any(|m| m["event"] == "metric"
+        && m["fields"]["metric_name:io.confluent.kafka.server/sent_bytes"].as_f64() == Some(12.0e9)));
     assert_eq!(hec.state.lock().unwrap().channels.len(), 1);
 
     // OTLP.
     eventually(Duration::from_secs(30), "OTLP logs and metrics", || {
         let r = otlp.received.lock().unwrap();
-        let ids: HashSet<String> = r.logs.iter().filter_map(|l| OtlpReceiver::attr(l, "cloudevents.event_id")).collect();
+        let ids: HashSet<String> = r
+            .logs
+            .iter()
+            .filter_map(|l| OtlpReceiver::attr(l, "cloudevents.event_id"))
+            .collect();
         produced.audit_ids.is_subset(&ids) && !r.metrics.is_empty()
     })
     .await;
     {
         let r = otlp.received.lock().unwrap();
-        let alert = r.logs.iter().find(|l| OtlpReceiver::attr(l, "alert.rule_id").as_deref() == Some("cross-namespace-denied")).unwrap();
+        let alert = r
+            .logs
+            .iter()
+            .find(|l| OtlpReceiver::attr(l, "alert.rule_id").as_deref() == Some("cross-namespace-denied"))
+            .unwrap();
         assert_eq!(alert.severity_text, "ERROR");
         let with_cluster = r.metrics.iter().any(|rm| {
-            rm.resource.as_ref().is_some_and(|res| res.attributes.iter().any(|kv| kv.key == "kafka.cluster.id"))
+            rm.resource
+                .as_ref()
+                .is_some_and(|res| res.attributes.iter().any(|kv| kv.key == "kafka.cluster.id"))
         });
         assert!(with_cluster, "metrics carry kafka.cluster.id as a resource attribute");
     }
@@ -234,11 +295,25 @@ async fn mock_cluster_to_hec_otlp_sql() {
     assert_eq!(rows[0]["auth_identifier"], "BRUTEFORCEKEY001");
     assert_eq!(rows[0]["failures"], 50);
     // The shared sample and the generated event: both are Tech03's account on Tech02's topic.
-    let (_, rows) = sql(http, "SELECT principal_app, resource_app FROM audit_events WHERE granted = false AND cross_namespace").await;
+    let (_, rows) = sql(
+        http,
+        "SELECT principal_app, resource_app FROM audit_events WHERE granted = false AND cross_namespace",
+    )
+    .await;
     assert_eq!(rows.as_array().unwrap().len(), 2, "{rows}");
-    assert!(rows.as_array().unwrap().iter().all(|r| r["principal_app"] == "Tech03" && r["resource_app"] == "Tech02"));
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["principal_app"] == "Tech03" && r["resource_app"] == "Tech02")
+    );
     let (_, rows) = sql(http, "SELECT DISTINCT rule_id FROM alerts ORDER BY rule_id").await;
-    let rules: Vec<&str> = rows.as_array().unwrap().iter().filter_map(|r| r["rule_id"].as_str()).collect();
+    let rules: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["rule_id"].as_str())
+        .collect();
     for r in ["auth-failure-burst", "cross-namespace-denied", "egress-bytes-high"] {
         assert!(rules.contains(&r), "{r} in {rules:?}");
     }
@@ -249,8 +324,16 @@ async fn mock_cluster_to_hec_otlp_sql() {
     assert!(err["error"].as_str().unwrap().contains("nope"));
     let (status, _) = sql(http, "DROP TABLE audit_events").await;
     assert_eq!(status, 400);
-    let metrics_text = reqwest::get(format!("http://{http}/metrics")).await.unwrap().text().await.unwrap();
-    assert!(metrics_text.contains("auditflow_duplicates_dropped_total 1"), "{metrics_text}");
+    let metrics_text = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics_text.contains("auditflow_duplicates_dropped_total 1"),
+        "{metrics_text}"
+    );
 
     // Dead letters: every poison record, unchanged, with Connect-style headers.
     let dead = tokio::task::spawn_blocking({
@@ -271,7 +354,10 @@ async fn mock_cluster_to_hec_otlp_sql() {
     // File sink.
     let lines = std::fs::read_to_string(&out).unwrap();
     assert!(lines.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()));
-    assert_eq!(lines.lines().filter(|l| l.contains("\"kind\":\"audit\"")).count(), produced.audit_ids.len());
+    assert_eq!(
+        lines.lines().filter(|l| l.contains("\"kind\":\"audit\"")).count(),
+        produced.audit_ids.len()
+    );
 
     // Clean stop: everything delivered is committed.
     shutdown.cancel();
@@ -283,5 +369,9 @@ async fn mock_cluster_to_hec_otlp_sql() {
     .await
     .unwrap();
     let total: i64 = after.iter().map(|o| o.expect("committed after delivery")).sum();
-    assert_eq!(total as usize, SAMPLES.len() + 50 + 1 + 1 + produced.num_poison, "every audit record's offset committed");
+    assert_eq!(
+        total as usize,
+        SAMPLES.len() + 50 + 1 + 1 + produced.num_poison,
+        "every audit record's offset committed"
+    );
 }

@@ -28,16 +28,33 @@ fn tansu_binary() -> String {
     if let Ok(p) = std::env::var("TANSU") {
         return p;
     }
-    let home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
+    let home =
+        std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
     let installed = format!("{home}/bin/tansu");
-    if std::path::Path::new(&installed).exists() { installed } else { "tansu".into() }
+    if std::path::Path::new(&installed).exists() {
+        installed
+    } else {
+        "tansu".into()
+    }
 }
 
 fn start_tansu() -> (Tansu, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let url = format!("tcp://127.0.0.1:{port}");
     let child = Command::new(tansu_binary())
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -54,7 +71,10 @@ fn start_tansu() -> (Tansu, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tansu_broker_to_hec_and_sql() {
     let (_tansu, bootstrap) = start_tansu();
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
     let topics = [
         NewTopic::new("confluent-audit-log-events", 2, TopicReplication::Fixed(1)),
         NewTopic::new("confluent-metrics", 1, TopicReplication::Fixed(1)),
@@ -67,27 +87,48 @@ async fn tansu_broker_to_hec_and_sql() {
     let hec = HecReceiver::start("00000000-0000-0000-0000-000000000001").await;
     let dir = tempfile::tempdir().unwrap();
     let group = "Tech00-auditflow-tansu";
-    let config = Config::parse(&config_text(&bootstrap, group, &hec.url(), None, &dir.path().join("o.jsonl")), "t.toml").unwrap();
+    let config = Config::parse(
+        &config_text(&bootstrap, group, &hec.url(), None, &dir.path().join("o.jsonl")),
+        "t.toml",
+    )
+    .unwrap();
     let produced = produce_scenario(&bootstrap).await;
 
     let shutdown = CancellationToken::new();
     let running = auditflow::pipeline::start(config, shutdown.clone()).await.unwrap();
     let expected = produced.audit_ids.clone();
     eventually(Duration::from_secs(90), "every audit event at HEC", || {
-        let got: HashSet<String> =
-            hec.of_sourcetype("confluent:audit").iter().filter_map(|e| e["event"]["id"].as_str().map(str::to_owned)).collect();
+        let got: HashSet<String> = hec
+            .of_sourcetype("confluent:audit")
+            .iter()
+            .filter_map(|e| e["event"]["id"].as_str().map(str::to_owned))
+            .collect();
         expected.is_subset(&got)
     })
     .await;
     assert_eq!(hec.of_sourcetype("confluent:audit").len(), produced.audit_ids.len());
     eventually(Duration::from_secs(30), "the three shipped alerts", || {
-        let rules: HashSet<String> =
-            hec.of_sourcetype("auditflow:alert").iter().filter_map(|e| e["event"]["rule_id"].as_str().map(str::to_owned)).collect();
-        ["auth-failure-burst", "cross-namespace-denied", "egress-bytes-high"].iter().all(|r| rules.contains(*r))
+        let rules: HashSet<String> = hec
+            .of_sourcetype("auditflow:alert")
+            .iter()
+            .filter_map(|e| e["event"]["rule_id"].as_str().map(str::to_owned))
+            .collect();
+        ["auth-failure-burst", "cross-namespace-denied", "egress-bytes-high"]
+            .iter()
+            .all(|r| rules.contains(*r))
     })
     .await;
-    let (_, batches) = running.query.query("SELECT count(*) AS n FROM audit_events").await.unwrap();
-    let n = batches[0].column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().unwrap().value(0);
+    let (_, batches) = running
+        .query
+        .query("SELECT count(*) AS n FROM audit_events")
+        .await
+        .unwrap();
+    let n = batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::Int64Array>()
+        .unwrap()
+        .value(0);
     assert_eq!(n as usize, produced.audit_ids.len());
 
     let dead = tokio::task::spawn_blocking({
@@ -97,7 +138,10 @@ async fn tansu_broker_to_hec_and_sql() {
     .await
     .unwrap();
     assert_eq!(dead.len(), produced.num_poison);
-    assert!(dead.iter().all(|d| d.headers["__connect.errors.exception.class.name"] == "NotJson"));
+    assert!(
+        dead.iter()
+            .all(|d| d.headers["__connect.errors.exception.class.name"] == "NotJson")
+    );
 
     shutdown.cancel();
     running.wait(Duration::from_secs(20)).await.unwrap();
@@ -108,5 +152,9 @@ async fn tansu_broker_to_hec_and_sql() {
     .await
     .unwrap();
     let total: i64 = offsets.iter().map(|o| o.unwrap_or(0)).sum();
-    assert_eq!(total as usize, 8 + 50 + 1 + 1 + produced.num_poison, "committed offsets cover every audit record: {offsets:?}");
+    assert_eq!(
+        total as usize,
+        8 + 50 + 1 + 1 + produced.num_poison,
+        "committed offsets cover every audit record: {offsets:?}"
+    );
 }

@@ -59,13 +59,17 @@ impl Body {
 
 impl<'a> Encoder<'a> {
     pub fn new(config: &'a HecSinkConfig) -> Encoder<'a> {
-        Encoder { config, bodies: Vec::new() }
+        Encoder {
+            config,
+            bodies: Vec::new(),
+        }
     }
 
     fn current(&mut self, next_len: usize) -> &mut Body {
         let full = self.bodies.last().is_none_or(|b| {
             !b.starts.is_empty()
-                && (b.bytes.len() + next_len > self.config.batch_max_bytes || b.starts.len() >= self.config.batch_max_events)
+                && (b.bytes.len() + next_len > self.config.batch_max_bytes
+                    || b.starts.len() >= self.config.batch_max_events)
         });
         if full {
             self.bodies.push(Body::default());
@@ -172,7 +176,8 @@ mod tests {
     use crate::decode::audit::AuditDecoder;
 
     fn config() -> HecSinkConfig {
-        toml::from_str("endpoints = [\"http://x\"]\ntoken = \"t\"\nindex = \"audit\"\nbatch_max_bytes = 4096\n").unwrap()
+        toml::from_str("endpoints = [\"http://x\"]\ntoken = \"t\"\nindex = \"audit\"\nbatch_max_bytes = 4096\n")
+            .unwrap()
     }
 
     #[test]
@@ -202,7 +207,11 @@ mod tests {
     fn bodies_respect_the_byte_limit_and_split() {
         let cfg = config();
         let mut e = Encoder::new(&cfg);
-        let row = AuditRow { id: "x".into(), raw: std::sync::Arc::from(vec![b'1'; 1000]), ..AuditRow::default() };
+        let row = AuditRow {
+            id: "x".into(),
+            raw: std::sync::Arc::from(vec![b'1'; 1000]),
+            ..AuditRow::default()
+        };
         for _ in 0..10 {
             e.audit(&row);
         }

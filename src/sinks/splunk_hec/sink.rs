@@ -43,7 +43,10 @@ pub struct HecSink {
 
 impl HecSink {
     pub fn new(config: HecSinkConfig, dead_letters: DeadLetters, telemetry: Telemetry) -> Result<HecSink, SinkError> {
-        let build_error = |message: String| SinkError::Rejected { sink: "splunk_hec", message };
+        let build_error = |message: String| SinkError::Rejected {
+            sink: "splunk_hec",
+            message,
+        };
         let mut builder = reqwest::Client::builder()
             .timeout(config.timeout())
             .connect_timeout(Duration::from_secs(10))
@@ -55,7 +58,9 @@ impl HecSink {
                 .map_err(|e| build_error(format!("ca_file {}: {e}", ca.display())))?;
             builder = builder.add_root_certificate(cert);
         }
-        let client = builder.build().map_err(|e| build_error(format!("building the HTTP client: {e}")))?;
+        let client = builder
+            .build()
+            .map_err(|e| build_error(format!("building the HTTP client: {e}")))?;
         Ok(HecSink {
             config,
             client,
@@ -101,7 +106,10 @@ impl HecSink {
             for body in bodies {
                 self.deliver(body).await;
             }
-            self.telemetry.sink_events.get_or_create(&self.label).inc_by(num_events as u64);
+            self.telemetry
+                .sink_events
+                .get_or_create(&self.label)
+                .inc_by(num_events as u64);
             for item in items {
                 item.ack.accept();
             }
@@ -120,7 +128,9 @@ impl HecSink {
                 Outcome::EventRejected { code, text } if body.num_events() == 1 => {
                     let message = format!("HEC code {code}: {text}");
                     tracing::warn!(code, text = %text, "HEC rejected an event; sending it to the dead-letter topic");
-                    self.dead_letters.send_until_done(body.event(0), "HecRejected", &message, None).await;
+                    self.dead_letters
+                        .send_until_done(body.event(0), "HecRejected", &message, None)
+                        .await;
                 }
                 Outcome::EventRejected { .. } => {
                     let (a, b) = body.split();
@@ -135,7 +145,9 @@ impl HecSink {
     async fn send(&mut self, body: &Body) -> Outcome {
         let payload = if self.config.compression {
             let raw = body.bytes.clone();
-            tokio::task::spawn_blocking(move || gzip(&raw)).await.expect("gzip does not panic")
+            tokio::task::spawn_blocking(move || gzip(&raw))
+                .await
+                .expect("gzip does not panic")
         } else {
             body.bytes.clone()
         };
@@ -166,9 +178,14 @@ impl HecSink {
                         return Outcome::Delivered;
                     }
                     if status == StatusCode::BAD_REQUEST && EVENT_REJECTED.contains(&code) {
-                        return Outcome::EventRejected { code, text: parsed.text };
+                        return Outcome::EventRejected {
+                            code,
+                            text: parsed.text,
+                        };
                     }
-                    if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) || CONFIG_REJECTED.contains(&code) {
+                    if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+                        || CONFIG_REJECTED.contains(&code)
+                    {
                         // Nothing is lost: the batch is held, the consumer backs up behind the
                         // bounded channel, and delivery resumes once the token is fixed.
                         tracing::error!(

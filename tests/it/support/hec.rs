@@ -37,15 +37,26 @@ pub struct HecReceiver {
 }
 
 fn reply(status: StatusCode, code: u64, text: &str) -> Response {
-    (status, [("content-type", "application/json")], json!({"text": text, "code": code}).to_string()).into_response()
+    (
+        status,
+        [("content-type", "application/json")],
+        json!({"text": text, "code": code}).to_string(),
+    )
+        .into_response()
 }
 
 impl HecReceiver {
     pub async fn start(token: &str) -> HecReceiver {
-        let state = Arc::new(Mutex::new(HecState { token: token.into(), ..HecState::default() }));
+        let state = Arc::new(Mutex::new(HecState {
+            token: token.into(),
+            ..HecState::default()
+        }));
         let app = Router::new()
             .route("/services/collector/event", post(event))
-            .route("/services/collector/health", get(|| async { reply(StatusCode::OK, 17, "HEC is healthy") }))
+            .route(
+                "/services/collector/health",
+                get(|| async { reply(StatusCode::OK, 17, "HEC is healthy") }),
+            )
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -66,7 +77,10 @@ impl HecReceiver {
     }
 
     pub fn of_sourcetype(&self, sourcetype: &str) -> Vec<Value> {
-        self.events().into_iter().filter(|e| e["sourcetype"] == sourcetype).collect()
+        self.events()
+            .into_iter()
+            .filter(|e| e["sourcetype"] == sourcetype)
+            .collect()
     }
 }
 

@@ -17,16 +17,28 @@ pub fn producer(bootstrap: &str) -> FutureProducer {
         .unwrap()
 }
 
-pub async fn produce(p: &FutureProducer, topic: &str, partition: Option<i32>, payload: &[u8], headers: &[(&str, &str)]) {
+pub async fn produce(
+    p: &FutureProducer,
+    topic: &str,
+    partition: Option<i32>,
+    payload: &[u8],
+    headers: &[(&str, &str)],
+) {
     let mut h = OwnedHeaders::new();
     for (k, v) in headers {
-        h = h.insert(Header { key: k, value: Some(*v) });
+        h = h.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
     }
     let mut record: FutureRecord<'_, (), [u8]> = FutureRecord::to(topic).payload(payload).headers(h);
     if let Some(p) = partition {
         record = record.partition(p);
     }
-    p.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+    p.send(record, Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
 }
 
 /// A record read back, with its headers.
@@ -60,7 +72,12 @@ pub fn read_all(bootstrap: &str, topic: &str, partitions: i32, expected: usize, 
                 .headers()
                 .map(|h| {
                     h.iter()
-                        .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
                         .collect()
                 })
                 .unwrap_or_default();

@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{MetricsService, MetricsServiceServer};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
 use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::metrics::v1::ResourceMetrics;
@@ -25,7 +27,10 @@ pub struct OtlpReceiver {
 
 #[tonic::async_trait]
 impl LogsService for OtlpReceiver {
-    async fn export(&self, request: Request<ExportLogsServiceRequest>) -> Result<Response<ExportLogsServiceResponse>, Status> {
+    async fn export(
+        &self,
+        request: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
         let mut r = self.received.lock().unwrap();
         for rl in request.into_inner().resource_logs {
             for sl in rl.scope_logs {
@@ -38,8 +43,15 @@ impl LogsService for OtlpReceiver {
 
 #[tonic::async_trait]
 impl MetricsService for OtlpReceiver {
-    async fn export(&self, request: Request<ExportMetricsServiceRequest>) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        self.received.lock().unwrap().metrics.extend(request.into_inner().resource_metrics);
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        self.received
+            .lock()
+            .unwrap()
+            .metrics
+            .extend(request.into_inner().resource_metrics);
         Ok(Response::new(ExportMetricsServiceResponse { partial_success: None }))
     }
 }
@@ -64,12 +76,16 @@ impl OtlpReceiver {
     /// String attribute `key` of a log record.
     pub fn attr(record: &LogRecord, key: &str) -> Option<String> {
         use opentelemetry_proto::tonic::common::v1::any_value::Value;
-        record.attributes.iter().find(|kv| kv.key == key).and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-            Value::StringValue(s) => Some(s.clone()),
-            Value::BoolValue(b) => Some(b.to_string()),
-            Value::IntValue(i) => Some(i.to_string()),
-            Value::DoubleValue(d) => Some(d.to_string()),
-            _ => None,
-        })
+        record
+            .attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                Value::StringValue(s) => Some(s.clone()),
+                Value::BoolValue(b) => Some(b.to_string()),
+                Value::IntValue(i) => Some(i.to_string()),
+                Value::DoubleValue(d) => Some(d.to_string()),
+                _ => None,
+            })
     }
 }
