@@ -93,6 +93,10 @@ async fn tansu_broker_to_hec_and_sql() {
     )
     .unwrap();
     let produced = produce_scenario(&bootstrap).await;
+    // A 10 MB record (the mock cluster keeps only 5 MB per partition, so this case lives here).
+    let huge = vec![b'x'; 10 * 1024 * 1024];
+    let p = crate::support::kafka::producer(&bootstrap);
+    crate::support::kafka::produce(&p, "confluent-audit-log-events", Some(1), &huge, &[]).await;
 
     let shutdown = CancellationToken::new();
     let running = auditflow::pipeline::start(config, shutdown.clone()).await.unwrap();
@@ -133,14 +137,20 @@ async fn tansu_broker_to_hec_and_sql() {
 
     let dead = tokio::task::spawn_blocking({
         let b = bootstrap.clone();
-        move || read_all(&b, "auditflow-dead-letter", 1, 3, Duration::from_secs(30))
+        move || read_all(&b, "auditflow-dead-letter", 1, 4, Duration::from_secs(30))
     })
     .await
     .unwrap();
-    assert_eq!(dead.len(), produced.num_poison);
+    assert_eq!(dead.len(), produced.num_poison + 1);
+    let class = |d: &crate::support::kafka::ReadRecord| d.headers["__connect.errors.exception.class.name"].clone();
+    assert_eq!(
+        dead.iter().filter(|d| class(d) == "NotJson").count(),
+        produced.num_poison
+    );
+    let too_large = dead.iter().find(|d| class(d) == "RecordTooLarge").unwrap();
     assert!(
-        dead.iter()
-            .all(|d| d.headers["__connect.errors.exception.class.name"] == "NotJson")
+        too_large.payload == huge,
+        "the 10 MB record is parked whole and unchanged"
     );
 
     shutdown.cancel();
@@ -154,7 +164,7 @@ async fn tansu_broker_to_hec_and_sql() {
     let total: i64 = offsets.iter().map(|o| o.unwrap_or(0)).sum();
     assert_eq!(
         total as usize,
-        8 + 50 + 1 + 1 + produced.num_poison,
+        8 + 50 + 1 + 1 + produced.num_poison + 1,
         "committed offsets cover every audit record: {offsets:?}"
     );
 }
