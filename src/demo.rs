@@ -443,3 +443,16 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     println!("demo stopped cleanly");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    /// The demo embeds the whole shipped pack: a rule file added to `rules/` must be added here.
+    #[test]
+    fn every_shipped_rule_file_is_embedded() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+        for file in crate::rules::rule_files(&dir).unwrap() {
+            let name = format!("rules/{}", file.file_name().unwrap().to_str().unwrap());
+            assert!(super::EMBEDDED.iter().any(|(n, _)| *n == name), "{name} is not embedded in the demo");
+        }
+    }
+}

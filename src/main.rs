@@ -103,6 +103,11 @@ enum RulesCommand {
         /// Rule directory.
         dir: PathBuf,
     },
+    /// Run every NAME.test.yaml under a directory against the rules beside it.
+    Test {
+        /// Rule directory.
+        dir: PathBuf,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -191,6 +196,36 @@ async fn run(command: Command) -> Result<(), String> {
             }
             println!("{}: {} rules ok", dir.display(), rules.len());
             Ok(())
+        }
+        Command::Rules {
+            command: RulesCommand::Test { dir },
+        } => {
+            let report = auditflow::rules::testing::run_dir(&dir).map_err(|e| e.to_string())?;
+            for r in &report.results {
+                if r.failures.is_empty() {
+                    println!("ok    {} / {}", r.file.display(), r.name);
+                } else {
+                    println!("FAIL  {} / {}", r.file.display(), r.name);
+                    for f in &r.failures {
+                        println!("        {f}");
+                    }
+                }
+            }
+            let failed = report.results.iter().filter(|r| !r.failures.is_empty()).count();
+            println!(
+                "{} passed, {} failed; alerts fired {}/{} expected, rules silent {}/{} expected",
+                report.results.len() - failed,
+                failed,
+                report.fired,
+                report.expected_fired,
+                report.silent,
+                report.expected_silent
+            );
+            if failed == 0 {
+                Ok(())
+            } else {
+                Err(format!("{failed} rule test(s) failed"))
+            }
         }
     }
 }

@@ -129,6 +129,8 @@ impl RuleEngine {
                 RuleKind::Match(m) => m.evaluate(&rule.meta, &mut view, now),
                 RuleKind::Count(c) => c.evaluate(&rule.meta, &mut view, now),
                 RuleKind::Threshold(t) => t.evaluate(&rule.meta, &mut view, now),
+                RuleKind::Anomaly(a) => a.evaluate(&rule.meta, &mut view, now),
+                RuleKind::NewValue(n) => n.evaluate(&rule.meta, &mut view, now),
             };
             match result {
                 Ok(mut raised) => alerts.append(&mut raised),
@@ -145,6 +147,8 @@ impl RuleEngine {
             .map(|r| match &r.kind {
                 RuleKind::Count(c) => c.num_shed(),
                 RuleKind::Threshold(t) => t.num_shed(),
+                RuleKind::Anomaly(a) => a.num_shed(),
+                RuleKind::NewValue(n) => n.num_shed(),
                 RuleKind::Match(_) => 0,
             })
             .sum()

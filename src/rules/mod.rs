@@ -6,10 +6,13 @@
 //! Windows run on event time; state per rule is capped (`max_series`).
 
 pub mod alert;
+pub mod anomaly;
 pub mod count;
 pub mod engine;
 pub mod match_rule;
+pub mod new_value;
 pub mod predicate;
+pub mod testing;
 pub mod threshold;
 
 use std::collections::BTreeMap;
@@ -21,8 +24,10 @@ use datafusion::execution::context::SessionContext;
 use serde::Deserialize;
 
 use crate::query::tables::{ALERTS_SCHEMA, AUDIT_SCHEMA, METRICS_SCHEMA};
+use anomaly::{AnomalyRule, AnomalySettings};
 use count::CountRule;
 use match_rule::MatchRule;
+use new_value::NewValueRule;
 use predicate::Predicate;
 use threshold::{Aggregate, Comparison, ThresholdRule};
 
@@ -143,6 +148,24 @@ struct RawRule {
     /// Most series tracked; new series past it are shed and counted. Default 100000.
     #[serde(default)]
     max_series: Option<usize>,
+    /// `anomaly`: time constant of the baseline (EWMA), e.g. `1h`. Default `1h`.
+    #[serde(default)]
+    baseline: Option<String>,
+    /// `anomaly`: standard deviations above the baseline that make a bucket anomalous. Default 4.
+    #[serde(default)]
+    sigma: Option<f64>,
+    /// `anomaly`: smallest bucket value that may alert (ignores spikes of nothing). Default 0.
+    #[serde(default)]
+    min_value: Option<f64>,
+    /// `anomaly`: buckets seen before a series may alert. Default 10.
+    #[serde(default)]
+    min_samples: Option<u32>,
+    /// `new_value`: the column whose new values alert.
+    #[serde(default)]
+    field: Option<String>,
+    /// `new_value`: how long values are only learned, e.g. `24h`. Default `24h`.
+    #[serde(default)]
+    learn: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -184,6 +207,8 @@ pub enum RuleKind {
     Match(MatchRule),
     Count(CountRule),
     Threshold(ThresholdRule),
+    Anomaly(AnomalyRule),
+    NewValue(NewValueRule),
 }
 
 impl RuleKind {
@@ -192,6 +217,8 @@ impl RuleKind {
             RuleKind::Match(_) => "match",
             RuleKind::Count(_) => "count",
             RuleKind::Threshold(_) => "threshold",
+            RuleKind::Anomaly(_) => "anomaly",
+            RuleKind::NewValue(_) => "new_value",
         }
     }
 }
@@ -349,10 +376,12 @@ fn validate(ctx: &SessionContext, r: RawRule, group: &str, text: &str, path: &Pa
     let repeat_interval_us = dur("repeat_interval", &r.repeat_interval)?.unwrap_or(3_600_000_000);
     let window_us = dur("window", &r.window)?;
     let schema = source.schema();
-    for column in r.group_by.iter().chain(r.distinct.iter()) {
+    for column in r.group_by.iter().chain(r.distinct.iter()).chain(r.field.iter()) {
         if schema.field_with_name(column).is_err() {
             let field = if r.distinct.as_ref() == Some(column) {
                 "distinct"
+            } else if r.field.as_ref() == Some(column) {
+                "field"
             } else {
                 "group_by"
             };
@@ -417,7 +446,58 @@ fn validate(ctx: &SessionContext, r: RawRule, group: &str, text: &str, path: &Pa
                 max_series,
             ))
         }
-        other => return Err(err("kind", format!("`{other}` is not one of match, count, threshold"))),
+        "anomaly" => {
+            let sql = match (source, &r.metric, &r.where_) {
+                (Source::Metrics, Some(metric), w) => {
+                    let m = format!("name = '{}'", metric.replace('\'', "''"));
+                    w.as_ref().map_or(m.clone(), |w| format!("{m} AND ({w})"))
+                }
+                (Source::Metrics, None, _) => {
+                    return Err(err("metric", "an anomaly rule on metrics needs `metric`".into()));
+                }
+                (_, _, w) => w.clone().unwrap_or_else(|| "true".into()),
+            };
+            let sigma = r.sigma.unwrap_or(4.0);
+            if sigma <= 0.0 {
+                return Err(err("sigma", "must be positive".into()));
+            }
+            let settings = AnomalySettings {
+                bucket_us: window_us.unwrap_or(60_000_000),
+                baseline_us: dur("baseline", &r.baseline)?.unwrap_or(3_600_000_000),
+                sigma,
+                min_value: r.min_value.unwrap_or(0.0),
+                min_samples: r.min_samples.unwrap_or(10),
+                for_us: dur("for", &r.for_)?.unwrap_or(0),
+                max_series,
+            };
+            RuleKind::Anomaly(AnomalyRule::new(
+                predicate(&sql)?,
+                r.group_by.clone(),
+                source == Source::Metrics,
+                settings,
+            ))
+        }
+        "new_value" => {
+            let field = r
+                .field
+                .clone()
+                .ok_or_else(|| err("field", "a new_value rule needs `field`".into()))?;
+            let learn_us = dur("learn", &r.learn)?.unwrap_or(86_400_000_000);
+            let sql = r.where_.as_deref().unwrap_or("true");
+            RuleKind::NewValue(NewValueRule::new(
+                predicate(sql)?,
+                r.group_by.clone(),
+                field,
+                learn_us,
+                max_series,
+            ))
+        }
+        other => {
+            return Err(err(
+                "kind",
+                format!("`{other}` is not one of match, count, threshold, anomaly, new_value"),
+            ));
+        }
     };
     Ok(Rule {
         meta: RuleMeta {

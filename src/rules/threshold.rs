@@ -39,7 +39,8 @@ impl Aggregate {
         let values = points.iter().map(|(_, v)| *v);
         let n = points.len();
         if n == 0 {
-            return None;
+            // No samples in the window: no bytes moved, but no level or average is known.
+            return matches!(self, Aggregate::Sum | Aggregate::Rate).then_some(0.0);
         }
         Some(match self {
             Aggregate::Sum => values.sum(),
@@ -186,7 +187,7 @@ impl ThresholdRule {
             } else {
                 s.pending_since = None;
                 alerts.extend(self.lifecycle.clear(meta, obs, now));
-                if s.points.is_empty() {
+                if s.points.is_empty() && !self.lifecycle.is_firing(&key) {
                     dead.push(key);
                 }
             }
