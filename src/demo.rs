@@ -23,13 +23,15 @@ pub const METRICS_TOPIC: &str = "confluent-metrics";
 pub const DEAD_LETTER_TOPIC: &str = "auditflow-dead-letter";
 
 /// The shipped rule pack and namespace file, embedded so the demo runs from anywhere.
-const EMBEDDED: [(&str, &str); 4] = [
+const EMBEDDED: [(&str, &str); 6] = [
     (
         "rules/authentication.yaml",
         include_str!("../rules/authentication.yaml"),
     ),
     ("rules/authorization.yaml", include_str!("../rules/authorization.yaml")),
     ("rules/traffic.yaml", include_str!("../rules/traffic.yaml")),
+    ("rules/limits.yaml", include_str!("../rules/limits.yaml")),
+    ("rules/correlation.yaml", include_str!("../rules/correlation.yaml")),
     ("namespaces.yaml", include_str!("../deploy/namespaces.example.yaml")),
 ];
 
@@ -452,7 +454,10 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
         for file in crate::rules::rule_files(&dir).unwrap() {
             let name = format!("rules/{}", file.file_name().unwrap().to_str().unwrap());
-            assert!(super::EMBEDDED.iter().any(|(n, _)| *n == name), "{name} is not embedded in the demo");
+            assert!(
+                super::EMBEDDED.iter().any(|(n, _)| *n == name),
+                "{name} is not embedded in the demo"
+            );
         }
     }
 }

@@ -76,8 +76,8 @@ impl NewValueRule {
                 continue;
             }
             let known = self.known.entry(key.clone()).or_default();
-            if known.values.contains_key(&value) {
-                known.values.insert(value, t);
+            if let Some(seen) = known.values.get_mut(&value) {
+                *seen = t;
                 continue;
             }
             if known.order.len() >= MAX_VALUES_PER_KEY

@@ -239,7 +239,7 @@ fn metric_sample(m: &TestMetric, time_us: i64, n: u32) -> MetricSample {
 }
 
 enum Item {
-    Audit(AuditRow),
+    Audit(Box<AuditRow>),
     Metric(MetricSample),
 }
 
@@ -273,7 +273,7 @@ fn run_case(
             let t = BASE_US + at + every * i64::from(n);
             seq += 1;
             match (&input.audit, &input.metric) {
-                (Some(a), None) => items.push((t, Item::Audit(audit_row(a, t, n, seq)))),
+                (Some(a), None) => items.push((t, Item::Audit(Box::new(audit_row(a, t, n, seq))))),
                 (None, Some(m)) => items.push((t, Item::Metric(metric_sample(m, t, n)))),
                 _ => {
                     return Err(RulesError::Parse {
@@ -299,7 +299,7 @@ fn run_case(
         let mut metrics = Vec::new();
         while i < items.len() && items[i].0 == t {
             match &items[i].1 {
-                Item::Audit(r) => audit.push(r.clone()),
+                Item::Audit(r) => audit.push(r.as_ref().clone()),
                 Item::Metric(m) => metrics.push(m.clone()),
             }
             i += 1;
