@@ -57,6 +57,7 @@ fn processor() -> Processor {
     Processor::new(
         &config,
         ownership,
+        Default::default(),
         rules,
         Window::new(Duration::from_secs(60)),
         Telemetry::new(),

@@ -207,6 +207,9 @@ fn default_metrics_format() -> String {
 pub struct RawEnrich {
     /// Namespace file (YAML, see `deploy/namespaces.example.yaml`). Optional.
     pub namespaces: Option<PathBuf>,
+    /// Directory of principals, API keys and clusters (YAML or CSV, see
+    /// `deploy/directory.example.yaml`). Optional.
+    pub directory: Option<PathBuf>,
     /// How long an event id is remembered to drop duplicates, e.g. `1h`. Default `1h`.
     #[serde(default = "default_dedupe_horizon")]
     pub dedupe_horizon: String,
@@ -219,6 +222,7 @@ impl Default for RawEnrich {
     fn default() -> Self {
         RawEnrich {
             namespaces: None,
+            directory: None,
             dedupe_horizon: default_dedupe_horizon(),
             dedupe_capacity: default_dedupe_capacity(),
         }
@@ -359,6 +363,7 @@ pub enum MetricsFormat {
 #[derive(Debug, Clone)]
 pub struct EnrichConfig {
     pub namespaces: Option<PathBuf>,
+    pub directory: Option<PathBuf>,
     pub dedupe_horizon: Duration,
     pub dedupe_capacity: usize,
 }
@@ -533,6 +538,7 @@ impl Config {
             },
             enrich: EnrichConfig {
                 namespaces: raw.enrich.namespaces,
+                directory: raw.enrich.directory,
                 dedupe_horizon: duration(origin, "enrich.dedupe_horizon", &raw.enrich.dedupe_horizon)?,
                 dedupe_capacity: raw.enrich.dedupe_capacity,
             },

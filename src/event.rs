@@ -45,6 +45,13 @@ pub struct AuditRow {
     pub resource_app: Option<String>,
     pub principal_app: Option<String>,
     pub cross_namespace: Option<bool>,
+    /// Directory: the principal's display name and team.
+    pub principal_name: Option<String>,
+    pub principal_team: Option<String>,
+    /// Directory: the cluster's environment name, region and cloud.
+    pub environment_name: Option<String>,
+    pub region: Option<String>,
+    pub cloud: Option<String>,
     /// The original event JSON, Schema Registry framing removed.
     pub raw: Arc<[u8]>,
 }

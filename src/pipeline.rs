@@ -15,6 +15,7 @@ use crate::decode::DecodeError;
 use crate::decode::audit::AuditDecoder;
 use crate::decode::metrics::{MetricHeaders, MetricsDecoder};
 use crate::enrich::dedupe::Dedupe;
+use crate::enrich::directory::Directory;
 use crate::enrich::ownership::Ownership;
 use crate::event::{Ack, Alert, Batch, Positions, now_us};
 use crate::query::engine::QueryEngine;
@@ -55,6 +56,7 @@ pub struct Processor {
     audit: AuditDecoder,
     metrics: MetricsDecoder,
     ownership: Ownership,
+    directory: Arc<Directory>,
     dedupe: Dedupe,
     rules: RuleEngine,
     window: Window,
@@ -74,15 +76,20 @@ impl Processor {
     pub fn new(
         config: &Config,
         ownership: Ownership,
-        rules: RuleEngine,
+        directory: Arc<Directory>,
+        mut rules: RuleEngine,
         window: Window,
         telemetry: Telemetry,
         alerts_tx: broadcast::Sender<Alert>,
     ) -> Processor {
+        if !directory.is_empty() {
+            rules.set_directory(directory.clone());
+        }
         Processor {
             audit: AuditDecoder::new(config.decode.validate_schema, config.decode.max_record_bytes),
             metrics: MetricsDecoder::new(config.decode.clone()),
             ownership,
+            directory,
             dedupe: Dedupe::new(config.enrich.dedupe_horizon, config.enrich.dedupe_capacity),
             rules,
             window,
@@ -109,6 +116,9 @@ impl Processor {
                     Ok(mut row) => {
                         if self.dedupe.insert(&row.id, now) {
                             self.ownership.enrich_audit(&mut row);
+                            if self.directory.enrich_audit(&mut row) {
+                                crate::enrich::ownership::set_cross_namespace(&mut row);
+                            }
                             batch.audit.push(row);
                         } else {
                             self.telemetry.duplicates.inc();
@@ -271,6 +281,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         Some(path) => Ownership::load(path)?,
         None => Ownership::default(),
     };
+    let directory = Arc::new(match &config.enrich.directory {
+        Some(path) => Directory::load(path)?,
+        None => Directory::default(),
+    });
     let rules = rules::load_dirs(&config.rule_dirs)?;
     let num_rules = rules.len();
     let telemetry = Telemetry::new();
@@ -334,6 +348,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let processor = Processor::new(
         &config,
         ownership,
+        directory,
         RuleEngine::new(rules),
         window.clone(),
         telemetry.clone(),

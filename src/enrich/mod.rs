@@ -2,6 +2,7 @@
 
 pub mod cim;
 pub mod dedupe;
+pub mod directory;
 pub mod ownership;
 
 #[derive(Debug, thiserror::Error)]

@@ -138,10 +138,7 @@ impl Ownership {
             .as_deref()
             .and_then(|p| self.principal_app(p))
             .map(str::to_owned);
-        row.cross_namespace = match (&row.principal_app, &row.resource_app) {
-            (Some(p), Some(r)) => Some(p != r),
-            _ => None,
-        };
+        set_cross_namespace(row);
     }
 
     pub fn enrich_metric(&self, sample: &mut MetricSample) {
@@ -151,6 +148,15 @@ impl Ownership {
             .and_then(|t| self.resource_app(t))
             .map(str::to_owned);
     }
+}
+
+/// `cross_namespace`: true when principal and resource belong to different applications, unknown
+/// when either owner is unknown.
+pub fn set_cross_namespace(row: &mut AuditRow) {
+    row.cross_namespace = match (&row.principal_app, &row.resource_app) {
+        (Some(p), Some(r)) => Some(p != r),
+        _ => None,
+    };
 }
 
 /// `User:sa-abc123` and `sa-abc123` name the same principal.

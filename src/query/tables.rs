@@ -53,6 +53,11 @@ pub static AUDIT_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         utf8("resource_app"),
         utf8("principal_app"),
         Field::new("cross_namespace", DataType::Boolean, true),
+        utf8("principal_name"),
+        utf8("principal_team"),
+        utf8("environment_name"),
+        utf8("region"),
+        utf8("cloud"),
         Field::new("raw", DataType::Utf8, false),
     ]))
 });
@@ -173,6 +178,11 @@ pub fn audit_batch(rows: &[AuditRow]) -> RecordBatch {
             s(|r| r.resource_app.as_deref()),
             s(|r| r.principal_app.as_deref()),
             bools(n, rows.iter().map(|r| r.cross_namespace)),
+            s(|r| r.principal_name.as_deref()),
+            s(|r| r.principal_team.as_deref()),
+            s(|r| r.environment_name.as_deref()),
+            s(|r| r.region.as_deref()),
+            s(|r| r.cloud.as_deref()),
             // Raw is valid UTF-8: it parsed as JSON.
             strings(n, rows.iter().map(|r| std::str::from_utf8(&r.raw).ok())),
         ],

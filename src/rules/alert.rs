@@ -107,6 +107,28 @@ fn render(
     now_us: i64,
     obs: Observation<'_>,
 ) -> Alert {
+    let mut obs = obs;
+    if let Some(directory) = &meta.directory {
+        // Name the principal for the analyst: from the labels, else the triggering event.
+        let who = ["principal", "auth_identifier"].iter().find_map(|k| {
+            obs.labels
+                .get(*k)
+                .or_else(|| obs.context.get(*k))
+                .filter(|v| !v.is_empty())
+                .cloned()
+        });
+        if let Some(who) = who
+            && let Some(entry) = directory.lookup(&who)
+        {
+            obs.labels.insert("principal_display".into(), directory.display(&who));
+            if let Some(app) = entry.application {
+                obs.labels.entry("principal_app".into()).or_insert(app);
+            }
+            if let Some(team) = entry.team {
+                obs.labels.entry("principal_team".into()).or_insert(team);
+            }
+        }
+    }
     let mut ctx: BTreeMap<String, minijinja::Value> = BTreeMap::new();
     for (k, v) in obs.context.iter().chain(obs.labels.iter()) {
         ctx.insert(k.clone(), minijinja::Value::from(v.clone()));

@@ -110,6 +110,13 @@ impl RuleEngine {
         &self.rules
     }
 
+    /// Lets alerts name principals through the directory.
+    pub fn set_directory(&mut self, directory: Arc<crate::enrich::directory::Directory>) {
+        for r in &mut self.rules {
+            r.meta.directory = Some(directory.clone());
+        }
+    }
+
     /// Evaluates the rules reading `source` on `batch`; returns the alerts raised, and the
     /// microseconds spent.
     pub fn evaluate(&mut self, source: Source, batch: &RecordBatch) -> (Vec<Alert>, u64) {

@@ -184,6 +184,8 @@ pub struct RuleMeta {
     pub repeat_interval_us: i64,
     pub labels: BTreeMap<String, String>,
     pub file: PathBuf,
+    /// Names principals in alerts (`payments-batch (sa-m3n8zd, Tech03)`), when configured.
+    pub directory: Option<std::sync::Arc<crate::enrich::directory::Directory>>,
 }
 
 static TEMPLATES: LazyLock<minijinja::Environment<'static>> = LazyLock::new(minijinja::Environment::new);
@@ -511,6 +513,7 @@ fn validate(ctx: &SessionContext, r: RawRule, group: &str, text: &str, path: &Pa
             repeat_interval_us,
             labels: r.labels.clone(),
             file: path.to_owned(),
+            directory: None,
         },
         kind,
     })

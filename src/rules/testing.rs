@@ -105,6 +105,11 @@ struct TestAuditEvent {
     resource_app: Option<String>,
     principal_app: Option<String>,
     cross_namespace: Option<bool>,
+    principal_name: Option<String>,
+    principal_team: Option<String>,
+    environment_name: Option<String>,
+    region: Option<String>,
+    cloud: Option<String>,
 }
 
 /// A metric sample by its `metrics` columns.
@@ -212,6 +217,11 @@ fn audit_row(e: &TestAuditEvent, time_us: i64, n: u32, seq: usize) -> AuditRow {
         resource_app: fill(&e.resource_app, n),
         principal_app: fill(&e.principal_app, n),
         cross_namespace: e.cross_namespace,
+        principal_name: fill(&e.principal_name, n),
+        principal_team: fill(&e.principal_team, n),
+        environment_name: fill(&e.environment_name, n),
+        region: fill(&e.region, n),
+        cloud: fill(&e.cloud, n),
         raw: Arc::from(&b"{}"[..]),
     }
 }

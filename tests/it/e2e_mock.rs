@@ -48,6 +48,7 @@ metrics = ["{METRICS}"]
 dead_letter = "{DLQ}"
 [enrich]
 namespaces = "{namespaces}"
+directory = "{directory}"
 [rules]
 dirs = ["{rules}"]
 [window]
@@ -64,6 +65,7 @@ path = "{out}"
 http_listen = "127.0.0.1:0"
 "#,
         namespaces = repo("deploy/namespaces.example.yaml").display(),
+        directory = repo("deploy/directory.example.yaml").display(),
         rules = repo("rules").display(),
         out = out.display(),
     )
@@ -255,6 +257,17 @@ async fn mock_cluster_to_hec_otlp_sql() {
     assert!(burst["event"]["value"].as_f64().unwrap() >= 20.0);
     assert!(!burst["event"]["evidence"].as_array().unwrap().is_empty());
     assert!(burst["event"]["summary"].as_str().unwrap().contains("BRUTEFORCEKEY001"));
+    // Alerts name the principal through the directory.
+    let cross = hec
+        .of_sourcetype("auditflow:alert")
+        .into_iter()
+        .find(|e| e["event"]["rule_id"] == "cross-namespace-denied")
+        .unwrap();
+    assert_eq!(
+        cross["event"]["labels"]["principal_display"],
+        "payments-batch (sa-m3n8zd, Tech03)"
+    );
+    assert_eq!(cross["event"]["labels"]["principal_team"], "logistics");
     let metrics = hec.of_sourcetype("auditflow:metric");
     assert!(metrics.iter().any(|m| m["event"] == "metric"
         && m["fields"]["metric_name:io.confluent.kafka.server/sent_bytes"].as_f64() == Some(12.0e9)));
@@ -307,6 +320,14 @@ async fn mock_cluster_to_hec_otlp_sql() {
             .iter()
             .all(|r| r["principal_app"] == "Tech03" && r["resource_app"] == "Tech02")
     );
+    let (_, rows) = sql(
+        http,
+        "SELECT principal_name, environment_name, region FROM audit_events WHERE id = '3f0c9a51-6b2e-4d7f-9a18-2c5e7b9d0a41'",
+    )
+    .await;
+    assert_eq!(rows[0]["principal_name"], "orders-service", "{rows}");
+    assert_eq!(rows[0]["environment_name"], "production");
+    assert_eq!(rows[0]["region"], "eu-west-1");
     let (_, rows) = sql(http, "SELECT DISTINCT rule_id FROM alerts ORDER BY rule_id").await;
     let rules: Vec<&str> = rows
         .as_array()
