@@ -28,6 +28,7 @@ pub mod enrich;
 pub mod event;
 pub mod pipeline;
 pub mod query;
+pub mod reload;
 pub mod rules;
 pub mod sinks;
 pub mod source;

@@ -62,6 +62,7 @@ pub struct Processor {
     window: Window,
     telemetry: Telemetry,
     alerts_tx: broadcast::Sender<Alert>,
+    reloads: Option<mpsc::Receiver<crate::reload::Reloaded>>,
     seq: u64,
 }
 
@@ -95,11 +96,38 @@ impl Processor {
             window,
             telemetry,
             alerts_tx,
+            reloads: None,
             seq: 0,
         }
     }
 
+    /// Applies reloaded rules and enrichment files between batches.
+    pub fn with_reloads(mut self, rx: mpsc::Receiver<crate::reload::Reloaded>) -> Processor {
+        self.reloads = Some(rx);
+        self
+    }
+
+    fn apply_reloads(&mut self) {
+        let Some(rx) = self.reloads.as_mut() else { return };
+        while let Ok(r) = rx.try_recv() {
+            if let Some(o) = r.ownership {
+                self.ownership = o;
+                tracing::info!("namespace file reloaded");
+            }
+            if let Some(d) = r.directory {
+                self.directory = d.clone();
+                self.rules.set_directory(d);
+                tracing::info!("directory reloaded");
+            }
+            if let Some(rules) = r.rules {
+                let (kept, fresh, removed) = self.rules.replace(rules);
+                tracing::info!(kept, new_or_changed = fresh, removed, "rules swapped in");
+            }
+        }
+    }
+
     pub fn process(&mut self, records: &[Record]) -> Processed {
+        self.apply_reloads();
         let mut batch = Batch::default();
         let mut rejected = Vec::new();
         let now = now_us();
@@ -354,6 +382,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         telemetry.clone(),
         alerts_tx.clone(),
     );
+    let (reload_tx, reload_rx) = mpsc::channel(4);
+    tokio::spawn(crate::reload::run(
+        crate::reload::Watcher::new(&config),
+        reload_tx,
+        shutdown.clone(),
+    ));
+    let processor = processor.with_reloads(reload_rx);
     let source = tokio::spawn(run_source(
         config,
         consumer.clone(),

@@ -96,6 +96,7 @@ pub fn labels_of(columns: &[String], key: &[String]) -> BTreeMap<String, String>
 pub struct RuleEngine {
     rules: Vec<Rule>,
     watermarks: [i64; 3],
+    directory: Option<Arc<crate::enrich::directory::Directory>>,
 }
 
 impl RuleEngine {
@@ -103,7 +104,32 @@ impl RuleEngine {
         RuleEngine {
             rules,
             watermarks: [i64::MIN; 3],
+            directory: None,
         }
+    }
+
+    /// Swaps in a reloaded rule set. Rules whose definition is unchanged keep their state;
+    /// returns (kept, new or changed, removed).
+    pub fn replace(&mut self, rules: Vec<Rule>) -> (usize, usize, usize) {
+        let mut old: std::collections::HashMap<String, Rule> =
+            self.rules.drain(..).map(|r| (r.meta.id.clone(), r)).collect();
+        let (mut kept, mut fresh) = (0, 0);
+        for rule in rules {
+            match old.remove(&rule.meta.id) {
+                Some(previous) if previous.meta.fingerprint == rule.meta.fingerprint => {
+                    kept += 1;
+                    self.rules.push(previous);
+                }
+                _ => {
+                    fresh += 1;
+                    self.rules.push(rule);
+                }
+            }
+        }
+        if let Some(d) = self.directory.clone() {
+            self.set_directory(d);
+        }
+        (kept, fresh, old.len())
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -112,6 +138,7 @@ impl RuleEngine {
 
     /// Lets alerts name principals through the directory.
     pub fn set_directory(&mut self, directory: Arc<crate::enrich::directory::Directory>) {
+        self.directory = Some(directory.clone());
         for r in &mut self.rules {
             r.meta.directory = Some(directory.clone());
         }
@@ -164,3 +191,52 @@ impl RuleEngine {
 
 /// Shared handle used by the pipeline.
 pub type SharedRuleEngine = Arc<std::sync::Mutex<RuleEngine>>;
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use datafusion::execution::context::SessionContext;
+
+    use super::*;
+    use crate::event::AuditRow;
+    use crate::query::tables::audit_batch;
+
+    const PACK: &str = "groups:\n  - name: g\n    rules:\n      - id: burst\n        kind: count\n        where: \"granted = false\"\n        window: 5m\n        threshold: 3\n        severity: low\n        summary: s\n      - id: other\n        kind: match\n        where: \"granted = true\"\n        severity: low\n        summary: s\n";
+
+    fn denied(t: i64) -> AuditRow {
+        AuditRow {
+            time_us: t,
+            id: format!("e{t}"),
+            granted: Some(false),
+            raw: Arc::from(&b"{}"[..]),
+            ..AuditRow::default()
+        }
+    }
+
+    /// Regression for issue 3 (hot reload): an unchanged rule keeps its window across a reload.
+    #[test]
+    fn reload_keeps_the_state_of_unchanged_rules() {
+        let ctx = SessionContext::new();
+        let load = |text: &str| super::super::parse_rules(&ctx, text, Path::new("r.yaml")).unwrap();
+        let mut engine = RuleEngine::new(load(PACK));
+        assert!(
+            engine
+                .evaluate(Source::Audit, &audit_batch(&[denied(1), denied(2)]))
+                .0
+                .is_empty()
+        );
+        // Change only the other rule: `burst` keeps its two events.
+        let (kept, fresh, removed) = engine.replace(load(&PACK.replace("granted = true", "granted IS NULL")));
+        assert_eq!((kept, fresh, removed), (1, 1, 0));
+        let (alerts, _) = engine.evaluate(Source::Audit, &audit_batch(&[denied(3)]));
+        assert_eq!(
+            alerts.len(),
+            1,
+            "the third event completes the burst started before the reload"
+        );
+        // Changing `burst` itself starts it afresh.
+        engine.replace(load(&PACK.replace("threshold: 3", "threshold: 2")));
+        assert!(engine.evaluate(Source::Audit, &audit_batch(&[denied(4)])).0.is_empty());
+    }
+}

@@ -184,6 +184,9 @@ pub struct RuleMeta {
     pub repeat_interval_us: i64,
     pub labels: BTreeMap<String, String>,
     pub file: PathBuf,
+    /// The rule's definition as loaded: a reload keeps the state of rules whose fingerprint
+    /// did not change.
+    pub fingerprint: String,
     /// Names principals in alerts (`payments-batch (sa-m3n8zd, Tech03)`), when configured.
     pub directory: Option<std::sync::Arc<crate::enrich::directory::Directory>>,
 }
@@ -325,6 +328,7 @@ fn line_of(text: &str, id: &str, field: &str) -> usize {
 }
 
 fn validate(ctx: &SessionContext, r: RawRule, group: &str, text: &str, path: &Path) -> Result<Rule, RulesError> {
+    let fingerprint = format!("{group}/{r:?}");
     let err = |field: &str, message: String| RulesError::Invalid {
         path: path.to_owned(),
         line: line_of(text, &r.id, field),
@@ -513,6 +517,7 @@ fn validate(ctx: &SessionContext, r: RawRule, group: &str, text: &str, path: &Pa
             repeat_interval_us,
             labels: r.labels.clone(),
             file: path.to_owned(),
+            fingerprint,
             directory: None,
         },
         kind,
