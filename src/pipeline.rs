@@ -63,6 +63,8 @@ pub struct Processor {
     telemetry: Telemetry,
     alerts_tx: broadcast::Sender<Alert>,
     reloads: Option<mpsc::Receiver<crate::reload::Reloaded>>,
+    /// Reloaded `sql` rules go to their own task.
+    sql_updates: Option<mpsc::Sender<Vec<rules::Rule>>>,
     seq: u64,
 }
 
@@ -97,13 +99,20 @@ impl Processor {
             telemetry,
             alerts_tx,
             reloads: None,
+            sql_updates: None,
             seq: 0,
         }
     }
 
-    /// Applies reloaded rules and enrichment files between batches.
-    pub fn with_reloads(mut self, rx: mpsc::Receiver<crate::reload::Reloaded>) -> Processor {
+    /// Applies reloaded rules and enrichment files between batches; reloaded `sql` rules are
+    /// passed on to `sql_updates`.
+    pub fn with_reloads(
+        mut self,
+        rx: mpsc::Receiver<crate::reload::Reloaded>,
+        sql_updates: mpsc::Sender<Vec<rules::Rule>>,
+    ) -> Processor {
         self.reloads = Some(rx);
+        self.sql_updates = Some(sql_updates);
         self
     }
 
@@ -120,6 +129,14 @@ impl Processor {
                 tracing::info!("directory reloaded");
             }
             if let Some(rules) = r.rules {
+                let (sql, rules): (Vec<rules::Rule>, Vec<rules::Rule>) = rules
+                    .into_iter()
+                    .partition(|r| matches!(r.kind, rules::RuleKind::Sql(_)));
+                if let Some(tx) = &self.sql_updates
+                    && tx.try_send(sql).is_err()
+                {
+                    tracing::warn!("sql rules not reloaded: their task is busy or stopped");
+                }
                 let (kept, fresh, removed) = self.rules.replace(rules);
                 tracing::info!(kept, new_or_changed = fresh, removed, "rules swapped in");
             }
@@ -232,6 +249,7 @@ impl Processor {
 }
 
 /// Hands batches to the sinks and the committer.
+#[derive(Clone)]
 struct Dispatcher {
     sinks: Vec<mpsc::Sender<SinkItem>>,
     committer: mpsc::Sender<Pending>,
@@ -287,6 +305,8 @@ impl RunningPipeline {
             Ok(r) => r,
             Err(e) => Err(PipelineError::Task(e.to_string())),
         };
+        // However the source stopped, every other task stops too (they hold sink senders).
+        self.shutdown.cancel();
         let drained = tokio::time::timeout(drain_timeout, futures::future::join_all(self.drain)).await;
         if drained.is_err() {
             tracing::warn!(
@@ -373,11 +393,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         None => None,
     };
 
+    let mut engine = RuleEngine::new(rules);
+    let sql_rules = engine.take_sql_rules();
     let processor = Processor::new(
         &config,
         ownership,
         directory,
-        RuleEngine::new(rules),
+        engine,
         window.clone(),
         telemetry.clone(),
         alerts_tx.clone(),
@@ -388,7 +410,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         reload_tx,
         shutdown.clone(),
     ));
-    let processor = processor.with_reloads(reload_rx);
+    let (sql_tx, sql_rx) = mpsc::channel(4);
+    let processor = processor.with_reloads(reload_rx, sql_tx);
+    tokio::spawn(run_sql_rules(
+        sql_rules,
+        sql_rx,
+        SqlContext {
+            query: query.clone(),
+            window: window.clone(),
+            telemetry: telemetry.clone(),
+            alerts: alerts_tx.clone(),
+            dispatcher: dispatcher.clone(),
+        },
+        shutdown.clone(),
+    ));
     let source = tokio::spawn(run_source(
         config,
         consumer.clone(),
@@ -451,4 +486,64 @@ async fn run_source(
     }
     tracing::info!("stopped fetching; draining");
     Ok(())
+}
+
+/// What the `sql` rule task needs to publish alerts like the batch path does.
+struct SqlContext {
+    query: QueryEngine,
+    window: Window,
+    telemetry: Telemetry,
+    alerts: broadcast::Sender<Alert>,
+    dispatcher: Dispatcher,
+}
+
+/// Runs `sql` rules on their schedules until shutdown; reloaded rules keep the state of those
+/// whose definition did not change.
+async fn run_sql_rules(
+    mut rules: Vec<rules::Rule>,
+    mut updates: mpsc::Receiver<Vec<rules::Rule>>,
+    ctx: SqlContext,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            Some(new) = updates.recv() => {
+                let mut old: std::collections::HashMap<String, rules::Rule> =
+                    rules.drain(..).map(|r| (r.meta.id.clone(), r)).collect();
+                rules = new
+                    .into_iter()
+                    .map(|r| match old.remove(&r.meta.id) {
+                        Some(prev) if prev.meta.fingerprint == r.meta.fingerprint => prev,
+                        _ => r,
+                    })
+                    .collect();
+            }
+            _ = tick.tick() => {
+                if rules.is_empty() {
+                    continue;
+                }
+                let now = now_us();
+                let mut alerts = Vec::new();
+                for rule in &mut rules {
+                    if let rules::RuleKind::Sql(sql) = &mut rule.kind {
+                        alerts.extend(sql.run(&rule.meta, &ctx.query, now).await);
+                    }
+                }
+                if alerts.is_empty() {
+                    continue;
+                }
+                ctx.window.alerts.append(tables::alerts_batch(&alerts), now);
+                for a in &alerts {
+                    ctx.telemetry.alerts.get_or_create(&RuleLabel { rule: a.rule_id.clone() }).inc();
+                    let _ = ctx.alerts.send(a.clone());
+                }
+                let batch = Batch { alerts, ..Batch::default() };
+                if ctx.dispatcher.dispatch(batch, Positions::default()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }

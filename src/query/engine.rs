@@ -42,6 +42,19 @@ impl QueryEngine {
         }
     }
 
+    /// Plans a read-only statement without running it (validation of SQL rules).
+    pub async fn plan(&self, sql: &str) -> Result<(), QueryError> {
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        self.ctx
+            .sql_with_options(sql, options)
+            .await
+            .map(|_| ())
+            .map_err(|e| QueryError::Sql(e.to_string()))
+    }
+
     /// Runs one read-only statement and collects its result.
     pub async fn query(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
         let options = SQLOptions::new()

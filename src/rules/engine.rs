@@ -108,6 +108,15 @@ impl RuleEngine {
         }
     }
 
+    /// Removes the `sql` rules, which run on a schedule in their own task.
+    pub fn take_sql_rules(&mut self) -> Vec<Rule> {
+        let (sql, rest): (Vec<Rule>, Vec<Rule>) = std::mem::take(&mut self.rules)
+            .into_iter()
+            .partition(|r| matches!(r.kind, RuleKind::Sql(_)));
+        self.rules = rest;
+        sql
+    }
+
     /// Swaps in a reloaded rule set. Rules whose definition is unchanged keep their state;
     /// returns (kept, new or changed, removed).
     pub fn replace(&mut self, rules: Vec<Rule>) -> (usize, usize, usize) {
@@ -165,6 +174,7 @@ impl RuleEngine {
                 RuleKind::Threshold(t) => t.evaluate(&rule.meta, &mut view, now),
                 RuleKind::Anomaly(a) => a.evaluate(&rule.meta, &mut view, now),
                 RuleKind::NewValue(n) => n.evaluate(&rule.meta, &mut view, now),
+                RuleKind::Sql(_) => continue,
             };
             match result {
                 Ok(mut raised) => alerts.append(&mut raised),
@@ -183,7 +193,7 @@ impl RuleEngine {
                 RuleKind::Threshold(t) => t.num_shed(),
                 RuleKind::Anomaly(a) => a.num_shed(),
                 RuleKind::NewValue(n) => n.num_shed(),
-                RuleKind::Match(_) => 0,
+                RuleKind::Match(_) | RuleKind::Sql(_) => 0,
             })
             .sum()
     }

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod match_rule;
 pub mod new_value;
 pub mod predicate;
+pub mod sql_rule;
 pub mod testing;
 pub mod threshold;
 
@@ -29,6 +30,7 @@ use count::CountRule;
 use match_rule::MatchRule;
 use new_value::NewValueRule;
 use predicate::Predicate;
+use sql_rule::SqlRule;
 use threshold::{Aggregate, Comparison, ThresholdRule};
 
 pub use engine::RuleEngine;
@@ -166,6 +168,12 @@ struct RawRule {
     /// `new_value`: how long values are only learned, e.g. `24h`. Default `24h`.
     #[serde(default)]
     learn: Option<String>,
+    /// `sql`: the query; each returned row is an alert.
+    #[serde(default)]
+    query: Option<String>,
+    /// `sql`: how often the query runs, e.g. `1m`. Default `1m`.
+    #[serde(default)]
+    every: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -214,6 +222,8 @@ pub enum RuleKind {
     Threshold(ThresholdRule),
     Anomaly(AnomalyRule),
     NewValue(NewValueRule),
+    /// Runs on a schedule in its own task, not on batches.
+    Sql(SqlRule),
 }
 
 impl RuleKind {
@@ -224,6 +234,7 @@ impl RuleKind {
             RuleKind::Threshold(_) => "threshold",
             RuleKind::Anomaly(_) => "anomaly",
             RuleKind::NewValue(_) => "new_value",
+            RuleKind::Sql(_) => "sql",
         }
     }
 }
@@ -498,10 +509,24 @@ fn validate(ctx: &SessionContext, r: RawRule, group: &str, text: &str, path: &Pa
                 max_series,
             ))
         }
+        "sql" => {
+            let query = r
+                .query
+                .clone()
+                .ok_or_else(|| err("query", "a sql rule needs `query`".into()))?;
+            // Plan it now against the (empty) tables: unknown tables and columns fail at load.
+            // Planning in-memory tables does no IO, so a plain executor serves, from sync and
+            // async callers alike.
+            let window = crate::query::window::Window::new(std::time::Duration::from_secs(60));
+            let engine = crate::query::engine::QueryEngine::new(&window);
+            futures::executor::block_on(engine.plan(&query)).map_err(|e| err("query", e.to_string()))?;
+            let every_us = dur("every", &r.every)?.unwrap_or(60_000_000);
+            RuleKind::Sql(SqlRule::new(query, every_us))
+        }
         other => {
             return Err(err(
                 "kind",
-                format!("`{other}` is not one of match, count, threshold, anomaly, new_value"),
+                format!("`{other}` is not one of match, count, threshold, anomaly, new_value, sql"),
             ));
         }
     };

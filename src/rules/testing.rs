@@ -262,6 +262,19 @@ fn micros(path: &Path, test: &str, what: &str, text: &str) -> Result<i64, RulesE
         })
 }
 
+/// Runs a query future to completion: on the ambient runtime's other threads when called from
+/// one (`auditflow rules test`), else on a runtime of its own (unit tests).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    match tokio::runtime::Handle::try_current() {
+        Ok(_) => futures::executor::block_on(f),
+        Err(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime builds")
+            .block_on(f),
+    }
+}
+
 /// Runs one test case against freshly loaded rules (so tests do not share state).
 fn run_case(
     ctx: &SessionContext,
@@ -274,6 +287,9 @@ fn run_case(
         rules.extend(parse_rules(ctx, text, file)?);
     }
     let mut engine = RuleEngine::new(rules);
+    let mut sql_rules = engine.take_sql_rules();
+    // `sql` rules query a window holding every input of the test.
+    let window = crate::query::window::Window::new(std::time::Duration::from_secs(3650 * 86_400));
     let mut items: Vec<(i64, Item)> = Vec::new();
     let mut seq = 0;
     for input in &case.input {
@@ -316,16 +332,31 @@ fn run_case(
         }
         let mut raised = Vec::new();
         if !audit.is_empty() {
-            raised.extend(engine.evaluate(Source::Audit, &tables::audit_batch(&audit)).0);
+            let batch = tables::audit_batch(&audit);
+            raised.extend(engine.evaluate(Source::Audit, &batch).0);
+            window.audit.append(batch, t);
         }
         if !metrics.is_empty() {
-            raised.extend(engine.evaluate(Source::Metrics, &tables::metrics_batch(&metrics)).0);
+            let batch = tables::metrics_batch(&metrics);
+            raised.extend(engine.evaluate(Source::Metrics, &batch).0);
+            window.metrics.append(batch, t);
         }
         if !raised.is_empty() {
             let second = engine.evaluate(Source::Alerts, &tables::alerts_batch(&raised)).0;
             raised.extend(second);
         }
+        if !raised.is_empty() {
+            window.alerts.append(tables::alerts_batch(&raised), t);
+        }
         alerts.extend(raised);
+    }
+    if !sql_rules.is_empty() {
+        let query = crate::query::engine::QueryEngine::new(&window);
+        for rule in &mut sql_rules {
+            if let super::RuleKind::Sql(sql) = &mut rule.kind {
+                alerts.extend(block_on(sql.run(&rule.meta, &query, end)));
+            }
+        }
     }
     Ok((alerts, end))
 }
