@@ -243,12 +243,21 @@ pub struct RawRules {
     /// Directories of rule files (`*.yaml`, `*.test.yaml` excluded). Default `["rules"]`.
     #[serde(default = "default_rule_dirs")]
     pub dirs: Vec<PathBuf>,
+    /// How late an event may arrive and still count: windows are evaluated this far behind
+    /// the newest event time seen, e.g. `30s`. Default `0s` (evaluate at the newest event).
+    #[serde(default = "default_lateness")]
+    pub allowed_lateness: String,
+}
+
+fn default_lateness() -> String {
+    "0s".into()
 }
 
 impl Default for RawRules {
     fn default() -> Self {
         RawRules {
             dirs: default_rule_dirs(),
+            allowed_lateness: default_lateness(),
         }
     }
 }
@@ -307,6 +316,7 @@ pub struct Config {
     pub decode: DecodeConfig,
     pub enrich: EnrichConfig,
     pub rule_dirs: Vec<PathBuf>,
+    pub allowed_lateness: Duration,
     pub window_retention: Duration,
     pub sinks: SinksConfig,
     pub http_listen: Option<SocketAddr>,
@@ -542,6 +552,7 @@ impl Config {
                 dedupe_horizon: duration(origin, "enrich.dedupe_horizon", &raw.enrich.dedupe_horizon)?,
                 dedupe_capacity: raw.enrich.dedupe_capacity,
             },
+            allowed_lateness: duration(origin, "rules.allowed_lateness", &raw.rules.allowed_lateness)?,
             rule_dirs: raw.rules.dirs,
             window_retention: duration(origin, "window.retention", &raw.window.retention)?,
             sinks,

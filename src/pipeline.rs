@@ -238,6 +238,7 @@ impl Processor {
             }
         }
         batch.alerts = alerts;
+        self.telemetry.rule_series_shed.set(self.rules.num_series_shed() as i64);
         self.seq += 1;
         batch.seq = self.seq;
         Processed { batch, rejected }
@@ -393,7 +394,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         None => None,
     };
 
-    let mut engine = RuleEngine::new(rules);
+    let mut engine = RuleEngine::new(rules).with_allowed_lateness(config.allowed_lateness);
     let sql_rules = engine.take_sql_rules();
     let processor = Processor::new(
         &config,

@@ -66,6 +66,8 @@ pub struct Telemetry {
     pub batches_committed: Counter,
     /// Microseconds spent evaluating rules.
     pub rule_eval_micros: Counter,
+    /// New rule series refused because a rule reached `max_series`.
+    pub rule_series_shed: Gauge,
     /// Window rows and bytes, by table (set when scraped).
     window_rows: Family<TableLabel, Gauge>,
     window_bytes: Family<TableLabel, Gauge>,
@@ -94,6 +96,7 @@ impl Telemetry {
             sink_retries: Family::default(),
             batches_committed: Counter::default(),
             rule_eval_micros: Counter::default(),
+            rule_series_shed: Gauge::default(),
             window_rows: Family::default(),
             window_bytes: Family::default(),
             window_evicted: Family::default(),
@@ -130,6 +133,11 @@ impl Telemetry {
             "rule_eval_micros",
             "Microseconds spent evaluating rules",
             t.rule_eval_micros.clone(),
+        );
+        registry.register(
+            "rule_series_shed",
+            "Rule series refused because a rule reached max_series",
+            t.rule_series_shed.clone(),
         );
         registry.register("window_rows", "Rows held in the SQL window", t.window_rows.clone());
         registry.register("window_bytes", "Bytes held in the SQL window", t.window_bytes.clone());

@@ -97,6 +97,7 @@ pub struct RuleEngine {
     rules: Vec<Rule>,
     watermarks: [i64; 3],
     directory: Option<Arc<crate::enrich::directory::Directory>>,
+    lateness_us: i64,
 }
 
 impl RuleEngine {
@@ -105,7 +106,14 @@ impl RuleEngine {
             rules,
             watermarks: [i64::MIN; 3],
             directory: None,
+            lateness_us: 0,
         }
+    }
+
+    /// Evaluate windows this far behind the newest event time, so late events still count.
+    pub fn with_allowed_lateness(mut self, lateness: std::time::Duration) -> RuleEngine {
+        self.lateness_us = lateness.as_micros() as i64;
+        self
     }
 
     /// Removes the `sql` rules, which run on a schedule in their own task.
@@ -166,7 +174,7 @@ impl RuleEngine {
         if let Some(max) = view.max_time() {
             self.watermarks[slot] = self.watermarks[slot].max(max);
         }
-        let now = self.watermarks[slot];
+        let now = self.watermarks[slot].saturating_sub(self.lateness_us);
         for rule in self.rules.iter_mut().filter(|r| r.meta.source == source) {
             let result = match &mut rule.kind {
                 RuleKind::Match(m) => m.evaluate(&rule.meta, &mut view, now),
@@ -248,5 +256,40 @@ mod tests {
         // Changing `burst` itself starts it afresh.
         engine.replace(load(&PACK.replace("threshold: 3", "threshold: 2")));
         assert!(engine.evaluate(Source::Audit, &audit_batch(&[denied(4)])).0.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod lateness_tests {
+    use std::path::Path;
+
+    use datafusion::execution::context::SessionContext;
+
+    use super::*;
+    use crate::event::AuditRow;
+    use crate::query::tables::audit_batch;
+
+    fn denied(t_s: i64) -> AuditRow {
+        AuditRow {
+            time_us: t_s * 1_000_000,
+            id: format!("e{t_s}"),
+            granted: Some(false),
+            raw: Arc::from(&b"{}"[..]),
+            ..AuditRow::default()
+        }
+    }
+
+    /// An event later than the window is dropped without lateness and counted with it.
+    #[test]
+    fn allowed_lateness_counts_late_events() {
+        let text = "groups:\n  - name: g\n    rules:\n      - id: c\n        kind: count\n        where: \"granted = false\"\n        window: 1m\n        threshold: 2\n        severity: low\n        summary: s\n";
+        let load = || super::super::parse_rules(&SessionContext::new(), text, Path::new("r.yaml")).unwrap();
+        for (lateness, fires) in [(0, false), (120, true)] {
+            let mut engine = RuleEngine::new(load()).with_allowed_lateness(std::time::Duration::from_secs(lateness));
+            engine.evaluate(Source::Audit, &audit_batch(&[denied(200)]));
+            // Arrives 100 s late, out of order.
+            let (alerts, _) = engine.evaluate(Source::Audit, &audit_batch(&[denied(100), denied(101)]));
+            assert_eq!(!alerts.is_empty(), fires, "lateness {lateness}s");
+        }
     }
 }

@@ -300,12 +300,62 @@ pub fn load_file(ctx: &SessionContext, path: &Path) -> Result<Vec<Rule>, RulesEr
     parse_rules(ctx, &text, path)
 }
 
+static RULE_FILE_SCHEMA: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("rule_file.schema.json")).expect("the rule file schema is valid JSON");
+    jsonschema::validator_for(&schema).expect("the rule file schema compiles")
+});
+
+/// Checks rule text against the rule-file JSON Schema; the error names the line and field.
+fn check_schema(text: &str, path: &Path) -> Result<(), RulesError> {
+    let Ok(value) = serde_yaml::from_str::<serde_json::Value>(text) else {
+        return Ok(()); // not YAML at all: the typed parse reports it with its location
+    };
+    let Some(e) = RULE_FILE_SCHEMA.iter_errors(&value).next() else {
+        return Ok(());
+    };
+    let pointer = e.instance_path().to_string();
+    let parts: Vec<&str> = pointer.split('/').filter(|p| !p.is_empty()).collect();
+    // `/groups/G/rules/R/FIELD...`: name the rule and the field.
+    let (rule, field) = match parts.as_slice() {
+        ["groups", g, "rules", r, field, ..] => {
+            let id = value
+                .pointer(&format!("/groups/{g}/rules/{r}/id"))
+                .and_then(|v| v.as_str())
+                .unwrap_or("?");
+            (id.to_owned(), (*field).to_owned())
+        }
+        ["groups", g, "rules", r] => {
+            let id = value
+                .pointer(&format!("/groups/{g}/rules/{r}/id"))
+                .and_then(|v| v.as_str())
+                .unwrap_or("?");
+            (id.to_owned(), "kind".to_owned())
+        }
+        _ => {
+            return Err(RulesError::Parse {
+                path: path.to_owned(),
+                message: format!("at {pointer}: {e}"),
+            });
+        }
+    };
+    Err(RulesError::Invalid {
+        path: path.to_owned(),
+        line: line_of(text, &rule, &field),
+        rule,
+        field,
+        message: format!("{e} (rule file schema)"),
+    })
+}
+
 /// Parses and validates rule text; `path` names it in errors.
 pub fn parse_rules(ctx: &SessionContext, text: &str, path: &Path) -> Result<Vec<Rule>, RulesError> {
+    // Typed parse first: it names unknown keys with their line; then the schema's checks.
     let raw: RawRuleFile = serde_yaml::from_str(text).map_err(|e| RulesError::Parse {
         path: path.to_owned(),
         message: e.to_string(),
     })?;
+    check_schema(text, path)?;
     let mut out = Vec::new();
     for group in raw.groups {
         for rule in group.rules {
@@ -573,6 +623,19 @@ mod tests {
         let text = "groups:\n  - name: g\n    rules:\n      - id: r1\n        kind: match\n        wher: \"true\"\n";
         let e = parse(text).err().unwrap().to_string();
         assert!(e.contains("wher") && e.contains("line 6"), "{e}");
+    }
+
+    #[test]
+    fn the_rule_file_schema_names_line_and_field() {
+        let text = "groups:\n  - name: g\n    rules:\n      - id: r1\n        kind: count\n        window: 5m\n        threshold: 3\n        severity: urgent\n        summary: s\n";
+        let e = parse(text).err().unwrap().to_string();
+        assert!(
+            e.contains("x.yaml:8") && e.contains("`severity`") && e.contains("urgent"),
+            "{e}"
+        );
+        let text = "groups:\n  - name: g\n    rules:\n      - id: r1\n        kind: threshold\n        metric: m\n        window: five minutes\n        value: 3\n        severity: low\n        summary: s\n";
+        let e = parse(text).err().unwrap().to_string();
+        assert!(e.contains("x.yaml:7") && e.contains("`window`"), "{e}");
     }
 
     #[test]
