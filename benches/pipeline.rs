@@ -14,6 +14,7 @@ use auditflow::sinks::splunk_hec::encoder::{Encoder, gzip};
 use auditflow::source::{Record, Stream};
 use auditflow::telemetry::Telemetry;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use datafusion::arrow::array::{RecordBatch, TimestampMicrosecondArray};
 
 const BATCH: usize = 2000;
 
@@ -116,5 +117,111 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// Resident set size of this process, in bytes.
+fn rss_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse::<usize>().ok())
+        .unwrap_or(0)
+        * 4096
+}
+
+/// 30 active rules (count, distinct count, threshold-free match mix) over 100,000 distinct
+/// series: events per second through all of them, and memory per series.
+fn bench_rules(c: &mut Criterion) {
+    use auditflow::event::AuditRow;
+    use auditflow::query::tables::audit_batch;
+    use auditflow::rules::{Source, parse_rules};
+
+    const SERIES: usize = 100_000;
+    let mut text = String::from("groups:\n  - name: bench\n    rules:\n");
+    for i in 0..30 {
+        let (kind, extra) = match i % 3 {
+            0 => ("count", "        window: 5m\n        threshold: 1000000\n"),
+            1 => (
+                "count",
+                "        window: 5m\n        threshold: 1000000\n        distinct: client_ip\n",
+            ),
+            _ => ("count", "        window: 10m\n        threshold: 1000000\n"),
+        };
+        text.push_str(&format!(
+            "      - id: r{i}\n        kind: {kind}\n        where: \"result_status <> 'SUCCESS' AND auth_mechanism = 'SASL_SSL/PLAIN'\"\n        group_by: [auth_identifier]\n{extra}        max_series: 200000\n        severity: low\n        summary: s\n"
+        ));
+    }
+    let ctx = datafusion::execution::context::SessionContext::new();
+    let raw: std::sync::Arc<[u8]> = std::sync::Arc::from(&b"{}"[..]);
+    let batches: Vec<_> = (0..SERIES / BATCH)
+        .map(|b| {
+            let rows: Vec<AuditRow> = (0..BATCH)
+                .map(|i| {
+                    let n = b * BATCH + i;
+                    AuditRow {
+                        time_us: 1_767_225_600_000_000 + (n as i64) * 1_000,
+                        id: format!("e{n}"),
+                        event_type: "io.confluent.kafka.server/authentication".into(),
+                        auth_identifier: Some(format!("KEY{n:08}")),
+                        auth_mechanism: Some("SASL_SSL/PLAIN".into()),
+                        client_ip: Some(format!("10.0.{}.{}", n % 200, n % 250)),
+                        result_status: Some("UNAUTHENTICATED".into()),
+                        raw: raw.clone(),
+                        ..AuditRow::default()
+                    }
+                })
+                .collect();
+            audit_batch(&rows)
+        })
+        .collect();
+
+    // Fill every series once, measuring memory.
+    let before = rss_bytes();
+    let mut engine = RuleEngine::new(parse_rules(&ctx, &text, Path::new("bench.yaml")).unwrap());
+    for b in &batches {
+        engine.evaluate(Source::Audit, b);
+    }
+    let after = rss_bytes();
+    eprintln!(
+        "rules/30_rules_100k_series: {} series, {:.0} bytes per series (RSS delta {} MB)",
+        30 * SERIES,
+        (after.saturating_sub(before)) as f64 / (30 * SERIES) as f64,
+        (after.saturating_sub(before)) / (1 << 20)
+    );
+
+    let mut group = c.benchmark_group("rules");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.sample_size(20);
+    // Each pass over the series moves time forward by the span of one pass, so windows slide and
+    // state stays at its steady size instead of growing.
+    let span_us = (SERIES as i64) * 1_000;
+    let mut i = 0;
+    let mut pass: i64 = 1;
+    group.bench_function("30_rules_100k_series", |bench| {
+        bench.iter(|| {
+            i += 1;
+            if i == batches.len() {
+                i = 0;
+                pass += 1;
+            }
+            let b = &batches[i];
+            let times = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .unwrap();
+            let shifted: TimestampMicrosecondArray = times
+                .iter()
+                .map(|t| t.map(|t| t + pass * span_us))
+                .collect::<TimestampMicrosecondArray>()
+                .with_timezone("UTC");
+            let mut columns = b.columns().to_vec();
+            columns[0] = std::sync::Arc::new(shifted);
+            let moved = RecordBatch::try_new(b.schema(), columns).unwrap();
+            engine.evaluate(Source::Audit, &moved).1
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_rules);
 criterion_main!(benches);

@@ -259,67 +259,52 @@ fn from_otlp(request: ExportMetricsServiceRequest) -> Vec<MetricSample> {
                             push(m.name.clone(), p.time_unix_nano, number(&p.value), kind, p.attributes);
                         }
                     }
-                    Some(metric::Data::Histogram(h)) => {
-                        for p in h.data_points {
-                            let (name_count, name_sum) = (format!("{}_count", m.name), format!("{}_sum", m.name));
-                            push(
-                                name_count,
-                                p.time_unix_nano,
-                                p.count as f64,
-                                MetricKind::Counter,
-                                p.attributes.clone(),
-                            );
-                            push(
-                                name_sum,
-                                p.time_unix_nano,
-                                p.sum.unwrap_or(0.0),
-                                MetricKind::Counter,
-                                p.attributes,
-                            );
-                        }
-                    }
-                    Some(metric::Data::ExponentialHistogram(h)) => {
-                        for p in h.data_points {
-                            push(
-                                format!("{}_count", m.name),
-                                p.time_unix_nano,
-                                p.count as f64,
-                                MetricKind::Counter,
-                                p.attributes.clone(),
-                            );
-                            push(
-                                format!("{}_sum", m.name),
-                                p.time_unix_nano,
-                                p.sum.unwrap_or(0.0),
-                                MetricKind::Counter,
-                                p.attributes,
-                            );
-                        }
-                    }
-                    Some(metric::Data::Summary(s)) => {
-                        for p in s.data_points {
-                            push(
-                                format!("{}_count", m.name),
-                                p.time_unix_nano,
-                                p.count as f64,
-                                MetricKind::Counter,
-                                p.attributes.clone(),
-                            );
-                            push(
-                                format!("{}_sum", m.name),
-                                p.time_unix_nano,
-                                p.sum,
-                                MetricKind::Counter,
-                                p.attributes,
-                            );
-                        }
-                    }
+                    // Distributions become two counters, `NAME_count` and `NAME_sum`.
+                    Some(metric::Data::Histogram(h)) => count_and_sum(
+                        &mut push,
+                        &m.name,
+                        h.data_points
+                            .into_iter()
+                            .map(|p| (p.time_unix_nano, p.count, p.sum.unwrap_or(0.0), p.attributes)),
+                    ),
+                    Some(metric::Data::ExponentialHistogram(h)) => count_and_sum(
+                        &mut push,
+                        &m.name,
+                        h.data_points
+                            .into_iter()
+                            .map(|p| (p.time_unix_nano, p.count, p.sum.unwrap_or(0.0), p.attributes)),
+                    ),
+                    Some(metric::Data::Summary(h)) => count_and_sum(
+                        &mut push,
+                        &m.name,
+                        h.data_points
+                            .into_iter()
+                            .map(|p| (p.time_unix_nano, p.count, p.sum, p.attributes)),
+                    ),
                     None => {}
                 }
             }
         }
     }
     out
+}
+
+/// Pushes `NAME_count` and `NAME_sum` counters for each (time, count, sum, attributes) point.
+fn count_and_sum(
+    push: &mut impl FnMut(String, u64, f64, MetricKind, Vec<KeyValue>),
+    name: &str,
+    points: impl Iterator<Item = (u64, u64, f64, Vec<KeyValue>)>,
+) {
+    for (time, count, sum, attributes) in points {
+        push(
+            format!("{name}_count"),
+            time,
+            count as f64,
+            MetricKind::Counter,
+            attributes.clone(),
+        );
+        push(format!("{name}_sum"), time, sum, MetricKind::Counter, attributes);
+    }
 }
 
 fn number(v: &Option<number_data_point::Value>) -> f64 {

@@ -239,35 +239,38 @@ impl RuleKind {
     }
 }
 
-/// Rule files in `dir`: `*.yaml`/`*.yml`, except `*.test.yaml`, sorted by name.
-pub fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, RulesError> {
+/// Files under `dir` (recursively) whose name `keep` accepts, sorted.
+pub fn find_files(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<PathBuf>, RulesError> {
+    let read_error = |path: &Path| {
+        let path = path.to_owned();
+        move |source| RulesError::Read { path, source }
+    };
     let mut files = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d).map_err(|source| RulesError::Read {
-            path: d.clone(),
-            source,
-        })?;
-        for entry in entries {
-            let path = entry
-                .map_err(|source| RulesError::Read {
-                    path: d.clone(),
-                    source,
-                })?
-                .path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        for entry in std::fs::read_dir(&d).map_err(read_error(&d))? {
+            let path = entry.map_err(read_error(&d))?.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if (name.ends_with(".yaml") || name.ends_with(".yml"))
-                && !name.ends_with(".test.yaml")
-                && !name.ends_with(".test.yml")
-            {
+            } else if path.file_name().and_then(|n| n.to_str()).is_some_and(&keep) {
                 files.push(path);
             }
         }
     }
     files.sort();
     Ok(files)
+}
+
+/// Whether a file name is a rule test file (`NAME.test.yaml`).
+pub fn is_test_file(name: &str) -> bool {
+    name.ends_with(".test.yaml") || name.ends_with(".test.yml")
+}
+
+/// Rule files in `dir`: `*.yaml`/`*.yml`, except `*.test.yaml`, sorted by name.
+pub fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, RulesError> {
+    find_files(dir, |name| {
+        (name.ends_with(".yaml") || name.ends_with(".yml")) && !is_test_file(name)
+    })
 }
 
 /// Loads and validates every rule under `dirs`.

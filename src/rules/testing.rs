@@ -456,30 +456,7 @@ pub fn run_file(ctx: &SessionContext, path: &Path, report: &mut TestReport) -> R
 /// Runs every `*.test.yaml` under `dir`.
 pub fn run_dir(dir: &Path) -> Result<TestReport, RulesError> {
     let ctx = SessionContext::new();
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).map_err(|source| RulesError::Read {
-            path: d.clone(),
-            source,
-        })? {
-            let path = entry
-                .map_err(|source| RulesError::Read {
-                    path: d.clone(),
-                    source,
-                })?
-                .path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path
-                .to_str()
-                .is_some_and(|p| p.ends_with(".test.yaml") || p.ends_with(".test.yml"))
-            {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
+    let files = super::find_files(dir, super::is_test_file)?;
     let mut report = TestReport::default();
     for f in files {
         run_file(&ctx, &f, &mut report)?;

@@ -5,4 +5,5 @@ mod config_examples;
 mod dead_letters;
 mod e2e_mock;
 mod e2e_tansu;
+mod faults;
 mod support;

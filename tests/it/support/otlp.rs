@@ -58,8 +58,18 @@ impl MetricsService for OtlpReceiver {
 
 impl OtlpReceiver {
     pub async fn start() -> (OtlpReceiver, SocketAddr) {
-        let receiver = OtlpReceiver::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        OtlpReceiver::serve(listener).await
+    }
+
+    /// Starts on a given port (a receiver that comes up late).
+    pub async fn start_on(port: u16) -> OtlpReceiver {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        OtlpReceiver::serve(listener).await.0
+    }
+
+    async fn serve(listener: tokio::net::TcpListener) -> (OtlpReceiver, SocketAddr) {
+        let receiver = OtlpReceiver::default();
         let addr = listener.local_addr().unwrap();
         let service = receiver.clone();
         tokio::spawn(async move {

@@ -1,0 +1,253 @@
+//! Delivery under faults: every produced id ends up delivered or dead-lettered, none lost, and
+//! nothing is committed that was not delivered.
+
+use std::collections::HashSet;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use auditflow::config::Config;
+use rdkafka::mocking::MockCluster;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::e2e_mock::config_text;
+use crate::support::hec::HecReceiver;
+use crate::support::kafka::{committed, produce, producer, read_all};
+use crate::support::otlp::OtlpReceiver;
+use crate::support::{audit_event, eventually};
+
+const AUDIT: &str = "confluent-audit-log-events";
+const TOKEN: &str = "00000000-0000-0000-0000-000000000001";
+
+struct Setup {
+    cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    bootstrap: String,
+    ids: Vec<String>,
+}
+
+async fn setup(n: usize) -> Setup {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(AUDIT, 2, 1).unwrap();
+    cluster.create_topic("confluent-metrics", 1, 1).unwrap();
+    cluster.create_topic("auditflow-dead-letter", 1, 1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let p = producer(&bootstrap);
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let (id, bytes) = audit_event(
+            "io.confluent.kafka.server/authorization",
+            "User:sa-r8v2kq",
+            "KQ4ZT7WJ3NFXD2LB",
+            json!({"methodName": "kafka.Produce", "authorizationInfo": {"granted": true, "operation": "Write", "resourceType": "Topic", "resourceName": format!("Tech01-orders-{i}")}}),
+        );
+        produce(&p, AUDIT, None, &bytes, &[]).await;
+        ids.push(id);
+    }
+    Setup {
+        cluster,
+        bootstrap,
+        ids,
+    }
+}
+
+fn hec_ids(hec: &HecReceiver) -> HashSet<String> {
+    hec.of_sourcetype("confluent:audit")
+        .iter()
+        .filter_map(|e| e["event"]["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+async fn committed_total(bootstrap: &str, group: &'static str) -> Option<i64> {
+    let b = bootstrap.to_owned();
+    let offsets = tokio::task::spawn_blocking(move || committed(&b, group, AUDIT, 2))
+        .await
+        .unwrap();
+    if offsets.iter().all(Option::is_none) {
+        None
+    } else {
+        Some(offsets.iter().map(|o| o.unwrap_or(0)).sum())
+    }
+}
+
+/// HEC answers 400 code 6 for one event of a batch: that event is dead-lettered with the HEC
+/// code and text, the rest is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hec_rejecting_one_event_dead_letters_it_and_delivers_the_rest() {
+    let s = setup(40).await;
+    let hec = HecReceiver::start(TOKEN).await;
+    let poisoned = s.ids[17].clone();
+    hec.state.lock().unwrap().poison_ids.insert(poisoned.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let group = "Tech00-faults-code6";
+    let config = Config::parse(
+        &config_text(&s.bootstrap, group, &hec.url(), None, &dir.path().join("o.jsonl")),
+        "t",
+    )
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let running = auditflow::pipeline::start(config, shutdown.clone()).await.unwrap();
+    eventually(Duration::from_secs(30), "the other 39 events at HEC", || {
+        hec_ids(&hec).len() == 39
+    })
+    .await;
+    let dead = tokio::task::spawn_blocking({
+        let b = s.bootstrap.clone();
+        move || read_all(&b, "auditflow-dead-letter", 1, 1, Duration::from_secs(20))
+    })
+    .await
+    .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].headers["__connect.errors.exception.class.name"], "HecRejected");
+    assert!(dead[0].headers["__connect.errors.exception.message"].contains("code 6"));
+    assert!(String::from_utf8_lossy(&dead[0].payload).contains(&poisoned));
+    let delivered = hec_ids(&hec);
+    for id in &s.ids {
+        assert!(delivered.contains(id) || *id == poisoned, "{id} lost");
+    }
+    assert!(!delivered.contains(&poisoned));
+    shutdown.cancel();
+    running.wait(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(committed_total(&s.bootstrap, group).await, Some(40));
+    drop(s.cluster);
+}
+
+/// HEC refuses the token (403 code 4) until it is fixed: nothing committed meanwhile, nothing
+/// lost, delivery resumes by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hec_bad_token_holds_everything_until_fixed() {
+    let s = setup(30).await;
+    let hec = HecReceiver::start("a-different-token").await;
+    let dir = tempfile::tempdir().unwrap();
+    let group = "Tech00-faults-403";
+    let config = Config::parse(
+        &config_text(&s.bootstrap, group, &hec.url(), None, &dir.path().join("o.jsonl")),
+        "t",
+    )
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let running = auditflow::pipeline::start(config, shutdown.clone()).await.unwrap();
+    eventually(Duration::from_secs(30), "HEC to refuse the token", || {
+        hec.state.lock().unwrap().num_requests >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(hec_ids(&hec).is_empty());
+    assert_eq!(
+        committed_total(&s.bootstrap, group).await,
+        None,
+        "nothing committed while HEC refuses"
+    );
+    hec.state.lock().unwrap().token = TOKEN.into();
+    // The sink backs off up to 30 s between tries while the token is refused.
+    eventually(
+        Duration::from_secs(60),
+        "every event at HEC once the token is fixed",
+        || hec_ids(&hec).len() == 30,
+    )
+    .await;
+    shutdown.cancel();
+    running.wait(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(committed_total(&s.bootstrap, group).await, Some(30));
+    drop(s.cluster);
+}
+
+/// The OTLP receiver is down when the pipeline starts and comes up later: everything arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_receiver_down_then_up_loses_nothing() {
+    let s = setup(25).await;
+    let hec = HecReceiver::start(TOKEN).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let group = "Tech00-faults-otlp";
+    let text = config_text(
+        &s.bootstrap,
+        group,
+        &hec.url(),
+        Some(&format!("http://127.0.0.1:{port}")),
+        &dir.path().join("o.jsonl"),
+    );
+    let config = Config::parse(&text, "t").unwrap();
+    let shutdown = CancellationToken::new();
+    let running = auditflow::pipeline::start(config, shutdown.clone()).await.unwrap();
+    eventually(Duration::from_secs(30), "HEC to get everything", || {
+        hec_ids(&hec).len() == 25
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        committed_total(&s.bootstrap, group).await,
+        None,
+        "not committed while OTLP is down"
+    );
+    let otlp = OtlpReceiver::start_on(port).await;
+    eventually(Duration::from_secs(60), "every event at the OTLP receiver", || {
+        let r = otlp.received.lock().unwrap();
+        let ids: HashSet<String> = r
+            .logs
+            .iter()
+            .filter_map(|l| OtlpReceiver::attr(l, "cloudevents.event_id"))
+            .collect();
+        s.ids.iter().all(|id| ids.contains(id))
+    })
+    .await;
+    shutdown.cancel();
+    running.wait(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(committed_total(&s.bootstrap, group).await, Some(25));
+    drop(s.cluster);
+}
+
+/// SIGTERM mid-stream: the process stops fetching, drains, commits and exits 0; every
+/// committed record was delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_commits_and_exits_zero() {
+    let s = setup(300).await;
+    let hec = HecReceiver::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let group = "Tech00-faults-sigterm";
+    let file = dir.path().join("run.toml");
+    std::fs::write(
+        &file,
+        config_text(&s.bootstrap, group, &hec.url(), None, &dir.path().join("o.jsonl")),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_auditflow"))
+        .args(["run", "--config", file.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(30), "some events at HEC", || {
+        !hec_ids(&hec).is_empty()
+    })
+    .await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "auditflow did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(exit.code(), Some(0), "clean exit");
+    let delivered = hec_ids(&hec);
+    let committed = committed_total(&s.bootstrap, group).await.unwrap_or(0);
+    assert!(committed > 0, "the drained batches were committed");
+    assert_eq!(
+        committed as usize,
+        delivered.len(),
+        "committed exactly what was delivered"
+    );
+    drop(s.cluster);
+}
