@@ -46,6 +46,7 @@ batch_linger = "20ms"
 audit = ["{AUDIT}"]
 metrics = ["{METRICS}"]
 dead_letter = "{DLQ}"
+alerts = "auditflow-alerts"
 [enrich]
 namespaces = "{namespaces}"
 directory = "{directory}"
@@ -158,6 +159,7 @@ async fn mock_cluster_to_hec_otlp_sql() {
     cluster.create_topic(AUDIT, 2, 1).unwrap();
     cluster.create_topic(METRICS, 1, 1).unwrap();
     cluster.create_topic(DLQ, 1, 1).unwrap();
+    cluster.create_topic("auditflow-alerts", 1, 1).unwrap();
     let bootstrap = cluster.bootstrap_servers();
 
     let hec = HecReceiver::start(TOKEN).await;
@@ -370,6 +372,23 @@ async fn mock_cluster_to_hec_otlp_sql() {
         assert_eq!(d.headers["__connect.errors.exception.class.name"], "NotJson");
         assert!(d.headers["__connect.errors.offset"].parse::<i64>().is_ok());
         assert!(!d.headers["__connect.errors.exception.message"].is_empty());
+    }
+
+    // The alerts topic gets every alert as JSON, keyed by alert id.
+    let num_alerts = hec.of_sourcetype("auditflow:alert").len();
+    let published = tokio::task::spawn_blocking({
+        let b = bootstrap.clone();
+        move || read_all(&b, "auditflow-alerts", 1, num_alerts, Duration::from_secs(20))
+    })
+    .await
+    .unwrap();
+    let published: HashSet<String> = published
+        .iter()
+        .filter_map(|r| serde_json::from_slice::<Value>(&r.payload).ok())
+        .filter_map(|v| v["rule_id"].as_str().map(str::to_owned))
+        .collect();
+    for r in ["auth-failure-burst", "cross-namespace-denied", "egress-bytes-high"] {
+        assert!(published.contains(r), "{r} not on the alerts topic: {published:?}");
     }
 
     // File sink.
