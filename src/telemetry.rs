@@ -62,6 +62,8 @@ pub struct Telemetry {
     pub sink_events: Family<SinkLabel, Counter>,
     /// Requests retried by each sink.
     pub sink_retries: Family<SinkLabel, Counter>,
+    /// Events sent to HEC again because their acknowledgement never came (possible duplicates).
+    pub hec_resent_events: Counter,
     /// Batches whose offsets were stored for commit.
     pub batches_committed: Counter,
     /// Microseconds spent evaluating rules.
@@ -95,6 +97,7 @@ impl Telemetry {
             sink_events: Family::default(),
             sink_retries: Family::default(),
             batches_committed: Counter::default(),
+            hec_resent_events: Counter::default(),
             rule_eval_micros: Counter::default(),
             rule_series_shed: Gauge::default(),
             window_rows: Family::default(),
@@ -138,6 +141,11 @@ impl Telemetry {
             "rule_series_shed",
             "Rule series refused because a rule reached max_series",
             t.rule_series_shed.clone(),
+        );
+        registry.register(
+            "hec_resent_events",
+            "Events sent to HEC again after an acknowledgement timeout (possible duplicates)",
+            t.hec_resent_events.clone(),
         );
         registry.register("window_rows", "Rows held in the SQL window", t.window_rows.clone());
         registry.register("window_bytes", "Bytes held in the SQL window", t.window_bytes.clone());

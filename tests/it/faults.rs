@@ -251,3 +251,60 @@ async fn sigterm_drains_commits_and_exits_zero() {
     );
     drop(s.cluster);
 }
+
+/// Indexer acknowledgement: some ackIds are acknowledged late and one never is; that batch is
+/// sent again after the ack timeout, everything is delivered, the duplicates are counted, and
+/// offsets are committed only once every batch is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hec_acknowledgements_late_and_lost() {
+    let s = setup(60).await;
+    let hec = HecReceiver::start(TOKEN).await;
+    {
+        let mut st = hec.state.lock().unwrap();
+        st.acks_enabled = true;
+        st.ack_after_polls = 2;
+        st.never_ack.insert(0);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let group = "Tech00-faults-acks";
+    let text = config_text(&s.bootstrap, group, &hec.url(), None, &dir.path().join("o.jsonl")).replace(
+        "index = \"kafka_audit\"\n",
+        "index = \"kafka_audit\"\nacknowledgements = true\nack_timeout = \"3s\"\nack_poll_interval = \"200ms\"\n",
+    );
+    assert!(text.contains("acknowledgements = true"));
+    let config = Config::parse(&text, "t").unwrap();
+    let shutdown = CancellationToken::new();
+    let running = auditflow::pipeline::start(config, shutdown.clone()).await.unwrap();
+    eventually(Duration::from_secs(30), "every event at HEC", || {
+        hec_ids(&hec).len() == 60
+    })
+    .await;
+    // The first request's ackId never comes: nothing can be committed before its resend.
+    assert_eq!(committed_total(&s.bootstrap, group).await, None);
+    eventually(Duration::from_secs(30), "the unacknowledged batch sent again", || {
+        running.telemetry.hec_resent_events.get() > 0
+    })
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "all batches acknowledged and committed",
+        || {
+            let st = hec.state.lock().unwrap();
+            st.num_ack_polls > 0
+                && st
+                    .pending_acks
+                    .iter()
+                    .filter(|((_, id), polls)| !st.never_ack.contains(id) && **polls <= st.ack_after_polls)
+                    .count()
+                    == 0
+        },
+    )
+    .await;
+    let resent = running.telemetry.hec_resent_events.get() as usize;
+    let all = hec.of_sourcetype("confluent:audit").len();
+    assert_eq!(all, 60 + resent, "duplicates are exactly the resent events");
+    shutdown.cancel();
+    running.wait(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(committed_total(&s.bootstrap, group).await, Some(60));
+    drop(s.cluster);
+}

@@ -51,6 +51,24 @@ pub struct HecSinkConfig {
     /// Extra CA certificate (PEM) to trust.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Indexer acknowledgement: a batch counts as delivered only once HEC acknowledges its
+    /// `ackId` on `/services/collector/ack` (the token must have acknowledgement enabled).
+    /// Default false.
+    #[serde(default)]
+    pub acknowledgements: bool,
+    /// How long to wait for an acknowledgement before sending the batch again. Default `60s`.
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout: String,
+    /// How often pending acknowledgements are polled. Default `500ms`.
+    #[serde(default = "default_ack_poll")]
+    pub ack_poll_interval: String,
+}
+
+fn default_ack_timeout() -> String {
+    "60s".into()
+}
+fn default_ack_poll() -> String {
+    "500ms".into()
 }
 
 fn default_source() -> String {
@@ -100,11 +118,21 @@ impl HecSinkConfig {
         }
         duration(origin, "sinks.splunk_hec.batch_linger", &self.batch_linger)?;
         duration(origin, "sinks.splunk_hec.request_timeout", &self.request_timeout)?;
+        duration(origin, "sinks.splunk_hec.ack_timeout", &self.ack_timeout)?;
+        duration(origin, "sinks.splunk_hec.ack_poll_interval", &self.ack_poll_interval)?;
         Ok(self)
     }
 
     pub fn linger(&self) -> Duration {
         humantime::parse_duration(&self.batch_linger).unwrap_or(Duration::from_millis(200))
+    }
+
+    pub fn ack_timeout(&self) -> Duration {
+        humantime::parse_duration(&self.ack_timeout).unwrap_or(Duration::from_secs(60))
+    }
+
+    pub fn ack_poll_interval(&self) -> Duration {
+        humantime::parse_duration(&self.ack_poll_interval).unwrap_or(Duration::from_millis(500))
     }
 
     pub fn timeout(&self) -> Duration {

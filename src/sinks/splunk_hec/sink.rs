@@ -24,17 +24,41 @@ struct HecResponse {
     text: String,
     #[serde(default)]
     code: Option<u64>,
+    #[serde(default, rename = "ackId")]
+    ack_id: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+struct AckResponse {
+    #[serde(default)]
+    acks: std::collections::HashMap<String, bool>,
 }
 
 enum Outcome {
-    Delivered,
-    EventRejected { code: u64, text: String },
+    /// Accepted by `endpoint`; with acknowledgements on, under `ack_id`.
+    Delivered {
+        endpoint: usize,
+        ack_id: Option<u64>,
+    },
+    EventRejected {
+        code: u64,
+        text: String,
+    },
+}
+
+/// A body HEC accepted whose indexer acknowledgement is outstanding.
+struct AwaitingAck {
+    body: Body,
+    endpoint: usize,
+    ack_id: u64,
+    sent: Instant,
 }
 
 pub struct HecSink {
     config: HecSinkConfig,
     client: reqwest::Client,
-    channel: String,
+    /// One channel GUID per endpoint: acknowledgements are polled where the batch went.
+    channels: Vec<String>,
     endpoint: usize,
     dead_letters: DeadLetters,
     telemetry: Telemetry,
@@ -61,10 +85,15 @@ impl HecSink {
         let client = builder
             .build()
             .map_err(|e| build_error(format!("building the HTTP client: {e}")))?;
+        let channels = config
+            .endpoints
+            .iter()
+            .map(|_| uuid::Uuid::new_v4().to_string())
+            .collect();
         Ok(HecSink {
             config,
             client,
-            channel: uuid::Uuid::new_v4().to_string(),
+            channels,
             endpoint: 0,
             dead_letters,
             telemetry,
@@ -103,9 +132,11 @@ impl HecSink {
                 }
             }
             let bodies = std::mem::take(&mut encoder.bodies);
+            let mut awaiting = Vec::new();
             for body in bodies {
-                self.deliver(body).await;
+                self.deliver(body, &mut awaiting).await;
             }
+            self.await_acks(awaiting).await;
             self.telemetry
                 .sink_events
                 .get_or_create(&self.label)
@@ -116,15 +147,101 @@ impl HecSink {
         }
     }
 
+    /// Waits until HEC acknowledges every body; a body whose acknowledgement does not come
+    /// within `ack_timeout` is sent again (the receiver may then index it twice: at least once).
+    async fn await_acks(&mut self, mut awaiting: Vec<AwaitingAck>) {
+        let poll = self.config.ack_poll_interval();
+        let timeout = self.config.ack_timeout();
+        while !awaiting.is_empty() {
+            tokio::time::sleep(poll).await;
+            for endpoint in 0..self.config.endpoints.len() {
+                let ids: Vec<u64> = awaiting
+                    .iter()
+                    .filter(|a| a.endpoint == endpoint)
+                    .map(|a| a.ack_id)
+                    .collect();
+                if ids.is_empty() {
+                    continue;
+                }
+                let acked = self.poll_acks(endpoint, &ids).await;
+                awaiting.retain(|a| a.endpoint != endpoint || !acked.contains(&a.ack_id));
+            }
+            let (expired, waiting): (Vec<AwaitingAck>, Vec<AwaitingAck>) =
+                awaiting.into_iter().partition(|a| a.sent.elapsed() >= timeout);
+            awaiting = waiting;
+            for a in expired {
+                tracing::warn!(
+                    ack_id = a.ack_id,
+                    events = a.body.num_events(),
+                    "HEC never acknowledged a batch; sending it again"
+                );
+                self.telemetry.sink_retries.get_or_create(&self.label).inc();
+                self.telemetry.hec_resent_events.inc_by(a.body.num_events() as u64);
+                self.deliver(a.body, &mut awaiting).await;
+            }
+        }
+    }
+
+    /// Asks `endpoint` which of `ids` are indexed; failures just mean "not yet".
+    async fn poll_acks(&self, endpoint: usize, ids: &[u64]) -> std::collections::HashSet<u64> {
+        let base = &self.config.endpoints[endpoint];
+        let url = format!("{}/services/collector/ack", base.trim_end_matches('/'));
+        let response = self
+            .client
+            .post(&url)
+            .header("Authorization", format!("Splunk {}", self.config.token.expose()))
+            .header("X-Splunk-Request-Channel", &self.channels[endpoint])
+            .json(&serde_json::json!({ "acks": ids }))
+            .send()
+            .await;
+        match response {
+            Ok(r) if r.status().is_success() => {
+                let parsed: AckResponse = r.json().await.unwrap_or_default();
+                parsed
+                    .acks
+                    .into_iter()
+                    .filter(|(_, done)| *done)
+                    .filter_map(|(id, _)| id.parse().ok())
+                    .collect()
+            }
+            Ok(r) => {
+                tracing::warn!(endpoint = %base, status = r.status().as_u16(), "HEC ack poll refused; polling again");
+                Default::default()
+            }
+            Err(e) => {
+                tracing::warn!(endpoint = %base, error = %e, "HEC ack poll failed; polling again");
+                Default::default()
+            }
+        }
+    }
+
     /// Delivers a body; events rejected for their content are isolated and dead-lettered.
-    async fn deliver(&mut self, body: Body) {
+    /// With acknowledgements on, accepted bodies join `awaiting`.
+    async fn deliver(&mut self, body: Body, awaiting: &mut Vec<AwaitingAck>) {
         let mut stack = vec![body];
         while let Some(body) = stack.pop() {
             if body.num_events() == 0 {
                 continue;
             }
             match self.send(&body).await {
-                Outcome::Delivered => {}
+                Outcome::Delivered {
+                    endpoint,
+                    ack_id: Some(ack_id),
+                } if self.config.acknowledgements => {
+                    awaiting.push(AwaitingAck {
+                        body,
+                        endpoint,
+                        ack_id,
+                        sent: Instant::now(),
+                    });
+                }
+                Outcome::Delivered { ack_id, .. } => {
+                    if self.config.acknowledgements && ack_id.is_none() {
+                        tracing::warn!(
+                            "acknowledgements are on but HEC returned no ackId (is indexer acknowledgement enabled on the token?); counting the batch as delivered"
+                        );
+                    }
+                }
                 Outcome::EventRejected { code, text } if body.num_events() == 1 => {
                     let message = format!("HEC code {code}: {text}");
                     tracing::warn!(code, text = %text, "HEC rejected an event; sending it to the dead-letter topic");
@@ -153,13 +270,14 @@ impl HecSink {
         };
         let mut attempt: u32 = 0;
         loop {
-            let base = &self.config.endpoints[self.endpoint % self.config.endpoints.len()];
+            let endpoint = self.endpoint % self.config.endpoints.len();
+            let base = &self.config.endpoints[endpoint];
             let url = format!("{}/services/collector/event", base.trim_end_matches('/'));
             let mut request = self
                 .client
                 .post(&url)
                 .header("Authorization", format!("Splunk {}", self.config.token.expose()))
-                .header("X-Splunk-Request-Channel", &self.channel)
+                .header("X-Splunk-Request-Channel", &self.channels[endpoint])
                 .header("Content-Type", "application/json");
             if self.config.compression {
                 request = request.header("Content-Encoding", "gzip");
@@ -175,7 +293,10 @@ impl HecSink {
                     let parsed: HecResponse = serde_json::from_slice(&body).unwrap_or_default();
                     let code = parsed.code.unwrap_or(u64::MAX);
                     if status == StatusCode::OK {
-                        return Outcome::Delivered;
+                        return Outcome::Delivered {
+                            endpoint,
+                            ack_id: parsed.ack_id,
+                        };
                     }
                     if status == StatusCode::BAD_REQUEST && EVENT_REJECTED.contains(&code) {
                         return Outcome::EventRejected {

@@ -28,6 +28,16 @@ pub struct HecState {
     /// Events whose `event.id` is here make their request fail with 400 code 6.
     pub poison_ids: HashSet<String>,
     pub channels: HashSet<String>,
+    /// Indexer acknowledgement: answer each accepted request with an `ackId`.
+    pub acks_enabled: bool,
+    pub next_ack_id: u64,
+    /// (channel, ackId) -> ack polls seen so far.
+    pub pending_acks: std::collections::HashMap<(String, u64), usize>,
+    /// An ackId is acknowledged only after this many polls asked for it (late acks).
+    pub ack_after_polls: usize,
+    /// These ackIds are never acknowledged.
+    pub never_ack: HashSet<u64>,
+    pub num_ack_polls: usize,
 }
 
 #[derive(Clone)]
@@ -53,6 +63,7 @@ impl HecReceiver {
         }));
         let app = Router::new()
             .route("/services/collector/event", post(event))
+            .route("/services/collector/ack", post(ack))
             .route(
                 "/services/collector/health",
                 get(|| async { reply(StatusCode::OK, 17, "HEC is healthy") }),
@@ -133,11 +144,17 @@ async fn event(State(state): State<Arc<Mutex<HecState>>>, headers: HeaderMap, bo
     if token != s.token {
         return reply(StatusCode::FORBIDDEN, 4, "Invalid token");
     }
-    if let Some(c) = headers.get("x-splunk-request-channel").and_then(|v| v.to_str().ok()) {
+    let channel = headers
+        .get("x-splunk-request-channel")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some(c) = &channel {
         if uuid::Uuid::parse_str(c).is_err() {
             return reply(StatusCode::BAD_REQUEST, 11, "Invalid data channel");
         }
-        s.channels.insert(c.to_owned());
+        s.channels.insert(c.clone());
+    } else if s.acks_enabled {
+        return reply(StatusCode::BAD_REQUEST, 10, "Data channel is missing");
     }
     if s.busy {
         s.num_refused += 1;
@@ -170,5 +187,65 @@ async fn event(State(state): State<Arc<Mutex<HecState>>>, headers: HeaderMap, bo
         events.push(e);
     }
     s.events.extend(events);
+    if s.acks_enabled {
+        let id = s.next_ack_id;
+        s.next_ack_id += 1;
+        s.pending_acks.insert((channel.unwrap_or_default(), id), 0);
+        return (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            json!({"text": "Success", "code": 0, "ackId": id}).to_string(),
+        )
+            .into_response();
+    }
     reply(StatusCode::OK, 0, "Success")
+}
+
+/// `POST /services/collector/ack` with `{"acks": [ids]}` on a channel: `{"acks": {"id": bool}}`.
+async fn ack(State(state): State<Arc<Mutex<HecState>>>, headers: HeaderMap, body: Bytes) -> Response {
+    let mut s = state.lock().unwrap();
+    match headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|a| a.strip_prefix("Splunk "))
+    {
+        Some(t) if t == s.token => {}
+        Some(_) => return reply(StatusCode::FORBIDDEN, 4, "Invalid token"),
+        None => return reply(StatusCode::UNAUTHORIZED, 2, "Token is required"),
+    }
+    if !s.acks_enabled {
+        return reply(StatusCode::BAD_REQUEST, 14, "ACK is disabled");
+    }
+    let Some(channel) = headers
+        .get("x-splunk-request-channel")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    else {
+        return reply(StatusCode::BAD_REQUEST, 10, "Data channel is missing");
+    };
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return reply(StatusCode::BAD_REQUEST, 6, "Invalid data format");
+    };
+    let Some(ids) = request["acks"].as_array() else {
+        return reply(StatusCode::BAD_REQUEST, 6, "Invalid data format");
+    };
+    s.num_ack_polls += 1;
+    let (after, never) = (s.ack_after_polls, s.never_ack.clone());
+    let mut answer = serde_json::Map::new();
+    for id in ids.iter().filter_map(Value::as_u64) {
+        let done = match s.pending_acks.get_mut(&(channel.clone(), id)) {
+            Some(polls) => {
+                *polls += 1;
+                *polls > after && !never.contains(&id)
+            }
+            None => false,
+        };
+        answer.insert(id.to_string(), Value::Bool(done));
+    }
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        json!({"acks": answer}).to_string(),
+    )
+        .into_response()
 }
