@@ -457,7 +457,9 @@ async fn run_source(
 ) -> Result<(), PipelineError> {
     let max = config.kafka.batch_max_records;
     let linger = config.kafka.batch_linger;
-    while let Some(records) = kafka::poll_batch(&consumer, &config.topics, max, linger, &shutdown).await {
+    let mut carried = Vec::new();
+    let mut backpressure = kafka::Backpressure::new();
+    while let Some(records) = kafka::poll_batch(&consumer, &config.topics, max, linger, &shutdown, &mut carried).await {
         let mut positions = Positions::default();
         for r in &records {
             positions.record(&r.topic, r.partition, r.offset, r.timestamp_ms);
@@ -483,7 +485,10 @@ async fn run_source(
                 }
             }
         }
-        dispatcher.dispatch(processed.batch, positions).await?;
+        let handoff = dispatcher.dispatch(processed.batch, positions);
+        backpressure
+            .wait(&consumer, &config.topics, &mut carried, handoff)
+            .await?;
     }
     tracing::info!("stopped fetching; draining");
     Ok(())

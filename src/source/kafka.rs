@@ -88,13 +88,24 @@ pub fn consumer(config: &Config) -> KafkaResult<KafkaConsumer> {
 }
 
 /// Reads up to `max` records, waiting at most `linger` after the first.
+///
+/// `carried` holds records received while the assignment was paused (see [`Backpressure`]);
+/// they come first.
 pub async fn poll_batch(
     consumer: &KafkaConsumer,
     topics: &TopicsConfig,
     max: usize,
     linger: Duration,
     shutdown: &CancellationToken,
+    carried: &mut Vec<Record>,
 ) -> Option<Vec<Record>> {
+    if shutdown.is_cancelled() {
+        return None;
+    }
+    if !carried.is_empty() {
+        let take = carried.len().min(max);
+        return Some(carried.drain(..take).collect());
+    }
     let mut records = Vec::with_capacity(max.min(4096));
     let first = loop {
         tokio::select! {
@@ -119,6 +130,81 @@ pub async fn poll_batch(
         }
     }
     Some(records)
+}
+
+/// Keeps the consumer in its group while a sink holds the pipeline up.
+///
+/// Waiting on a full sink channel without polling would exceed `max.poll.interval.ms` and make
+/// librdkafka leave the group (a rebalance storm during a long HEC outage). Instead, after a
+/// short wait the assignment is paused, the consumer keeps being polled (records it had already
+/// prefetched are carried over, bounded by `queued.max.messages.kbytes`), and the assignment is
+/// resumed once the batch is handed over.
+pub struct Backpressure {
+    paused: Option<TopicPartitionList>,
+    pub num_pauses: u64,
+}
+
+impl Default for Backpressure {
+    fn default() -> Self {
+        Backpressure::new()
+    }
+}
+
+impl Backpressure {
+    pub fn new() -> Backpressure {
+        Backpressure {
+            paused: None,
+            num_pauses: 0,
+        }
+    }
+
+    /// Drives `handoff` to completion, pausing and polling meanwhile if it takes long.
+    pub async fn wait<T>(
+        &mut self,
+        consumer: &KafkaConsumer,
+        topics: &TopicsConfig,
+        carried: &mut Vec<Record>,
+        handoff: impl std::future::Future<Output = T>,
+    ) -> T {
+        let mut handoff = std::pin::pin!(handoff);
+        let pause_after = tokio::time::sleep(Duration::from_millis(500));
+        let mut pause_after = std::pin::pin!(pause_after);
+        let result = loop {
+            tokio::select! {
+                r = &mut handoff => break r,
+                _ = &mut pause_after, if self.paused.is_none() => {
+                    match consumer.assignment() {
+                        Ok(tpl) => match consumer.pause(&tpl) {
+                            Ok(()) => {
+                                tracing::warn!(partitions = tpl.count(), "sinks are backed up; partitions paused");
+                                self.num_pauses += 1;
+                                self.paused = Some(tpl);
+                            }
+                            Err(e) => tracing::warn!(error = %e, "could not pause partitions"),
+                        },
+                        Err(e) => tracing::warn!(error = %e, "could not read the assignment"),
+                    }
+                    // Whether or not the pause worked, keep polling from here on.
+                    if self.paused.is_none() {
+                        self.paused = Some(TopicPartitionList::new());
+                    }
+                }
+                m = consumer.recv(), if self.paused.is_some() => match m {
+                    Ok(m) => carried.push(detach(&m, topics)),
+                    Err(e) => tracing::warn!(error = %e, "kafka consumer error while paused"),
+                },
+            }
+        };
+        if let Some(tpl) = self.paused.take()
+            && tpl.count() > 0
+        {
+            match consumer.resume(&tpl) {
+                Ok(()) => tracing::info!(partitions = tpl.count(), "sinks caught up; partitions resumed"),
+                Err(e) => tracing::warn!(error = %e, "could not resume partitions"),
+            }
+        }
+        result
+    }
 }
 
 fn detach(m: &rdkafka::message::BorrowedMessage<'_>, topics: &TopicsConfig) -> Record {

@@ -308,3 +308,50 @@ async fn hec_acknowledgements_late_and_lost() {
     assert_eq!(committed_total(&s.bootstrap, group).await, Some(60));
     drop(s.cluster);
 }
+
+/// HEC busy (503 code 9) for longer than `max.poll.interval.ms`: the partitions are paused and
+/// the consumer keeps polling, so it stays in its group (no redelivery), and everything arrives
+/// once HEC recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_hec_outage_pauses_and_keeps_the_group() {
+    let s = setup(50).await;
+    let hec = HecReceiver::start(TOKEN).await;
+    hec.set_busy(true);
+    let dir = tempfile::tempdir().unwrap();
+    let group = "Tech00-faults-pause";
+    let text = config_text(&s.bootstrap, group, &hec.url(), None, &dir.path().join("o.jsonl")).replace(
+        "\"session.timeout.ms\" = \"6000\"",
+        "\"session.timeout.ms\" = \"6000\"\n\"max.poll.interval.ms\" = \"6000\"",
+    );
+    // One record per batch: the bounded queues to the sinks fill and the poll loop must wait.
+    let text = text.replace(
+        "batch_linger = \"20ms\"\n[kafka.properties]",
+        "batch_linger = \"20ms\"\nbatch_max_records = 1\n[kafka.properties]",
+    );
+    assert!(text.contains("max.poll.interval.ms") && text.contains("batch_max_records = 1"));
+    let config = Config::parse(&text, "t").unwrap();
+    let shutdown = CancellationToken::new();
+    let running = auditflow::pipeline::start(config, shutdown.clone()).await.unwrap();
+    eventually(Duration::from_secs(30), "HEC to refuse", || {
+        hec.state.lock().unwrap().num_refused >= 1
+    })
+    .await;
+    // Well past max.poll.interval.ms.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert!(hec_ids(&hec).is_empty());
+    hec.set_busy(false);
+    eventually(Duration::from_secs(60), "every event after HEC recovers", || {
+        hec_ids(&hec).len() == 50
+    })
+    .await;
+    assert_eq!(
+        running.telemetry.duplicates.get(),
+        0,
+        "no redelivery: the consumer never left its group"
+    );
+    assert_eq!(hec.of_sourcetype("confluent:audit").len(), 50);
+    shutdown.cancel();
+    running.wait(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(committed_total(&s.bootstrap, group).await, Some(50));
+    drop(s.cluster);
+}
