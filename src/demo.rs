@@ -23,7 +23,7 @@ pub const METRICS_TOPIC: &str = "confluent-metrics";
 pub const DEAD_LETTER_TOPIC: &str = "auditflow-dead-letter";
 
 /// The shipped rule pack and namespace file, embedded so the demo runs from anywhere.
-const EMBEDDED: [(&str, &str); 6] = [
+const EMBEDDED: [(&str, &str); 7] = [
     (
         "rules/authentication.yaml",
         include_str!("../rules/authentication.yaml"),
@@ -33,6 +33,7 @@ const EMBEDDED: [(&str, &str); 6] = [
     ("rules/limits.yaml", include_str!("../rules/limits.yaml")),
     ("rules/correlation.yaml", include_str!("../rules/correlation.yaml")),
     ("namespaces.yaml", include_str!("../deploy/namespaces.example.yaml")),
+    ("directory.yaml", include_str!("../deploy/directory.example.yaml")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -347,6 +348,7 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     raw.topics = Default::default();
     raw.decode = Default::default();
     raw.enrich.namespaces = Some(scratch.join("namespaces.yaml"));
+    raw.enrich.directory = Some(scratch.join("directory.yaml"));
     raw.enrich.dedupe_horizon = "1h".into();
     raw.enrich.dedupe_capacity = 2_000_000;
     raw.rules.dirs = vec![scratch.join("rules")];

@@ -2,6 +2,7 @@
 //! tansu broker process, a strict Splunk HEC receiver and a real OTLP gRPC receiver.
 
 mod config_examples;
+mod dashboards;
 mod dead_letters;
 mod e2e_mock;
 mod e2e_tansu;
