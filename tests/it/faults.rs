@@ -50,6 +50,27 @@ async fn setup(n: usize) -> Setup {
     }
 }
 
+/// Starts a pipeline from config text.
+async fn start(text: &str) -> (auditflow::pipeline::RunningPipeline, CancellationToken) {
+    let config = Config::parse(text, "faults.toml").unwrap();
+    let shutdown = CancellationToken::new();
+    let running = auditflow::pipeline::start(config, shutdown.clone()).await.unwrap();
+    (running, shutdown)
+}
+
+/// Stops a pipeline cleanly and checks that exactly `expected` audit records were committed.
+async fn stop(
+    running: auditflow::pipeline::RunningPipeline,
+    shutdown: CancellationToken,
+    bootstrap: &str,
+    group: &'static str,
+    expected: i64,
+) {
+    shutdown.cancel();
+    running.wait(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(committed_total(bootstrap, group).await, Some(expected));
+}
+
 fn hec_ids(hec: &HecReceiver) -> HashSet<String> {
     hec.of_sourcetype("confluent:audit")
         .iter()
@@ -79,13 +100,14 @@ async fn hec_rejecting_one_event_dead_letters_it_and_delivers_the_rest() {
     hec.state.lock().unwrap().poison_ids.insert(poisoned.clone());
     let dir = tempfile::tempdir().unwrap();
     let group = "Tech00-faults-code6";
-    let config = Config::parse(
-        &config_text(&s.bootstrap, group, &hec.url(), None, &dir.path().join("o.jsonl")),
-        "t",
-    )
-    .unwrap();
-    let shutdown = CancellationToken::new();
-    let running = auditflow::pipeline::start(config, shutdown.clone()).await.unwrap();
+    let (running, shutdown) = start(&config_text(
+        &s.bootstrap,
+        group,
+        &hec.url(),
+        None,
+        &dir.path().join("o.jsonl"),
+    ))
+    .await;
     eventually(Duration::from_secs(30), "the other 39 events at HEC", || {
         hec_ids(&hec).len() == 39
     })
@@ -105,9 +127,7 @@ async fn hec_rejecting_one_event_dead_letters_it_and_delivers_the_rest() {
         assert!(delivered.contains(id) || *id == poisoned, "{id} lost");
     }
     assert!(!delivered.contains(&poisoned));
-    shutdown.cancel();
-    running.wait(Duration::from_secs(20)).await.unwrap();
-    assert_eq!(committed_total(&s.bootstrap, group).await, Some(40));
+    stop(running, shutdown, &s.bootstrap, group, 40).await;
     drop(s.cluster);
 }
 
@@ -119,13 +139,14 @@ async fn hec_bad_token_holds_everything_until_fixed() {
     let hec = HecReceiver::start("a-different-token").await;
     let dir = tempfile::tempdir().unwrap();
     let group = "Tech00-faults-403";
-    let config = Config::parse(
-        &config_text(&s.bootstrap, group, &hec.url(), None, &dir.path().join("o.jsonl")),
-        "t",
-    )
-    .unwrap();
-    let shutdown = CancellationToken::new();
-    let running = auditflow::pipeline::start(config, shutdown.clone()).await.unwrap();
+    let (running, shutdown) = start(&config_text(
+        &s.bootstrap,
+        group,
+        &hec.url(),
+        None,
+        &dir.path().join("o.jsonl"),
+    ))
+    .await;
     eventually(Duration::from_secs(30), "HEC to refuse the token", || {
         hec.state.lock().unwrap().num_requests >= 1
     })
@@ -145,9 +166,7 @@ async fn hec_bad_token_holds_everything_until_fixed() {
         || hec_ids(&hec).len() == 30,
     )
     .await;
-    shutdown.cancel();
-    running.wait(Duration::from_secs(20)).await.unwrap();
-    assert_eq!(committed_total(&s.bootstrap, group).await, Some(30));
+    stop(running, shutdown, &s.bootstrap, group, 30).await;
     drop(s.cluster);
 }
 
@@ -170,9 +189,7 @@ async fn otlp_receiver_down_then_up_loses_nothing() {
         Some(&format!("http://127.0.0.1:{port}")),
         &dir.path().join("o.jsonl"),
     );
-    let config = Config::parse(&text, "t").unwrap();
-    let shutdown = CancellationToken::new();
-    let running = auditflow::pipeline::start(config, shutdown.clone()).await.unwrap();
+    let (running, shutdown) = start(&text).await;
     eventually(Duration::from_secs(30), "HEC to get everything", || {
         hec_ids(&hec).len() == 25
     })
@@ -194,9 +211,7 @@ async fn otlp_receiver_down_then_up_loses_nothing() {
         s.ids.iter().all(|id| ids.contains(id))
     })
     .await;
-    shutdown.cancel();
-    running.wait(Duration::from_secs(20)).await.unwrap();
-    assert_eq!(committed_total(&s.bootstrap, group).await, Some(25));
+    stop(running, shutdown, &s.bootstrap, group, 25).await;
     drop(s.cluster);
 }
 
@@ -272,9 +287,7 @@ async fn hec_acknowledgements_late_and_lost() {
         "index = \"kafka_audit\"\nacknowledgements = true\nack_timeout = \"3s\"\nack_poll_interval = \"200ms\"\n",
     );
     assert!(text.contains("acknowledgements = true"));
-    let config = Config::parse(&text, "t").unwrap();
-    let shutdown = CancellationToken::new();
-    let running = auditflow::pipeline::start(config, shutdown.clone()).await.unwrap();
+    let (running, shutdown) = start(&text).await;
     eventually(Duration::from_secs(30), "every event at HEC", || {
         hec_ids(&hec).len() == 60
     })
@@ -303,9 +316,7 @@ async fn hec_acknowledgements_late_and_lost() {
     let resent = running.telemetry.hec_resent_events.get() as usize;
     let all = hec.of_sourcetype("confluent:audit").len();
     assert_eq!(all, 60 + resent, "duplicates are exactly the resent events");
-    shutdown.cancel();
-    running.wait(Duration::from_secs(20)).await.unwrap();
-    assert_eq!(committed_total(&s.bootstrap, group).await, Some(60));
+    stop(running, shutdown, &s.bootstrap, group, 60).await;
     drop(s.cluster);
 }
 
@@ -329,9 +340,7 @@ async fn long_hec_outage_pauses_and_keeps_the_group() {
         "batch_linger = \"20ms\"\nbatch_max_records = 1\n[kafka.properties]",
     );
     assert!(text.contains("max.poll.interval.ms") && text.contains("batch_max_records = 1"));
-    let config = Config::parse(&text, "t").unwrap();
-    let shutdown = CancellationToken::new();
-    let running = auditflow::pipeline::start(config, shutdown.clone()).await.unwrap();
+    let (running, shutdown) = start(&text).await;
     eventually(Duration::from_secs(30), "HEC to refuse", || {
         hec.state.lock().unwrap().num_refused >= 1
     })
@@ -350,8 +359,6 @@ async fn long_hec_outage_pauses_and_keeps_the_group() {
         "no redelivery: the consumer never left its group"
     );
     assert_eq!(hec.of_sourcetype("confluent:audit").len(), 50);
-    shutdown.cancel();
-    running.wait(Duration::from_secs(20)).await.unwrap();
-    assert_eq!(committed_total(&s.bootstrap, group).await, Some(50));
+    stop(running, shutdown, &s.bootstrap, group, 50).await;
     drop(s.cluster);
 }
