@@ -362,3 +362,90 @@ async fn long_hec_outage_pauses_and_keeps_the_group() {
     stop(running, shutdown, &s.bootstrap, group, 50).await;
     drop(s.cluster);
 }
+
+/// Produces `n` audit events with fresh ids; returns the ids.
+async fn produce_more(bootstrap: &str, n: usize) -> Vec<String> {
+    let p = producer(bootstrap);
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let (id, bytes) = audit_event(
+            "io.confluent.kafka.server/authentication",
+            "User:sa-1",
+            "K1",
+            json!({"result": {"status": "SUCCESS"}}),
+        );
+        produce(&p, AUDIT, None, &bytes, &[]).await;
+        ids.push(id);
+    }
+    ids
+}
+
+/// A second instance joins the consumer group mid-stream and leaves again: every produced id
+/// reaches HEC (redeliveries of in-flight work are allowed), and the final commit covers all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_mid_stream_loses_nothing() {
+    let s = setup(200).await;
+    let hec = HecReceiver::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let group = "Tech00-faults-rebalance";
+    let text = config_text(&s.bootstrap, group, &hec.url(), None, &dir.path().join("a.jsonl"));
+    let (a, a_stop) = start(&text).await;
+    eventually(Duration::from_secs(30), "first events at HEC", || {
+        !hec_ids(&hec).is_empty()
+    })
+    .await;
+
+    let text_b = config_text(&s.bootstrap, group, &hec.url(), None, &dir.path().join("b.jsonl"));
+    let (b, b_stop) = start(&text_b).await;
+    let mut ids = s.ids.clone();
+    ids.extend(produce_more(&s.bootstrap, 200).await);
+    tokio::time::sleep(Duration::from_secs(8)).await; // the group rebalances to two members
+    b_stop.cancel();
+    b.wait(Duration::from_secs(20)).await.unwrap(); // leaves: back to one member
+    let b_lines = std::fs::read_to_string(dir.path().join("b.jsonl")).unwrap_or_default();
+    assert!(
+        b_lines.lines().count() > 0,
+        "the second instance was assigned partitions and delivered"
+    );
+    ids.extend(produce_more(&s.bootstrap, 100).await);
+
+    eventually(Duration::from_secs(60), "every id at HEC", || {
+        let got = hec_ids(&hec);
+        ids.iter().all(|id| got.contains(id))
+    })
+    .await;
+    stop(a, a_stop, &s.bootstrap, group, 500).await;
+    drop(s.cluster);
+}
+
+/// Broker errors injected on fetches and offset commits: retried by the client, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_errors_are_survived() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let s = setup(100).await;
+    s.cluster.request_errors(
+        RDKafkaApiKey::Fetch,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 5],
+    );
+    s.cluster.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT; 3],
+    );
+    let hec = HecReceiver::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let group = "Tech00-faults-broker";
+    let (running, shutdown) = start(&config_text(
+        &s.bootstrap,
+        group,
+        &hec.url(),
+        None,
+        &dir.path().join("o.jsonl"),
+    ))
+    .await;
+    eventually(Duration::from_secs(60), "every id at HEC", || {
+        hec_ids(&hec).len() == 100
+    })
+    .await;
+    stop(running, shutdown, &s.bootstrap, group, 100).await;
+    drop(s.cluster);
+}
