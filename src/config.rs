@@ -216,6 +216,10 @@ pub struct RawEnrich {
     /// Most ids remembered; the oldest are forgotten first. Default 2000000.
     #[serde(default = "default_dedupe_capacity")]
     pub dedupe_capacity: usize,
+    /// Directory of the restart-safe dedupe store (ids of delivered events). Optional: without
+    /// it, duplicates are dropped only within one process's lifetime.
+    #[serde(default)]
+    pub dedupe_dir: Option<PathBuf>,
 }
 
 impl Default for RawEnrich {
@@ -225,6 +229,7 @@ impl Default for RawEnrich {
             directory: None,
             dedupe_horizon: default_dedupe_horizon(),
             dedupe_capacity: default_dedupe_capacity(),
+            dedupe_dir: None,
         }
     }
 }
@@ -376,6 +381,7 @@ pub struct EnrichConfig {
     pub directory: Option<PathBuf>,
     pub dedupe_horizon: Duration,
     pub dedupe_capacity: usize,
+    pub dedupe_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -551,6 +557,7 @@ impl Config {
                 directory: raw.enrich.directory,
                 dedupe_horizon: duration(origin, "enrich.dedupe_horizon", &raw.enrich.dedupe_horizon)?,
                 dedupe_capacity: raw.enrich.dedupe_capacity,
+                dedupe_dir: raw.enrich.dedupe_dir,
             },
             allowed_lateness: duration(origin, "rules.allowed_lateness", &raw.rules.allowed_lateness)?,
             rule_dirs: raw.rules.dirs,

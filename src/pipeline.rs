@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::decode::DecodeError;
 use crate::decode::audit::AuditDecoder;
 use crate::decode::metrics::{MetricHeaders, MetricsDecoder};
-use crate::enrich::dedupe::Dedupe;
+use crate::enrich::dedupe::{Dedupe, DedupeStore};
 use crate::enrich::directory::Directory;
 use crate::enrich::ownership::Ownership;
 use crate::event::{Ack, Alert, Batch, Positions, now_us};
@@ -102,6 +102,12 @@ impl Processor {
             sql_updates: None,
             seq: 0,
         }
+    }
+
+    /// Starts from a dedupe memory loaded from the on-disk store.
+    pub fn with_dedupe(mut self, dedupe: Dedupe) -> Processor {
+        self.dedupe = dedupe;
+        self
     }
 
     /// Applies reloaded rules and enrichment files between batches; reloaded `sql` rules are
@@ -254,12 +260,19 @@ impl Processor {
 struct Dispatcher {
     sinks: Vec<mpsc::Sender<SinkItem>>,
     committer: mpsc::Sender<Pending>,
+    /// Whether the committer keeps a dedupe store (then it needs the ids).
+    record_ids: bool,
 }
 
 impl Dispatcher {
     async fn dispatch(&self, batch: Batch, positions: Positions) -> Result<(), PipelineError> {
         let closed = || PipelineError::Task("a sink or the committer stopped".into());
         let mut acks = Vec::new();
+        let ids = if self.record_ids {
+            batch.audit.iter().map(|r| r.id.clone()).collect()
+        } else {
+            Vec::new()
+        };
         if !batch.is_empty() {
             let batch = Arc::new(batch);
             for sink in &self.sinks {
@@ -274,7 +287,7 @@ impl Dispatcher {
             }
         }
         self.committer
-            .send(Pending { positions, acks })
+            .send(Pending { positions, acks, ids })
             .await
             .map_err(|_| closed())
     }
@@ -374,13 +387,30 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         sinks.push(tx);
     }
 
+    let store = match &config.enrich.dedupe_dir {
+        Some(dir) => Some(
+            DedupeStore::open(dir, config.enrich.dedupe_horizon)
+                .map_err(|e| PipelineError::Task(format!("opening the dedupe store {}: {e}", dir.display())))?,
+        ),
+        None => None,
+    };
+    let mut dedupe = Dedupe::new(config.enrich.dedupe_horizon, config.enrich.dedupe_capacity);
+    if let Some(store) = &store {
+        let n = store
+            .load_into(&mut dedupe, now_us())
+            .map_err(|e| PipelineError::Task(format!("reading the dedupe store: {e}")))?;
+        tracing::info!(ids = n, "dedupe store loaded");
+    }
+    let record_ids = store.is_some();
     let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
     drain.push(tokio::spawn(kafka::run_committer(
         consumer.clone(),
         commit_rx,
         telemetry.clone(),
+        store,
     )));
     let dispatcher = Dispatcher {
+        record_ids,
         sinks,
         committer: commit_tx,
     };
@@ -412,7 +442,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         shutdown.clone(),
     ));
     let (sql_tx, sql_rx) = mpsc::channel(4);
-    let processor = processor.with_reloads(reload_rx, sql_tx);
+    let processor = processor.with_reloads(reload_rx, sql_tx).with_dedupe(dedupe);
     tokio::spawn(run_sql_rules(
         sql_rules,
         sql_rx,

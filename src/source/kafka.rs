@@ -238,10 +238,17 @@ fn detach(m: &rdkafka::message::BorrowedMessage<'_>, topics: &TopicsConfig) -> R
 pub struct Pending {
     pub positions: Positions,
     pub acks: Vec<oneshot::Receiver<()>>,
+    /// Ids of the batch's audit events, recorded in the dedupe store once delivered.
+    pub ids: Vec<String>,
 }
 
 /// Stores offsets of finalised batches, in poll order.
-pub async fn run_committer(consumer: Arc<KafkaConsumer>, mut rx: mpsc::Receiver<Pending>, telemetry: Telemetry) {
+pub async fn run_committer(
+    consumer: Arc<KafkaConsumer>,
+    mut rx: mpsc::Receiver<Pending>,
+    telemetry: Telemetry,
+    store: Option<crate::enrich::dedupe::DedupeStore>,
+) {
     while let Some(pending) = rx.recv().await {
         let mut delivered = true;
         for ack in pending.acks {
@@ -253,6 +260,16 @@ pub async fn run_committer(consumer: Arc<KafkaConsumer>, mut rx: mpsc::Receiver<
             tracing::error!("a sink dropped a batch without accepting it; no further offsets will be committed");
             while rx.recv().await.is_some() {}
             return;
+        }
+        // Delivered: remember the ids before the offsets move, so a crash after the commit
+        // cannot make them look new, and a crash before it finds them remembered.
+        if let Some(store) = &store {
+            let mut attempt = 0;
+            while let Err(e) = store.append(&pending.ids, crate::event::now_us()) {
+                tracing::error!(error = %e, attempt, "cannot write the dedupe store; retrying before committing");
+                tokio::time::sleep(crate::sinks::backoff(attempt, Duration::from_secs(10))).await;
+                attempt += 1;
+            }
         }
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), max) in &pending.positions.max_offsets {

@@ -38,6 +38,8 @@ pub struct HecState {
     /// These ackIds are never acknowledged.
     pub never_ack: HashSet<u64>,
     pub num_ack_polls: usize,
+    /// Time each event request takes (a slow indexer).
+    pub delay: std::time::Duration,
 }
 
 #[derive(Clone)]
@@ -133,6 +135,10 @@ fn check_event(e: &Value) -> Result<(), (u64, &'static str)> {
 }
 
 async fn event(State(state): State<Arc<Mutex<HecState>>>, headers: HeaderMap, body: Bytes) -> Response {
+    let delay = state.lock().unwrap().delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let mut s = state.lock().unwrap();
     s.num_requests += 1;
     let Some(auth) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
