@@ -582,9 +582,15 @@ pub fn duration(origin: &str, key: &str, text: &str) -> Result<Duration, ConfigE
     })
 }
 
-/// Expands `${VAR}` from the environment. A missing variable is an error naming it.
+/// Expands `${VAR}` from the environment and `${file:PATH}` from a file's contents (trailing
+/// newline removed; for mounted secrets). A missing variable or file is an error naming it.
 pub fn expand_env(text: &str) -> Result<String, String> {
-    expand_vars(text, |name| std::env::var(name).ok())
+    expand_vars(text, |name| match name.strip_prefix("file:") {
+        Some(path) => std::fs::read_to_string(path)
+            .ok()
+            .map(|s| s.trim_end_matches(['\n', '\r']).to_owned()),
+        None => std::env::var(name).ok(),
+    })
 }
 
 /// Expands `${VAR}` through `lookup`.
@@ -598,7 +604,10 @@ pub fn expand_vars(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Resul
             .find('}')
             .ok_or_else(|| format!("unterminated `${{` in `{text}`"))?;
         let name = &after[..end];
-        let value = lookup(name).ok_or_else(|| format!("environment variable `{name}` is not set"))?;
+        let value = lookup(name).ok_or_else(|| match name.strip_prefix("file:") {
+            Some(path) => format!("secret file `{path}` cannot be read"),
+            None => format!("environment variable `{name}` is not set"),
+        })?;
         out.push_str(&value);
         rest = &after[end + 1..];
     }
@@ -637,6 +646,19 @@ mod tests {
         let err = expand_vars("${MISSING}", lookup).unwrap_err();
         assert!(err.contains("MISSING"), "{err}");
         assert!(expand_vars("${TOKEN", lookup).is_err());
+    }
+
+    #[test]
+    fn secrets_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "from-a-file\n").unwrap();
+        assert_eq!(
+            expand_env(&format!("${{file:{}}}", path.display())).unwrap(),
+            "from-a-file"
+        );
+        let err = expand_env("${file:/no/such/secret}").unwrap_err();
+        assert!(err.contains("/no/such/secret"), "{err}");
     }
 
     #[test]

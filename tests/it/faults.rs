@@ -449,3 +449,33 @@ async fn broker_errors_are_survived() {
     stop(running, shutdown, &s.bootstrap, group, 100).await;
     drop(s.cluster);
 }
+
+/// Two HEC endpoints, the first failing: batches fail over to the healthy one and stay there;
+/// the failing one is used again once its health endpoint answers and it accepts data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hec_failover_to_the_healthy_endpoint() {
+    let s = setup(40).await;
+    let broken = HecReceiver::start(TOKEN).await;
+    broken.set_busy(true);
+    let healthy = HecReceiver::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let group = "Tech00-faults-failover";
+    let text = config_text(&s.bootstrap, group, &broken.url(), None, &dir.path().join("o.jsonl")).replace(
+        &format!("endpoints = [\"{}\"]", broken.url()),
+        &format!("endpoints = [\"{}\", \"{}\"]", broken.url(), healthy.url()),
+    );
+    assert!(text.contains(&healthy.url()));
+    let (running, shutdown) = start(&text).await;
+    eventually(Duration::from_secs(30), "every event at the healthy endpoint", || {
+        hec_ids(&healthy).len() == 40
+    })
+    .await;
+    assert!(hec_ids(&broken).is_empty());
+    let refused = broken.state.lock().unwrap().num_refused;
+    assert!(
+        refused <= 2,
+        "the failing endpoint is skipped while unhealthy ({refused} refusals)"
+    );
+    stop(running, shutdown, &s.bootstrap, group, 40).await;
+    drop(s.cluster);
+}

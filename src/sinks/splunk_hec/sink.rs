@@ -60,6 +60,8 @@ pub struct HecSink {
     /// One channel GUID per endpoint: acknowledgements are polled where the batch went.
     channels: Vec<String>,
     endpoint: usize,
+    /// Per endpoint: when it failed (unhealthy until `/services/collector/health` says 200).
+    unhealthy: Vec<Option<Instant>>,
     dead_letters: DeadLetters,
     telemetry: Telemetry,
     label: SinkLabel,
@@ -85,6 +87,7 @@ impl HecSink {
         let client = builder
             .build()
             .map_err(|e| build_error(format!("building the HTTP client: {e}")))?;
+        let num_endpoints = config.endpoints.len();
         let channels = config
             .endpoints
             .iter()
@@ -95,6 +98,7 @@ impl HecSink {
             client,
             channels,
             endpoint: 0,
+            unhealthy: vec![None; num_endpoints],
             dead_letters,
             telemetry,
             label: SinkLabel { sink: "splunk_hec" },
@@ -180,6 +184,41 @@ impl HecSink {
                 self.deliver(a.body, &mut awaiting).await;
             }
         }
+    }
+
+    /// The endpoint to send to: the current one if healthy, else the next healthy one; an
+    /// unhealthy endpoint is probed on `/services/collector/health` at most every 5 s and comes
+    /// back when it answers 200. With none healthy, the current one is tried (with backoff).
+    async fn pick_endpoint(&mut self) -> usize {
+        let n = self.config.endpoints.len();
+        for step in 0..n {
+            let i = (self.endpoint + step) % n;
+            match self.unhealthy[i] {
+                None => {
+                    self.endpoint = i;
+                    return i;
+                }
+                Some(since) if since.elapsed() >= Duration::from_secs(5) => {
+                    if self.healthy(i).await {
+                        tracing::info!(endpoint = %self.config.endpoints[i], "HEC endpoint healthy again");
+                        self.unhealthy[i] = None;
+                        self.endpoint = i;
+                        return i;
+                    }
+                    self.unhealthy[i] = Some(Instant::now());
+                }
+                Some(_) => {}
+            }
+        }
+        self.endpoint % n
+    }
+
+    async fn healthy(&self, endpoint: usize) -> bool {
+        let url = format!(
+            "{}/services/collector/health",
+            self.config.endpoints[endpoint].trim_end_matches('/')
+        );
+        matches!(self.client.get(&url).send().await, Ok(r) if r.status().is_success())
     }
 
     /// Asks `endpoint` which of `ids` are indexed; failures just mean "not yet".
@@ -270,7 +309,7 @@ impl HecSink {
         };
         let mut attempt: u32 = 0;
         loop {
-            let endpoint = self.endpoint % self.config.endpoints.len();
+            let endpoint = self.pick_endpoint().await;
             let base = &self.config.endpoints[endpoint];
             let url = format!("{}/services/collector/event", base.trim_end_matches('/'));
             let mut request = self
@@ -321,7 +360,8 @@ impl HecSink {
                 }
             };
             self.telemetry.sink_retries.get_or_create(&self.label).inc();
-            if failover {
+            if failover && self.config.endpoints.len() > 1 {
+                self.unhealthy[endpoint] = Some(Instant::now());
                 self.endpoint = self.endpoint.wrapping_add(1);
             }
             tokio::time::sleep(backoff(attempt, retry_cap)).await;

@@ -66,10 +66,7 @@ impl HecReceiver {
         let app = Router::new()
             .route("/services/collector/event", post(event))
             .route("/services/collector/ack", post(ack))
-            .route(
-                "/services/collector/health",
-                get(|| async { reply(StatusCode::OK, 17, "HEC is healthy") }),
-            )
+            .route("/services/collector/health", get(health))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -94,6 +91,15 @@ impl HecReceiver {
             .into_iter()
             .filter(|e| e["sourcetype"] == sourcetype)
             .collect()
+    }
+}
+
+/// `GET /services/collector/health`: 200 code 17, or 503 code 18 while busy.
+async fn health(State(state): State<Arc<Mutex<HecState>>>) -> Response {
+    if state.lock().unwrap().busy {
+        reply(StatusCode::SERVICE_UNAVAILABLE, 18, "HEC is unhealthy, queues are full")
+    } else {
+        reply(StatusCode::OK, 17, "HEC is healthy")
     }
 }
 
