@@ -68,11 +68,10 @@ fn start_tansu() -> (Tansu, String) {
     (tansu, format!("127.0.0.1:{port}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tansu_broker_to_hec_and_sql() {
-    let (_tansu, bootstrap) = start_tansu();
+/// The audit (2 partitions), metrics and dead-letter topics.
+async fn create_topics(bootstrap: &str) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
+        .set("bootstrap.servers", bootstrap)
         .create()
         .unwrap();
     let topics = [
@@ -83,6 +82,12 @@ async fn tansu_broker_to_hec_and_sql() {
     for r in admin.create_topics(&topics, &AdminOptions::new()).await.unwrap() {
         r.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tansu_broker_to_hec_and_sql() {
+    let (_tansu, bootstrap) = start_tansu();
+    create_topics(&bootstrap).await;
 
     let hec = HecReceiver::start("00000000-0000-0000-0000-000000000001").await;
     let dir = tempfile::tempdir().unwrap();
@@ -175,18 +180,7 @@ async fn tansu_broker_to_hec_and_sql() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_and_restart_loses_nothing() {
     let (_tansu, bootstrap) = start_tansu();
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .unwrap();
-    let topics = [
-        NewTopic::new("confluent-audit-log-events", 2, TopicReplication::Fixed(1)),
-        NewTopic::new("confluent-metrics", 1, TopicReplication::Fixed(1)),
-        NewTopic::new("auditflow-dead-letter", 1, TopicReplication::Fixed(1)),
-    ];
-    for r in admin.create_topics(&topics, &AdminOptions::new()).await.unwrap() {
-        r.unwrap();
-    }
+    create_topics(&bootstrap).await;
     let p = crate::support::kafka::producer(&bootstrap);
     let mut ids = Vec::new();
     for _ in 0..400 {
