@@ -62,6 +62,8 @@ pub struct Telemetry {
     pub sink_events: Family<SinkLabel, Counter>,
     /// Requests retried by each sink.
     pub sink_retries: Family<SinkLabel, Counter>,
+    /// Log records and data points an OTLP receiver rejected in partial-success responses.
+    pub otlp_partial_rejections: Counter,
     /// Events sent to HEC again because their acknowledgement never came (possible duplicates).
     pub hec_resent_events: Counter,
     /// Batches whose offsets were stored for commit.
@@ -98,6 +100,7 @@ impl Telemetry {
             sink_retries: Family::default(),
             batches_committed: Counter::default(),
             hec_resent_events: Counter::default(),
+            otlp_partial_rejections: Counter::default(),
             rule_eval_micros: Counter::default(),
             rule_series_shed: Gauge::default(),
             window_rows: Family::default(),
@@ -146,6 +149,11 @@ impl Telemetry {
             "hec_resent_events",
             "Events sent to HEC again after an acknowledgement timeout (possible duplicates)",
             t.hec_resent_events.clone(),
+        );
+        registry.register(
+            "otlp_partial_rejections",
+            "Log records and data points rejected in OTLP partial-success responses",
+            t.otlp_partial_rejections.clone(),
         );
         registry.register("window_rows", "Rows held in the SQL window", t.window_rows.clone());
         registry.register("window_bytes", "Bytes held in the SQL window", t.window_bytes.clone());

@@ -390,6 +390,9 @@ impl OtlpSink {
                         .filter(|p| p.rejected_log_records > 0)
                     {
                         tracing::warn!(rejected = p.rejected_log_records, message = %p.error_message, "OTLP receiver rejected some log records");
+                        self.telemetry
+                            .otlp_partial_rejections
+                            .inc_by(p.rejected_log_records.max(0) as u64);
                     }
                     return Ok(());
                 }
@@ -415,6 +418,9 @@ impl OtlpSink {
                         .filter(|p| p.rejected_data_points > 0)
                     {
                         tracing::warn!(rejected = p.rejected_data_points, message = %p.error_message, "OTLP receiver rejected some data points");
+                        self.telemetry
+                            .otlp_partial_rejections
+                            .inc_by(p.rejected_data_points.max(0) as u64);
                     }
                     return Ok(());
                 }

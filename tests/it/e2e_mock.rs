@@ -164,6 +164,7 @@ async fn mock_cluster_to_hec_otlp_sql() {
 
     let hec = HecReceiver::start(TOKEN).await;
     let (otlp, otlp_addr) = OtlpReceiver::start().await;
+    otlp.reject_logs.store(1, std::sync::atomic::Ordering::Relaxed);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("events.jsonl");
     let group = "Tech00-auditflow-it";
@@ -357,6 +358,13 @@ async fn mock_cluster_to_hec_otlp_sql() {
         metrics_text.contains("auditflow_duplicates_dropped_total 1"),
         "{metrics_text}"
     );
+    // The OTLP receiver reports one rejected record per request: counted, not just logged.
+    let rejected = metrics_text
+        .lines()
+        .find_map(|l| l.strip_prefix("auditflow_otlp_partial_rejections_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(rejected >= 1, "{metrics_text}");
 
     // Dead letters: every poison record, unchanged, with Connect-style headers.
     let dead = tokio::task::spawn_blocking({

@@ -23,6 +23,8 @@ pub struct Received {
 #[derive(Clone, Default)]
 pub struct OtlpReceiver {
     pub received: Arc<Mutex<Received>>,
+    /// Report this many log records of each request as rejected (partial success).
+    pub reject_logs: Arc<std::sync::atomic::AtomicI64>,
 }
 
 #[tonic::async_trait]
@@ -37,7 +39,15 @@ impl LogsService for OtlpReceiver {
                 r.logs.extend(sl.log_records);
             }
         }
-        Ok(Response::new(ExportLogsServiceResponse { partial_success: None }))
+        let rejected = self.reject_logs.load(std::sync::atomic::Ordering::Relaxed);
+        let partial_success =
+            (rejected > 0).then(
+                || opentelemetry_proto::tonic::collector::logs::v1::ExportLogsPartialSuccess {
+                    rejected_log_records: rejected,
+                    error_message: "test receiver rejects some records".into(),
+                },
+            );
+        Ok(Response::new(ExportLogsServiceResponse { partial_success }))
     }
 }
 
