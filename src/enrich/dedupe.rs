@@ -3,15 +3,17 @@
 //! expire as a whole, and the oldest bucket is dropped early when the capacity is reached.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub struct Dedupe {
     bucket_us: i64,
     horizon_us: i64,
     capacity: usize,
-    /// (bucket start, ids first seen in it), oldest first.
-    buckets: VecDeque<(i64, HashSet<String>)>,
-    len: usize,
+    /// Every remembered id: one lookup per event, whatever the number of buckets.
+    seen: HashSet<Arc<str>>,
+    /// (bucket start, ids first seen in it), oldest first: what expires together.
+    buckets: VecDeque<(i64, Vec<Arc<str>>)>,
 }
 
 impl Dedupe {
@@ -22,50 +24,47 @@ impl Dedupe {
             bucket_us: (horizon_us / 60).max(1),
             horizon_us,
             capacity: capacity.max(1),
+            seen: HashSet::new(),
             buckets: VecDeque::new(),
-            len: 0,
         }
     }
 
     /// True if `id` is new (and remembers it); false for a duplicate.
     pub fn insert(&mut self, id: &str, now_us: i64) -> bool {
         self.expire(now_us);
-        if self.buckets.iter().any(|(_, ids)| ids.contains(id)) {
+        if self.seen.contains(id) {
             return false;
         }
+        let id: Arc<str> = Arc::from(id);
+        self.seen.insert(id.clone());
         let start = now_us - now_us.rem_euclid(self.bucket_us);
         match self.buckets.back_mut() {
-            Some((s, ids)) if *s >= start => {
-                ids.insert(id.to_owned());
-            }
-            _ => {
-                let mut ids = HashSet::new();
-                ids.insert(id.to_owned());
-                self.buckets.push_back((start, ids));
-            }
+            Some((s, ids)) if *s >= start => ids.push(id),
+            _ => self.buckets.push_back((start, vec![id])),
         }
-        self.len += 1;
         true
     }
 
     fn expire(&mut self, now_us: i64) {
-        while let Some((start, ids)) = self.buckets.front() {
+        while let Some((start, _)) = self.buckets.front() {
             let expired = *start + self.bucket_us <= now_us - self.horizon_us;
-            if expired || (self.len >= self.capacity && self.buckets.len() > 1) {
-                self.len -= ids.len();
-                self.buckets.pop_front();
-            } else {
+            if !(expired || (self.seen.len() >= self.capacity && self.buckets.len() > 1)) {
                 break;
+            }
+            if let Some((_, ids)) = self.buckets.pop_front() {
+                for id in &ids {
+                    self.seen.remove(id);
+                }
             }
         }
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.seen.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.seen.is_empty()
     }
 }
 

@@ -64,11 +64,15 @@ impl WindowTable {
         batches.push_back(Stored { newest_us, batch });
         let cutoff = reference - self.retention_us;
         // Batches arrive roughly in time order; evict every expired one, wherever it sits.
-        let before: usize = batches.iter().map(|s| s.batch.num_rows()).sum();
-        batches.retain(|s| s.newest_us > cutoff);
-        let after: usize = batches.iter().map(|s| s.batch.num_rows()).sum();
-        self.num_evicted_rows
-            .fetch_add((before - after) as u64, Ordering::Relaxed);
+        let mut evicted = 0;
+        batches.retain(|s| {
+            let keep = s.newest_us > cutoff;
+            if !keep {
+                evicted += s.batch.num_rows();
+            }
+            keep
+        });
+        self.num_evicted_rows.fetch_add(evicted as u64, Ordering::Relaxed);
     }
 
     /// The batches currently held (cheap: record batches share their buffers).

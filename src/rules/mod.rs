@@ -31,7 +31,7 @@ use match_rule::MatchRule;
 use new_value::NewValueRule;
 use predicate::Predicate;
 use sql_rule::SqlRule;
-use threshold::{Aggregate, Comparison, ThresholdRule};
+use threshold::{Aggregate, Comparison, ThresholdRule, ThresholdSettings};
 
 pub use engine::RuleEngine;
 
@@ -505,16 +505,15 @@ fn validate(ctx: &SessionContext, r: RawRule, group: &str, text: &str, path: &Pa
                 Some(w) => format!("name = '{escaped}' AND ({w})"),
                 None => format!("name = '{escaped}'"),
             };
-            RuleKind::Threshold(ThresholdRule::new(
-                predicate(&sql)?,
-                r.group_by.clone(),
+            let settings = ThresholdSettings {
                 window_us,
                 aggregate,
                 comparison,
                 value,
                 for_us,
                 max_series,
-            ))
+            };
+            RuleKind::Threshold(ThresholdRule::new(predicate(&sql)?, r.group_by.clone(), settings))
         }
         "anomaly" => {
             let sql = match (source, &r.metric, &r.where_) {

@@ -89,41 +89,31 @@ struct Series {
     pending_since: Option<i64>,
 }
 
+/// What a threshold rule compares, and for how long.
+pub struct ThresholdSettings {
+    pub window_us: i64,
+    pub aggregate: Aggregate,
+    pub comparison: Comparison,
+    pub value: f64,
+    pub for_us: i64,
+    pub max_series: usize,
+}
+
 pub struct ThresholdRule {
     predicate: Predicate,
     group_by: Vec<String>,
-    window_us: i64,
-    aggregate: Aggregate,
-    comparison: Comparison,
-    value: f64,
-    for_us: i64,
-    max_series: usize,
+    settings: ThresholdSettings,
     series: HashMap<Vec<String>, Series>,
     lifecycle: Lifecycle,
     num_shed: u64,
 }
 
 impl ThresholdRule {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        predicate: Predicate,
-        group_by: Vec<String>,
-        window_us: i64,
-        aggregate: Aggregate,
-        comparison: Comparison,
-        value: f64,
-        for_us: i64,
-        max_series: usize,
-    ) -> ThresholdRule {
+    pub fn new(predicate: Predicate, group_by: Vec<String>, settings: ThresholdSettings) -> ThresholdRule {
         ThresholdRule {
             predicate,
             group_by,
-            window_us,
-            aggregate,
-            comparison,
-            value,
-            for_us,
-            max_series,
+            settings,
             series: HashMap::new(),
             lifecycle: Lifecycle::default(),
             num_shed: 0,
@@ -141,7 +131,7 @@ impl ThresholdRule {
             .column_by_name("value")
             .and_then(|c| c.as_any().downcast_ref::<Float64Array>().cloned())
             .ok_or("threshold rules read the metrics table's `value` column")?;
-        let cutoff = now - self.window_us;
+        let cutoff = now - self.settings.window_us;
         let mut touched: HashSet<Vec<String>> = HashSet::new();
         for row in (0..mask.len()).filter(|&i| mask.value(i)) {
             let t = view.time(row);
@@ -149,7 +139,7 @@ impl ThresholdRule {
                 continue;
             }
             let key = view.key(&self.group_by, row);
-            if !self.series.contains_key(&key) && self.series.len() >= self.max_series {
+            if !self.series.contains_key(&key) && self.series.len() >= self.settings.max_series {
                 self.num_shed += 1;
                 continue;
             }
@@ -169,19 +159,19 @@ impl ThresholdRule {
             while s.points.front().is_some_and(|&(t, _)| t <= cutoff) {
                 s.points.pop_front();
             }
-            let observed = self.aggregate.apply(&s.points, self.window_us);
-            let holds = observed.is_some_and(|v| self.comparison.holds(v, self.value));
+            let observed = self.settings.aggregate.apply(&s.points, self.settings.window_us);
+            let holds = observed.is_some_and(|v| self.settings.comparison.holds(v, self.settings.value));
             let obs = Observation {
                 key: &key,
                 labels: labels_of(&self.group_by, &key),
                 value: observed.unwrap_or(0.0),
-                threshold: Some(self.value),
+                threshold: Some(self.settings.value),
                 evidence: Vec::new(),
                 context: Default::default(),
             };
             if holds {
                 let since = *s.pending_since.get_or_insert(now);
-                if now - since >= self.for_us {
+                if now - since >= self.settings.for_us {
                     alerts.extend(self.lifecycle.firing(meta, obs, now));
                 }
             } else {
