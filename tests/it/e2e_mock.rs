@@ -202,20 +202,12 @@ async fn mock_cluster_to_hec_otlp_sql() {
 
     let expected_ids = produced.audit_ids.clone();
     eventually(Duration::from_secs(60), "every audit event at HEC", || {
-        let got: HashSet<String> = hec
-            .of_sourcetype("confluent:audit")
-            .iter()
-            .filter_map(|e| e["event"]["id"].as_str().map(str::to_owned))
-            .collect();
+        let got: HashSet<String> = hec.audit_ids();
         expected_ids.is_subset(&got)
     })
     .await;
     eventually(Duration::from_secs(30), "alerts at HEC", || {
-        let rules: HashSet<String> = hec
-            .of_sourcetype("auditflow:alert")
-            .iter()
-            .filter_map(|e| e["event"]["rule_id"].as_str().map(str::to_owned))
-            .collect();
+        let rules: HashSet<String> = hec.alert_rules();
         ["auth-failure-burst", "cross-namespace-denied", "egress-bytes-high"]
             .iter()
             .all(|r| rules.contains(*r))

@@ -107,21 +107,13 @@ async fn tansu_broker_to_hec_and_sql() {
     let running = auditflow::pipeline::start(config, shutdown.clone()).await.unwrap();
     let expected = produced.audit_ids.clone();
     eventually(Duration::from_secs(90), "every audit event at HEC", || {
-        let got: HashSet<String> = hec
-            .of_sourcetype("confluent:audit")
-            .iter()
-            .filter_map(|e| e["event"]["id"].as_str().map(str::to_owned))
-            .collect();
+        let got: HashSet<String> = hec.audit_ids();
         expected.is_subset(&got)
     })
     .await;
     assert_eq!(hec.of_sourcetype("confluent:audit").len(), produced.audit_ids.len());
     eventually(Duration::from_secs(30), "the three shipped alerts", || {
-        let rules: HashSet<String> = hec
-            .of_sourcetype("auditflow:alert")
-            .iter()
-            .filter_map(|e| e["event"]["rule_id"].as_str().map(str::to_owned))
-            .collect();
+        let rules: HashSet<String> = hec.alert_rules();
         ["auth-failure-burst", "cross-namespace-denied", "egress-bytes-high"]
             .iter()
             .all(|r| rules.contains(*r))
@@ -232,21 +224,15 @@ async fn kill_9_and_restart_loses_nothing() {
             .spawn()
             .unwrap()
     };
-    let distinct = |hec: &HecReceiver| -> HashSet<String> {
-        hec.of_sourcetype("confluent:audit")
-            .iter()
-            .filter_map(|e| e["event"]["id"].as_str().map(str::to_owned))
-            .collect()
-    };
 
     let mut first = run();
     eventually(Duration::from_secs(60), "some events at HEC", || {
-        distinct(&hec).len() >= 60
+        hec.audit_ids().len() >= 60
     })
     .await;
     first.kill().unwrap(); // SIGKILL: no drain, no final commit
     first.wait().unwrap();
-    let before = distinct(&hec).len();
+    let before = hec.audit_ids().len();
     assert!(
         before < ids.len(),
         "the kill must land mid-stream ({before} of {} delivered)",
@@ -255,7 +241,7 @@ async fn kill_9_and_restart_loses_nothing() {
 
     let mut second = run();
     eventually(Duration::from_secs(90), "every id at HEC after the restart", || {
-        let got = distinct(&hec);
+        let got = hec.audit_ids();
         ids.iter().all(|id| got.contains(id))
     })
     .await;

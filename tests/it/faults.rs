@@ -71,13 +71,6 @@ async fn stop(
     assert_eq!(committed_total(bootstrap, group).await, Some(expected));
 }
 
-fn hec_ids(hec: &HecReceiver) -> HashSet<String> {
-    hec.of_sourcetype("confluent:audit")
-        .iter()
-        .filter_map(|e| e["event"]["id"].as_str().map(str::to_owned))
-        .collect()
-}
-
 async fn committed_total(bootstrap: &str, group: &'static str) -> Option<i64> {
     let b = bootstrap.to_owned();
     let offsets = tokio::task::spawn_blocking(move || committed(&b, group, AUDIT, 2))
@@ -109,7 +102,7 @@ async fn hec_rejecting_one_event_dead_letters_it_and_delivers_the_rest() {
     ))
     .await;
     eventually(Duration::from_secs(30), "the other 39 events at HEC", || {
-        hec_ids(&hec).len() == 39
+        hec.audit_ids().len() == 39
     })
     .await;
     let dead = tokio::task::spawn_blocking({
@@ -122,7 +115,7 @@ async fn hec_rejecting_one_event_dead_letters_it_and_delivers_the_rest() {
     assert_eq!(dead[0].headers["__connect.errors.exception.class.name"], "HecRejected");
     assert!(dead[0].headers["__connect.errors.exception.message"].contains("code 6"));
     assert!(String::from_utf8_lossy(&dead[0].payload).contains(&poisoned));
-    let delivered = hec_ids(&hec);
+    let delivered = hec.audit_ids();
     for id in &s.ids {
         assert!(delivered.contains(id) || *id == poisoned, "{id} lost");
     }
@@ -152,7 +145,7 @@ async fn hec_bad_token_holds_everything_until_fixed() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(hec_ids(&hec).is_empty());
+    assert!(hec.audit_ids().is_empty());
     assert_eq!(
         committed_total(&s.bootstrap, group).await,
         None,
@@ -163,7 +156,7 @@ async fn hec_bad_token_holds_everything_until_fixed() {
     eventually(
         Duration::from_secs(60),
         "every event at HEC once the token is fixed",
-        || hec_ids(&hec).len() == 30,
+        || hec.audit_ids().len() == 30,
     )
     .await;
     stop(running, shutdown, &s.bootstrap, group, 30).await;
@@ -191,7 +184,7 @@ async fn otlp_receiver_down_then_up_loses_nothing() {
     );
     let (running, shutdown) = start(&text).await;
     eventually(Duration::from_secs(30), "HEC to get everything", || {
-        hec_ids(&hec).len() == 25
+        hec.audit_ids().len() == 25
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -236,7 +229,7 @@ async fn sigterm_drains_commits_and_exits_zero() {
         .spawn()
         .unwrap();
     eventually(Duration::from_secs(30), "some events at HEC", || {
-        !hec_ids(&hec).is_empty()
+        !hec.audit_ids().is_empty()
     })
     .await;
     let status = Command::new("kill")
@@ -256,7 +249,7 @@ async fn sigterm_drains_commits_and_exits_zero() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(exit.code(), Some(0), "clean exit");
-    let delivered = hec_ids(&hec);
+    let delivered = hec.audit_ids();
     let committed = committed_total(&s.bootstrap, group).await.unwrap_or(0);
     assert!(committed > 0, "the drained batches were committed");
     assert_eq!(
@@ -289,7 +282,7 @@ async fn hec_acknowledgements_late_and_lost() {
     assert!(text.contains("acknowledgements = true"));
     let (running, shutdown) = start(&text).await;
     eventually(Duration::from_secs(30), "every event at HEC", || {
-        hec_ids(&hec).len() == 60
+        hec.audit_ids().len() == 60
     })
     .await;
     // The first request's ackId never comes: nothing can be committed before its resend.
@@ -347,10 +340,10 @@ async fn long_hec_outage_pauses_and_keeps_the_group() {
     .await;
     // Well past max.poll.interval.ms.
     tokio::time::sleep(Duration::from_secs(15)).await;
-    assert!(hec_ids(&hec).is_empty());
+    assert!(hec.audit_ids().is_empty());
     hec.set_busy(false);
     eventually(Duration::from_secs(60), "every event after HEC recovers", || {
-        hec_ids(&hec).len() == 50
+        hec.audit_ids().len() == 50
     })
     .await;
     assert_eq!(
@@ -391,7 +384,7 @@ async fn rebalance_mid_stream_loses_nothing() {
     let text = config_text(&s.bootstrap, group, &hec.url(), None, &dir.path().join("a.jsonl"));
     let (a, a_stop) = start(&text).await;
     eventually(Duration::from_secs(30), "first events at HEC", || {
-        !hec_ids(&hec).is_empty()
+        !hec.audit_ids().is_empty()
     })
     .await;
 
@@ -410,7 +403,7 @@ async fn rebalance_mid_stream_loses_nothing() {
     ids.extend(produce_more(&s.bootstrap, 100).await);
 
     eventually(Duration::from_secs(60), "every id at HEC", || {
-        let got = hec_ids(&hec);
+        let got = hec.audit_ids();
         ids.iter().all(|id| got.contains(id))
     })
     .await;
@@ -443,7 +436,7 @@ async fn broker_errors_are_survived() {
     ))
     .await;
     eventually(Duration::from_secs(60), "every id at HEC", || {
-        hec_ids(&hec).len() == 100
+        hec.audit_ids().len() == 100
     })
     .await;
     stop(running, shutdown, &s.bootstrap, group, 100).await;
@@ -467,10 +460,10 @@ async fn hec_failover_to_the_healthy_endpoint() {
     assert!(text.contains(&healthy.url()));
     let (running, shutdown) = start(&text).await;
     eventually(Duration::from_secs(30), "every event at the healthy endpoint", || {
-        hec_ids(&healthy).len() == 40
+        healthy.audit_ids().len() == 40
     })
     .await;
-    assert!(hec_ids(&broken).is_empty());
+    assert!(broken.audit_ids().is_empty());
     let refused = broken.state.lock().unwrap().num_refused;
     assert!(
         refused <= 2,

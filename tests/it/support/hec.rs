@@ -92,6 +92,23 @@ impl HecReceiver {
             .filter(|e| e["sourcetype"] == sourcetype)
             .collect()
     }
+
+    /// Distinct ids of the audit events received.
+    pub fn audit_ids(&self) -> HashSet<String> {
+        self.of_sourcetype("confluent:audit")
+            .iter()
+            .filter_map(|e| e["event"]["id"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Distinct rule ids of the alerts received.
+    pub fn alert_rules(&self) -> HashSet<String> {
+        let alerts = self.of_sourcetype("auditflow:alert");
+        alerts
+            .iter()
+            .filter_map(|e| e["event"]["rule_id"].as_str().map(str::to_owned))
+            .collect()
+    }
 }
 
 /// `GET /services/collector/health`: 200 code 17, or 503 code 18 while busy.
