@@ -50,6 +50,11 @@ async fn setup(n: usize) -> Setup {
     }
 }
 
+/// The end-to-end test config for `group`, sending to `hec` and a file in `dir`.
+fn default_text(bootstrap: &str, group: &str, hec: &HecReceiver, dir: &tempfile::TempDir) -> String {
+    config_text(bootstrap, group, &hec.url(), None, &dir.path().join("o.jsonl"))
+}
+
 /// Starts a pipeline from config text.
 async fn start(text: &str) -> (auditflow::pipeline::RunningPipeline, CancellationToken) {
     let config = Config::parse(text, "faults.toml").unwrap();
@@ -93,14 +98,7 @@ async fn hec_rejecting_one_event_dead_letters_it_and_delivers_the_rest() {
     hec.state.lock().unwrap().poison_ids.insert(poisoned.clone());
     let dir = tempfile::tempdir().unwrap();
     let group = "Tech00-faults-code6";
-    let (running, shutdown) = start(&config_text(
-        &s.bootstrap,
-        group,
-        &hec.url(),
-        None,
-        &dir.path().join("o.jsonl"),
-    ))
-    .await;
+    let (running, shutdown) = start(&default_text(&s.bootstrap, group, &hec, &dir)).await;
     eventually(Duration::from_secs(30), "the other 39 events at HEC", || {
         hec.audit_ids().len() == 39
     })
@@ -132,14 +130,7 @@ async fn hec_bad_token_holds_everything_until_fixed() {
     let hec = HecReceiver::start("a-different-token").await;
     let dir = tempfile::tempdir().unwrap();
     let group = "Tech00-faults-403";
-    let (running, shutdown) = start(&config_text(
-        &s.bootstrap,
-        group,
-        &hec.url(),
-        None,
-        &dir.path().join("o.jsonl"),
-    ))
-    .await;
+    let (running, shutdown) = start(&default_text(&s.bootstrap, group, &hec, &dir)).await;
     eventually(Duration::from_secs(30), "HEC to refuse the token", || {
         hec.state.lock().unwrap().num_requests >= 1
     })
@@ -217,11 +208,7 @@ async fn sigterm_drains_commits_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let group = "Tech00-faults-sigterm";
     let file = dir.path().join("run.toml");
-    std::fs::write(
-        &file,
-        config_text(&s.bootstrap, group, &hec.url(), None, &dir.path().join("o.jsonl")),
-    )
-    .unwrap();
+    std::fs::write(&file, default_text(&s.bootstrap, group, &hec, &dir)).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_auditflow"))
         .args(["run", "--config", file.to_str().unwrap()])
         .stdout(Stdio::null())
@@ -275,7 +262,7 @@ async fn hec_acknowledgements_late_and_lost() {
     }
     let dir = tempfile::tempdir().unwrap();
     let group = "Tech00-faults-acks";
-    let text = config_text(&s.bootstrap, group, &hec.url(), None, &dir.path().join("o.jsonl")).replace(
+    let text = default_text(&s.bootstrap, group, &hec, &dir).replace(
         "index = \"kafka_audit\"\n",
         "index = \"kafka_audit\"\nacknowledgements = true\nack_timeout = \"3s\"\nack_poll_interval = \"200ms\"\n",
     );
@@ -323,7 +310,7 @@ async fn long_hec_outage_pauses_and_keeps_the_group() {
     hec.set_busy(true);
     let dir = tempfile::tempdir().unwrap();
     let group = "Tech00-faults-pause";
-    let text = config_text(&s.bootstrap, group, &hec.url(), None, &dir.path().join("o.jsonl")).replace(
+    let text = default_text(&s.bootstrap, group, &hec, &dir).replace(
         "\"session.timeout.ms\" = \"6000\"",
         "\"session.timeout.ms\" = \"6000\"\n\"max.poll.interval.ms\" = \"6000\"",
     );
@@ -427,14 +414,7 @@ async fn broker_errors_are_survived() {
     let hec = HecReceiver::start(TOKEN).await;
     let dir = tempfile::tempdir().unwrap();
     let group = "Tech00-faults-broker";
-    let (running, shutdown) = start(&config_text(
-        &s.bootstrap,
-        group,
-        &hec.url(),
-        None,
-        &dir.path().join("o.jsonl"),
-    ))
-    .await;
+    let (running, shutdown) = start(&default_text(&s.bootstrap, group, &hec, &dir)).await;
     eventually(Duration::from_secs(60), "every id at HEC", || {
         hec.audit_ids().len() == 100
     })
