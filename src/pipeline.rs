@@ -275,15 +275,18 @@ impl Dispatcher {
         };
         if !batch.is_empty() {
             let batch = Arc::new(batch);
-            for sink in &self.sinks {
+            // Concurrently: a sink that is holding data (HEC refusing its token) must not keep
+            // the batch, or an alert about it, from the others.
+            let sends = self.sinks.iter().map(|sink| {
                 let (ack, rx) = Ack::new();
+                acks.push(rx);
                 sink.send(SinkItem {
                     batch: batch.clone(),
                     ack,
                 })
-                .await
-                .map_err(|_| closed())?;
-                acks.push(rx);
+            });
+            for sent in futures::future::join_all(sends).await {
+                sent.map_err(|_| closed())?;
             }
         }
         self.committer
@@ -361,12 +364,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         telemetry.clone(),
     )?;
 
-    // Sinks.
+    // Sinks. Alerts about the pipeline itself (HEC refusing its token) come back on
+    // `system_alerts` and are published like rule alerts.
+    let (system_alerts_tx, system_alerts_rx) = mpsc::channel::<Alert>(16);
     let mut sinks = Vec::new();
     let mut drain = Vec::new();
     if let Some(hec) = config.sinks.splunk_hec.clone() {
         let (tx, rx) = mpsc::channel(SINK_QUEUE);
-        let sink = HecSink::new(hec, dead_letters.clone(), telemetry.clone())?;
+        let sink = HecSink::new(hec, dead_letters.clone(), telemetry.clone())?.with_system_alerts(system_alerts_tx.clone());
         drain.push(tokio::spawn(sink.run(rx)));
         sinks.push(tx);
     }
@@ -443,18 +448,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     ));
     let (sql_tx, sql_rx) = mpsc::channel(4);
     let processor = processor.with_reloads(reload_rx, sql_tx).with_dedupe(dedupe);
-    tokio::spawn(run_sql_rules(
-        sql_rules,
-        sql_rx,
-        SqlContext {
-            query: query.clone(),
-            window: window.clone(),
-            telemetry: telemetry.clone(),
-            alerts: alerts_tx.clone(),
-            dispatcher: dispatcher.clone(),
-        },
-        shutdown.clone(),
-    ));
+    let publisher = AlertPublisher {
+        window: window.clone(),
+        telemetry: telemetry.clone(),
+        alerts: alerts_tx.clone(),
+        dispatcher: dispatcher.clone(),
+    };
+    tokio::spawn(run_system_alerts(system_alerts_rx, publisher.clone(), shutdown.clone()));
+    tokio::spawn(run_sql_rules(sql_rules, sql_rx, query.clone(), publisher, shutdown.clone()));
     let source = tokio::spawn(run_source(
         config,
         consumer.clone(),
@@ -524,13 +525,53 @@ async fn run_source(
     Ok(())
 }
 
-/// What the `sql` rule task needs to publish alerts like the batch path does.
-struct SqlContext {
-    query: QueryEngine,
+/// Publishes alerts raised outside the batch path (`sql` rules, the pipeline's own alerts) the
+/// way the batch path does: alerts table, `/metrics`, subscribers, every sink.
+#[derive(Clone)]
+struct AlertPublisher {
     window: Window,
     telemetry: Telemetry,
     alerts: broadcast::Sender<Alert>,
     dispatcher: Dispatcher,
+}
+
+impl AlertPublisher {
+    async fn publish(&self, alerts: Vec<Alert>) -> Result<(), PipelineError> {
+        if alerts.is_empty() {
+            return Ok(());
+        }
+        let newest = alerts.iter().map(|a| a.time_us).max().unwrap_or_else(now_us);
+        self.window.alerts.append(tables::alerts_batch(&alerts), newest);
+        for a in &alerts {
+            self.telemetry
+                .alerts
+                .get_or_create(&RuleLabel {
+                    rule: a.rule_id.clone(),
+                })
+                .inc();
+            let _ = self.alerts.send(a.clone());
+        }
+        let batch = Batch {
+            alerts,
+            ..Batch::default()
+        };
+        self.dispatcher.dispatch(batch, Positions::default()).await
+    }
+}
+
+/// Publishes the alerts sinks raise about themselves until shutdown.
+async fn run_system_alerts(mut rx: mpsc::Receiver<Alert>, publisher: AlertPublisher, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            alert = rx.recv() => {
+                let Some(alert) = alert else { return };
+                if publisher.publish(vec![alert]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Runs `sql` rules on their schedules until shutdown; reloaded rules keep the state of those
@@ -538,7 +579,8 @@ struct SqlContext {
 async fn run_sql_rules(
     mut rules: Vec<rules::Rule>,
     mut updates: mpsc::Receiver<Vec<rules::Rule>>,
-    ctx: SqlContext,
+    query: QueryEngine,
+    publisher: AlertPublisher,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -564,19 +606,10 @@ async fn run_sql_rules(
                 let mut alerts = Vec::new();
                 for rule in &mut rules {
                     if let rules::RuleKind::Sql(sql) = &mut rule.kind {
-                        alerts.extend(sql.run(&rule.meta, &ctx.query, now).await);
+                        alerts.extend(sql.run(&rule.meta, &query, now).await);
                     }
                 }
-                if alerts.is_empty() {
-                    continue;
-                }
-                ctx.window.alerts.append(tables::alerts_batch(&alerts), now);
-                for a in &alerts {
-                    ctx.telemetry.alerts.get_or_create(&RuleLabel { rule: a.rule_id.clone() }).inc();
-                    let _ = ctx.alerts.send(a.clone());
-                }
-                let batch = Batch { alerts, ..Batch::default() };
-                if ctx.dispatcher.dispatch(batch, Positions::default()).await.is_err() {
+                if publisher.publish(alerts).await.is_err() {
                     return;
                 }
             }

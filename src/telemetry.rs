@@ -66,6 +66,8 @@ pub struct Telemetry {
     pub otlp_partial_rejections: Counter,
     /// Events sent to HEC again because their acknowledgement never came (possible duplicates).
     pub hec_resent_events: Counter,
+    /// 1 while HEC refuses the token or configuration (data held, consumer paused), else 0.
+    pub hec_refused: Gauge,
     /// Batches whose offsets were stored for commit.
     pub batches_committed: Counter,
     /// Microseconds spent evaluating rules.
@@ -100,6 +102,7 @@ impl Telemetry {
             sink_retries: Family::default(),
             batches_committed: Counter::default(),
             hec_resent_events: Counter::default(),
+            hec_refused: Gauge::default(),
             otlp_partial_rejections: Counter::default(),
             rule_eval_micros: Counter::default(),
             rule_series_shed: Gauge::default(),
@@ -149,6 +152,11 @@ impl Telemetry {
             "hec_resent_events",
             "Events sent to HEC again after an acknowledgement timeout (possible duplicates)",
             t.hec_resent_events.clone(),
+        );
+        registry.register(
+            "hec_refused",
+            "1 while Splunk HEC refuses the token or configuration (data held, consumption paused)",
+            t.hec_refused.clone(),
         );
         registry.register(
             "otlp_partial_rejections",

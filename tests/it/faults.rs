@@ -142,6 +142,19 @@ async fn hec_bad_token_holds_everything_until_fixed() {
         None,
         "nothing committed while HEC refuses"
     );
+    // Loudly: an alert reaches the other sinks and the alerts table, and /metrics says so.
+    let out = dir.path().join("o.jsonl");
+    eventually(Duration::from_secs(10), "the refused-token alert in the file sink", || {
+        std::fs::read_to_string(&out).is_ok_and(|t| t.contains("\"rule_id\":\"auditflow-hec-refused\""))
+    })
+    .await;
+    assert_eq!(running.telemetry.hec_refused.get(), 1);
+    let (_, rows) = running
+        .query
+        .query("SELECT status FROM alerts WHERE rule_id = 'auditflow-hec-refused'")
+        .await
+        .unwrap();
+    assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
     hec.state.lock().unwrap().token = TOKEN.into();
     // The sink backs off up to 30 s between tries while the token is refused.
     eventually(
@@ -150,6 +163,18 @@ async fn hec_bad_token_holds_everything_until_fixed() {
         || hec.audit_ids().len() == 30,
     )
     .await;
+    // Splunk itself learns of the outage, firing then resolved, once it accepts again.
+    eventually(Duration::from_secs(20), "the refused alert, firing and resolved, at HEC", || {
+        let statuses: HashSet<String> = hec
+            .of_sourcetype("auditflow:alert")
+            .iter()
+            .filter(|e| e["event"]["rule_id"] == "auditflow-hec-refused")
+            .filter_map(|e| e["event"]["status"].as_str().map(str::to_owned))
+            .collect();
+        statuses.contains("firing") && statuses.contains("resolved")
+    })
+    .await;
+    assert_eq!(running.telemetry.hec_refused.get(), 0);
     stop(running, shutdown, &s.bootstrap, group, 30).await;
     drop(s.cluster);
 }

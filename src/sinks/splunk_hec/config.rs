@@ -62,6 +62,21 @@ pub struct HecSinkConfig {
     /// How often pending acknowledgements are polled. Default `500ms`.
     #[serde(default = "default_ack_poll")]
     pub ack_poll_interval: String,
+    /// Connections sending in parallel; each has its own HTTP client and its own channel GUID
+    /// per endpoint. Default 2.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Batches one connection may have sent and still await acknowledgement for, before it
+    /// stops taking more (bounds memory while the indexer is slow). Default 8.
+    #[serde(default = "default_max_pending_acks")]
+    pub max_pending_acks: usize,
+}
+
+fn default_concurrency() -> usize {
+    2
+}
+fn default_max_pending_acks() -> usize {
+    8
 }
 
 fn default_ack_timeout() -> String {
@@ -112,6 +127,12 @@ impl HecSinkConfig {
         }
         if self.batch_max_bytes < 1024 {
             return Err(invalid("batch_max_bytes", "must be at least 1024".into()));
+        }
+        if !(1..=64).contains(&self.concurrency) {
+            return Err(invalid("concurrency", "must be between 1 and 64".into()));
+        }
+        if self.max_pending_acks == 0 {
+            return Err(invalid("max_pending_acks", "must be at least 1".into()));
         }
         if self.batch_max_events == 0 {
             return Err(invalid("batch_max_events", "must be at least 1".into()));

@@ -1,14 +1,27 @@
-//! The HEC sink task: batch, encode, compress, send, retry, isolate rejected events.
+//! The HEC sink: batch, encode, compress, send over several connections, retry, isolate
+//! rejected events, and (with indexer acknowledgement) hold each batch until HEC says it is
+//! indexed.
+//!
+//! One task groups incoming batches into request bodies; `concurrency` connection tasks take
+//! groups from a bounded queue. Each connection has its own HTTP client (so its own TCP/TLS
+//! connection) and its own channel GUID per endpoint, as HEC's acknowledgement protocol expects:
+//! ackIds are per channel, and a channel is polled on the endpoint that took the batch. A
+//! connection keeps sending while up to `max_pending_acks` groups wait for acknowledgement, so
+//! acknowledgement costs latency, not throughput.
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde::Deserialize;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio::time::{Instant, MissedTickBehavior};
 
 use super::config::HecSinkConfig;
 use super::encoder::{Body, Encoder, gzip};
+use crate::event::{Alert, AlertStatus, now_us};
 use crate::sinks::{SinkError, SinkItem, backoff};
 use crate::source::dead_letter::DeadLetters;
 use crate::telemetry::{SinkLabel, Telemetry};
@@ -17,6 +30,8 @@ use crate::telemetry::{SinkLabel, Telemetry};
 const EVENT_REJECTED: [u64; 5] = [6, 7, 12, 13, 15];
 /// HEC status codes that blame the token or the endpoint's configuration: hold and alert.
 const CONFIG_REJECTED: [u64; 6] = [1, 2, 3, 4, 14, 16];
+/// Rule id of the alert raised while HEC refuses the token or configuration.
+pub const REFUSED_RULE_ID: &str = "auditflow-hec-refused";
 
 #[derive(Deserialize, Default)]
 struct HecResponse {
@@ -54,66 +69,125 @@ struct AwaitingAck {
     sent: Instant,
 }
 
-pub struct HecSink {
-    config: HecSinkConfig,
-    client: reqwest::Client,
-    /// One channel GUID per endpoint: acknowledgements are polled where the batch went.
-    channels: Vec<String>,
-    endpoint: usize,
+/// Sink items sent together, and the request bodies they were encoded into.
+struct Group {
+    items: Vec<SinkItem>,
+    bodies: Vec<Body>,
+    num_events: usize,
+}
+
+/// A group whose bodies were accepted, some of them not yet acknowledged.
+struct PendingGroup {
+    items: Vec<SinkItem>,
+    num_events: usize,
+    awaiting: Vec<AwaitingAck>,
+}
+
+/// Which endpoint is in use and which are known unhealthy; shared by the connections.
+struct Endpoints {
+    current: usize,
     /// Per endpoint: when it failed (unhealthy until `/services/collector/health` says 200).
     unhealthy: Vec<Option<Instant>>,
+}
+
+/// What the connections share.
+struct Shared {
+    config: HecSinkConfig,
+    endpoints: Mutex<Endpoints>,
+    /// For health probes.
+    probe: reqwest::Client,
     dead_letters: DeadLetters,
     telemetry: Telemetry,
     label: SinkLabel,
+    /// Where the refused-token alert goes (the pipeline publishes it to every sink).
+    system_alerts: Option<mpsc::Sender<Alert>>,
+    /// Since when (µs) the refused-token alert is firing; 0 when it is not.
+    refused_since_us: AtomicI64,
+}
+
+pub struct HecSink {
+    shared: Arc<Shared>,
+}
+
+fn http_client(config: &HecSinkConfig) -> Result<reqwest::Client, SinkError> {
+    let build_error = |message: String| SinkError::Rejected {
+        sink: "splunk_hec",
+        message,
+    };
+    let mut builder = reqwest::Client::builder()
+        .timeout(config.timeout())
+        .connect_timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(1)
+        .danger_accept_invalid_certs(!config.tls_verify);
+    if let Some(ca) = &config.ca_file {
+        let pem = std::fs::read(ca).map_err(|e| build_error(format!("reading ca_file {}: {e}", ca.display())))?;
+        let cert =
+            reqwest::Certificate::from_pem(&pem).map_err(|e| build_error(format!("ca_file {}: {e}", ca.display())))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder
+        .build()
+        .map_err(|e| build_error(format!("building the HTTP client: {e}")))
 }
 
 impl HecSink {
     pub fn new(config: HecSinkConfig, dead_letters: DeadLetters, telemetry: Telemetry) -> Result<HecSink, SinkError> {
-        let build_error = |message: String| SinkError::Rejected {
-            sink: "splunk_hec",
-            message,
-        };
-        let mut builder = reqwest::Client::builder()
-            .timeout(config.timeout())
-            .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .danger_accept_invalid_certs(!config.tls_verify);
-        if let Some(ca) = &config.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| build_error(format!("reading ca_file {}: {e}", ca.display())))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| build_error(format!("ca_file {}: {e}", ca.display())))?;
-            builder = builder.add_root_certificate(cert);
-        }
-        let client = builder
-            .build()
-            .map_err(|e| build_error(format!("building the HTTP client: {e}")))?;
+        let probe = http_client(&config)?;
         let num_endpoints = config.endpoints.len();
-        let channels = config
-            .endpoints
-            .iter()
-            .map(|_| uuid::Uuid::new_v4().to_string())
-            .collect();
         Ok(HecSink {
-            config,
-            client,
-            channels,
-            endpoint: 0,
-            unhealthy: vec![None; num_endpoints],
-            dead_letters,
-            telemetry,
-            label: SinkLabel { sink: "splunk_hec" },
+            shared: Arc::new(Shared {
+                config,
+                endpoints: Mutex::new(Endpoints {
+                    current: 0,
+                    unhealthy: vec![None; num_endpoints],
+                }),
+                probe,
+                dead_letters,
+                telemetry,
+                label: SinkLabel { sink: "splunk_hec" },
+                system_alerts: None,
+                refused_since_us: AtomicI64::new(0),
+            }),
         })
     }
 
-    /// Runs until the channel closes, delivering everything received.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<SinkItem>) {
-        let linger = self.config.linger();
+    /// Raises an alert on `tx` while HEC refuses the token or configuration, and resolves it
+    /// when HEC accepts again.
+    pub fn with_system_alerts(self, tx: mpsc::Sender<Alert>) -> HecSink {
+        let mut shared = Arc::into_inner(self.shared).expect("not yet shared");
+        shared.system_alerts = Some(tx);
+        HecSink {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// Runs until the channel closes, delivering (and with acknowledgements on, awaiting the
+    /// acknowledgement of) everything received.
+    pub async fn run(self, mut rx: mpsc::Receiver<SinkItem>) {
+        let config = &self.shared.config;
+        let (groups_tx, groups_rx) = mpsc::channel::<Group>(config.concurrency);
+        let groups_rx = Arc::new(tokio::sync::Mutex::new(groups_rx));
+        let mut connections = Vec::new();
+        for index in 0..config.concurrency {
+            let connection = match Connection::new(index, self.shared.clone()) {
+                Ok(c) => c,
+                Err(e) => {
+                    // The probe client was built from the same settings, so this cannot happen
+                    // in practice; without connections, nothing can be delivered or acked.
+                    tracing::error!(error = %e, "HEC connection could not be set up; the sink stops");
+                    return;
+                }
+            };
+            connections.push(tokio::spawn(connection.run(groups_rx.clone())));
+        }
+        let linger = config.linger();
         while let Some(first) = rx.recv().await {
             let mut items = vec![first];
             let mut num_events = items[0].batch.len();
             let mut num_bytes: usize = estimate(&items[0]);
             let deadline = Instant::now() + linger;
-            while num_events < self.config.batch_max_events && num_bytes < self.config.batch_max_bytes {
+            while num_events < config.batch_max_events && num_bytes < config.batch_max_bytes {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(item)) => {
                         num_events += item.batch.len();
@@ -123,7 +197,7 @@ impl HecSink {
                     Ok(None) | Err(_) => break,
                 }
             }
-            let mut encoder = Encoder::new(&self.config);
+            let mut encoder = Encoder::new(config);
             for item in &items {
                 for row in &item.batch.audit {
                     encoder.audit(row);
@@ -135,53 +209,134 @@ impl HecSink {
                     encoder.alert(a);
                 }
             }
-            let bodies = std::mem::take(&mut encoder.bodies);
-            let mut awaiting = Vec::new();
-            for body in bodies {
-                self.deliver(body, &mut awaiting).await;
+            let group = Group {
+                items,
+                bodies: std::mem::take(&mut encoder.bodies),
+                num_events,
+            };
+            if groups_tx.send(group).await.is_err() {
+                tracing::error!("every HEC connection stopped; the sink stops");
+                return;
             }
-            self.await_acks(awaiting).await;
-            self.telemetry
-                .sink_events
-                .get_or_create(&self.label)
-                .inc_by(num_events as u64);
-            for item in items {
-                item.ack.accept();
+        }
+        drop(groups_tx);
+        futures::future::join_all(connections).await;
+    }
+}
+
+/// One sending connection: its own HTTP client and channel GUIDs.
+struct Connection {
+    index: usize,
+    client: reqwest::Client,
+    /// A channel GUID per endpoint.
+    channels: Vec<String>,
+    shared: Arc<Shared>,
+}
+
+impl Connection {
+    fn new(index: usize, shared: Arc<Shared>) -> Result<Connection, SinkError> {
+        Ok(Connection {
+            index,
+            client: http_client(&shared.config)?,
+            channels: shared
+                .config
+                .endpoints
+                .iter()
+                .map(|_| uuid::Uuid::new_v4().to_string())
+                .collect(),
+            shared,
+        })
+    }
+
+    async fn run(self, groups: Arc<tokio::sync::Mutex<mpsc::Receiver<Group>>>) {
+        let config = &self.shared.config;
+        let mut pending: Vec<PendingGroup> = Vec::new();
+        let mut poll = tokio::time::interval(config.ack_poll_interval());
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut closed = false;
+        loop {
+            if closed && pending.is_empty() {
+                return;
+            }
+            let can_take = !closed && pending.len() < config.max_pending_acks;
+            tokio::select! {
+                group = async { groups.lock().await.recv().await }, if can_take => match group {
+                    None => closed = true,
+                    Some(group) => {
+                        let mut awaiting = Vec::new();
+                        for body in group.bodies {
+                            self.deliver(body, &mut awaiting).await;
+                        }
+                        let group = PendingGroup { items: group.items, num_events: group.num_events, awaiting };
+                        if group.awaiting.is_empty() {
+                            self.finish(group);
+                        } else {
+                            pending.push(group);
+                        }
+                    }
+                },
+                _ = poll.tick(), if !pending.is_empty() => {
+                    self.poll_pending(&mut pending).await;
+                    let (done, waiting): (Vec<_>, Vec<_>) = pending.into_iter().partition(|g| g.awaiting.is_empty());
+                    pending = waiting;
+                    for group in done {
+                        self.finish(group);
+                    }
+                }
             }
         }
     }
 
-    /// Waits until HEC acknowledges every body; a body whose acknowledgement does not come
-    /// within `ack_timeout` is sent again (the receiver may then index it twice: at least once).
-    async fn await_acks(&mut self, mut awaiting: Vec<AwaitingAck>) {
-        let poll = self.config.ack_poll_interval();
-        let timeout = self.config.ack_timeout();
-        while !awaiting.is_empty() {
-            tokio::time::sleep(poll).await;
-            for endpoint in 0..self.config.endpoints.len() {
-                let ids: Vec<u64> = awaiting
-                    .iter()
-                    .filter(|a| a.endpoint == endpoint)
-                    .map(|a| a.ack_id)
-                    .collect();
-                if ids.is_empty() {
-                    continue;
-                }
-                let acked = self.poll_acks(endpoint, &ids).await;
-                awaiting.retain(|a| a.endpoint != endpoint || !acked.contains(&a.ack_id));
+    fn finish(&self, group: PendingGroup) {
+        self.shared
+            .telemetry
+            .sink_events
+            .get_or_create(&self.shared.label)
+            .inc_by(group.num_events as u64);
+        for item in group.items {
+            item.ack.accept();
+        }
+    }
+
+    /// Polls every endpoint once for the ackIds it holds (one request per endpoint), and sends
+    /// again the bodies whose acknowledgement did not come within `ack_timeout` (the receiver
+    /// may then index them twice: at least once).
+    async fn poll_pending(&self, pending: &mut [PendingGroup]) {
+        let timeout = self.shared.config.ack_timeout();
+        for endpoint in 0..self.shared.config.endpoints.len() {
+            let ids: Vec<u64> = pending
+                .iter()
+                .flat_map(|g| g.awaiting.iter())
+                .filter(|a| a.endpoint == endpoint)
+                .map(|a| a.ack_id)
+                .collect();
+            if ids.is_empty() {
+                continue;
             }
+            let acked = self.poll_acks(endpoint, &ids).await;
+            for group in pending.iter_mut() {
+                group
+                    .awaiting
+                    .retain(|a| a.endpoint != endpoint || !acked.contains(&a.ack_id));
+            }
+        }
+        for group in pending.iter_mut() {
             let (expired, waiting): (Vec<AwaitingAck>, Vec<AwaitingAck>) =
-                awaiting.into_iter().partition(|a| a.sent.elapsed() >= timeout);
-            awaiting = waiting;
+                std::mem::take(&mut group.awaiting)
+                    .into_iter()
+                    .partition(|a| a.sent.elapsed() >= timeout);
+            group.awaiting = waiting;
             for a in expired {
                 tracing::warn!(
                     ack_id = a.ack_id,
                     events = a.body.num_events(),
+                    connection = self.index,
                     "HEC never acknowledged a batch; sending it again"
                 );
-                self.telemetry.sink_retries.get_or_create(&self.label).inc();
-                self.telemetry.hec_resent_events.inc_by(a.body.num_events() as u64);
-                self.deliver(a.body, &mut awaiting).await;
+                let telemetry = &self.shared.telemetry;
+                telemetry.sink_retries.get_or_create(&self.shared.label).inc();
+                telemetry.hec_resent_events.inc_by(a.body.num_events() as u64);
+                self.deliver(a.body, &mut group.awaiting).await;
             }
         }
     }
@@ -189,46 +344,51 @@ impl HecSink {
     /// The endpoint to send to: the current one if healthy, else the next healthy one; an
     /// unhealthy endpoint is probed on `/services/collector/health` at most every 5 s and comes
     /// back when it answers 200. With none healthy, the current one is tried (with backoff).
-    async fn pick_endpoint(&mut self) -> usize {
-        let n = self.config.endpoints.len();
+    async fn pick_endpoint(&self) -> usize {
+        let n = self.shared.config.endpoints.len();
+        let start = self.shared.endpoints.lock().expect("endpoint state").current;
         for step in 0..n {
-            let i = (self.endpoint + step) % n;
-            match self.unhealthy[i] {
+            let i = (start + step) % n;
+            let since = self.shared.endpoints.lock().expect("endpoint state").unhealthy[i];
+            match since {
                 None => {
-                    self.endpoint = i;
+                    self.shared.endpoints.lock().expect("endpoint state").current = i;
                     return i;
                 }
                 Some(since) if since.elapsed() >= Duration::from_secs(5) => {
-                    if self.healthy(i).await {
-                        tracing::info!(endpoint = %self.config.endpoints[i], "HEC endpoint healthy again");
-                        self.unhealthy[i] = None;
-                        self.endpoint = i;
+                    let healthy = self.healthy(i).await;
+                    let mut state = self.shared.endpoints.lock().expect("endpoint state");
+                    if healthy {
+                        tracing::info!(endpoint = %self.shared.config.endpoints[i], "HEC endpoint healthy again");
+                        state.unhealthy[i] = None;
+                        state.current = i;
                         return i;
                     }
-                    self.unhealthy[i] = Some(Instant::now());
+                    state.unhealthy[i] = Some(Instant::now());
                 }
                 Some(_) => {}
             }
         }
-        self.endpoint % n
+        start % n
     }
 
     async fn healthy(&self, endpoint: usize) -> bool {
         let url = format!(
             "{}/services/collector/health",
-            self.config.endpoints[endpoint].trim_end_matches('/')
+            self.shared.config.endpoints[endpoint].trim_end_matches('/')
         );
-        matches!(self.client.get(&url).send().await, Ok(r) if r.status().is_success())
+        matches!(self.shared.probe.get(&url).send().await, Ok(r) if r.status().is_success())
     }
 
     /// Asks `endpoint` which of `ids` are indexed; failures just mean "not yet".
-    async fn poll_acks(&self, endpoint: usize, ids: &[u64]) -> std::collections::HashSet<u64> {
-        let base = &self.config.endpoints[endpoint];
+    async fn poll_acks(&self, endpoint: usize, ids: &[u64]) -> HashSet<u64> {
+        let config = &self.shared.config;
+        let base = &config.endpoints[endpoint];
         let url = format!("{}/services/collector/ack", base.trim_end_matches('/'));
         let response = self
             .client
             .post(&url)
-            .header("Authorization", format!("Splunk {}", self.config.token.expose()))
+            .header("Authorization", format!("Splunk {}", config.token.expose()))
             .header("X-Splunk-Request-Channel", &self.channels[endpoint])
             .json(&serde_json::json!({ "acks": ids }))
             .send()
@@ -256,7 +416,8 @@ impl HecSink {
 
     /// Delivers a body; events rejected for their content are isolated and dead-lettered.
     /// With acknowledgements on, accepted bodies join `awaiting`.
-    async fn deliver(&mut self, body: Body, awaiting: &mut Vec<AwaitingAck>) {
+    async fn deliver(&self, body: Body, awaiting: &mut Vec<AwaitingAck>) {
+        let acknowledgements = self.shared.config.acknowledgements;
         let mut stack = vec![body];
         while let Some(body) = stack.pop() {
             if body.num_events() == 0 {
@@ -266,7 +427,7 @@ impl HecSink {
                 Outcome::Delivered {
                     endpoint,
                     ack_id: Some(ack_id),
-                } if self.config.acknowledgements => {
+                } if acknowledgements => {
                     awaiting.push(AwaitingAck {
                         body,
                         endpoint,
@@ -275,7 +436,7 @@ impl HecSink {
                     });
                 }
                 Outcome::Delivered { ack_id, .. } => {
-                    if self.config.acknowledgements && ack_id.is_none() {
+                    if acknowledgements && ack_id.is_none() {
                         tracing::warn!(
                             "acknowledgements are on but HEC returned no ackId (is indexer acknowledgement enabled on the token?); counting the batch as delivered"
                         );
@@ -284,7 +445,8 @@ impl HecSink {
                 Outcome::EventRejected { code, text } if body.num_events() == 1 => {
                     let message = format!("HEC code {code}: {text}");
                     tracing::warn!(code, text = %text, "HEC rejected an event; sending it to the dead-letter topic");
-                    self.dead_letters
+                    self.shared
+                        .dead_letters
                         .send_until_done(body.event(0), "HecRejected", &message, None)
                         .await;
                 }
@@ -298,8 +460,9 @@ impl HecSink {
     }
 
     /// Sends one body until HEC accepts it or rejects an event in it.
-    async fn send(&mut self, body: &Body) -> Outcome {
-        let payload = if self.config.compression {
+    async fn send(&self, body: &Body) -> Outcome {
+        let config = &self.shared.config;
+        let payload = if config.compression {
             let raw = body.bytes.clone();
             tokio::task::spawn_blocking(move || gzip(&raw))
                 .await
@@ -307,18 +470,19 @@ impl HecSink {
         } else {
             body.bytes.clone()
         };
+        let payload = bytes::Bytes::from(payload);
         let mut attempt: u32 = 0;
         loop {
             let endpoint = self.pick_endpoint().await;
-            let base = &self.config.endpoints[endpoint];
+            let base = &config.endpoints[endpoint];
             let url = format!("{}/services/collector/event", base.trim_end_matches('/'));
             let mut request = self
                 .client
                 .post(&url)
-                .header("Authorization", format!("Splunk {}", self.config.token.expose()))
+                .header("Authorization", format!("Splunk {}", config.token.expose()))
                 .header("X-Splunk-Request-Channel", &self.channels[endpoint])
                 .header("Content-Type", "application/json");
-            if self.config.compression {
+            if config.compression {
                 request = request.header("Content-Encoding", "gzip");
             }
             let (retry_cap, failover) = match request.body(payload.clone()).send().await {
@@ -332,6 +496,7 @@ impl HecSink {
                     let parsed: HecResponse = serde_json::from_slice(&body).unwrap_or_default();
                     let code = parsed.code.unwrap_or(u64::MAX);
                     if status == StatusCode::OK {
+                        self.refused_resolved(endpoint);
                         return Outcome::Delivered {
                             endpoint,
                             ack_id: parsed.ack_id,
@@ -347,11 +512,13 @@ impl HecSink {
                         || CONFIG_REJECTED.contains(&code)
                     {
                         // Nothing is lost: the batch is held, the consumer backs up behind the
-                        // bounded channel, and delivery resumes once the token is fixed.
+                        // bounded channel (and pauses), and delivery resumes once the token is
+                        // fixed.
                         tracing::error!(
                             endpoint = %base, status = status.as_u16(), code, text = %parsed.text,
                             "HEC refused the token or configuration; holding data and retrying"
                         );
+                        self.refused_firing(endpoint, status.as_u16(), code, &parsed.text);
                         (Duration::from_secs(30), false)
                     } else {
                         tracing::warn!(endpoint = %base, status = status.as_u16(), code, text = %parsed.text, attempt, "HEC busy or failing; retrying");
@@ -359,14 +526,85 @@ impl HecSink {
                     }
                 }
             };
-            self.telemetry.sink_retries.get_or_create(&self.label).inc();
-            if failover && self.config.endpoints.len() > 1 {
-                self.unhealthy[endpoint] = Some(Instant::now());
-                self.endpoint = self.endpoint.wrapping_add(1);
+            self.shared.telemetry.sink_retries.get_or_create(&self.shared.label).inc();
+            if failover && config.endpoints.len() > 1 {
+                let mut state = self.shared.endpoints.lock().expect("endpoint state");
+                state.unhealthy[endpoint] = Some(Instant::now());
+                state.current = state.current.wrapping_add(1);
             }
             tokio::time::sleep(backoff(attempt, retry_cap)).await;
             attempt = attempt.saturating_add(1);
         }
+    }
+
+    /// Raises the refused-token alert once per outage.
+    fn refused_firing(&self, endpoint: usize, status: u16, code: u64, text: &str) {
+        let now = now_us();
+        if self.shared.refused_since_us.compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+            return;
+        }
+        self.shared.telemetry.hec_refused.set(1);
+        let code = if code == u64::MAX {
+            "none".to_owned()
+        } else {
+            code.to_string()
+        };
+        let summary = format!(
+            "Splunk HEC {} refused the token or configuration (HTTP {status}, code {code}: {text}); auditflow holds the data and has paused consumption",
+            self.shared.config.endpoints[endpoint]
+        );
+        self.publish(refused_alert(&self.shared.config.endpoints[endpoint], now, None, summary));
+    }
+
+    fn refused_resolved(&self, endpoint: usize) {
+        let since = self.shared.refused_since_us.swap(0, Ordering::SeqCst);
+        if since == 0 {
+            return;
+        }
+        self.shared.telemetry.hec_refused.set(0);
+        let summary = format!(
+            "Splunk HEC {} accepts data again; held data is being delivered",
+            self.shared.config.endpoints[endpoint]
+        );
+        self.publish(refused_alert(&self.shared.config.endpoints[endpoint], since, Some(now_us()), summary));
+    }
+
+    fn publish(&self, alert: Alert) {
+        if let Some(tx) = &self.shared.system_alerts
+            && tx.try_send(alert).is_err()
+        {
+            tracing::warn!("the HEC refused-token alert could not be queued");
+        }
+    }
+}
+
+/// The alert raised while HEC refuses the token: one incident for the sink, whichever endpoint.
+fn refused_alert(endpoint: &str, started_at_us: i64, resolved_at_us: Option<i64>, summary: String) -> Alert {
+    Alert {
+        id: crate::rules::alert::alert_id(REFUSED_RULE_ID, &["splunk_hec".to_owned()]),
+        rule_id: REFUSED_RULE_ID.to_owned(),
+        severity: "critical".into(),
+        status: if resolved_at_us.is_some() {
+            AlertStatus::Resolved
+        } else {
+            AlertStatus::Firing
+        },
+        started_at_us,
+        resolved_at_us,
+        time_us: resolved_at_us.unwrap_or(started_at_us),
+        labels: [
+            ("sink".to_owned(), "splunk_hec".to_owned()),
+            ("endpoint".to_owned(), endpoint.to_owned()),
+        ]
+        .into(),
+        value: 1.0,
+        threshold: None,
+        summary,
+        description: Some(
+            "HEC answered 401/403 or a token/configuration code (1-4, 14, 16). Nothing is lost: events are held, offsets are not committed, and delivery resumes by itself once the token or HEC configuration is fixed.".into(),
+        ),
+        runbook: Some("Check the HEC token in [sinks.splunk_hec] token (and that it is enabled in Splunk), then watch auditflow_hec_refused drop to 0.".into()),
+        evidence: Vec::new(),
     }
 }
 

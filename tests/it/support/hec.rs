@@ -30,7 +30,8 @@ pub struct HecState {
     pub channels: HashSet<String>,
     /// Indexer acknowledgement: answer each accepted request with an `ackId`.
     pub acks_enabled: bool,
-    pub next_ack_id: u64,
+    /// Next ackId per channel: as in Splunk, ackIds count per channel from 0.
+    pub next_ack_id: std::collections::HashMap<String, u64>,
     /// (channel, ackId) -> ack polls seen so far.
     pub pending_acks: std::collections::HashMap<(String, u64), usize>,
     /// An ackId is acknowledged only after this many polls asked for it (late acks).
@@ -217,9 +218,11 @@ async fn event(State(state): State<Arc<Mutex<HecState>>>, headers: HeaderMap, bo
     }
     s.events.extend(events);
     if s.acks_enabled {
-        let id = s.next_ack_id;
-        s.next_ack_id += 1;
-        s.pending_acks.insert((channel.unwrap_or_default(), id), 0);
+        let channel = channel.unwrap_or_default();
+        let next = s.next_ack_id.entry(channel.clone()).or_insert(0);
+        let id = *next;
+        *next += 1;
+        s.pending_acks.insert((channel, id), 0);
         return (
             StatusCode::OK,
             [("content-type", "application/json")],
