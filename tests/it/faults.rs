@@ -448,6 +448,55 @@ async fn broker_errors_are_survived() {
     drop(s.cluster);
 }
 
+/// The only broker goes down mid-stream (connections cut, new ones refused) while more events are
+/// produced, and comes back: the consumer reconnects, resumes from its position, and nothing is
+/// lost or committed twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_then_up_loses_nothing() {
+    let s = setup(40).await;
+    let hec = HecReceiver::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let group = "Tech00-faults-broker-down";
+    let (running, shutdown) = start(&default_text(&s.bootstrap, group, &hec, &dir)).await;
+    eventually(Duration::from_secs(30), "the first 40 at HEC", || {
+        hec.audit_ids().len() == 40
+    })
+    .await;
+    s.cluster.broker_down(1).unwrap();
+    // Produced while the broker is down: the producer holds them until it is back.
+    let p = producer(&s.bootstrap);
+    let mut ids = s.ids.clone();
+    let mut second = Vec::new();
+    for i in 0..40 {
+        let (id, bytes) = audit_event(
+            "io.confluent.kafka.server/authorization",
+            "User:sa-r8v2kq",
+            "KQ4ZT7WJ3NFXD2LB",
+            json!({"methodName": "kafka.Produce", "authorizationInfo": {"granted": true, "operation": "Write", "resourceType": "Topic", "resourceName": format!("Tech01-payments-{i}")}}),
+        );
+        ids.push(id);
+        second.push(bytes);
+    }
+    let produced = tokio::spawn(async move {
+        for bytes in second {
+            produce(&p, AUDIT, None, &bytes, &[]).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(hec.audit_ids().len(), 40, "nothing new can arrive while the broker is down");
+    s.cluster.broker_up(1).unwrap();
+    produced.await.unwrap();
+    eventually(Duration::from_secs(60), "every id at HEC after the broker is back", || {
+        hec.audit_ids().len() == 80
+    })
+    .await;
+    let delivered = hec.audit_ids();
+    assert!(ids.iter().all(|id| delivered.contains(id)));
+    assert_eq!(hec.of_sourcetype("confluent:audit").len(), 80, "no duplicates");
+    stop(running, shutdown, &s.bootstrap, group, 80).await;
+    drop(s.cluster);
+}
+
 /// Two HEC endpoints, the first failing: batches fail over to the healthy one and stay there;
 /// the failing one is used again once its health endpoint answers and it accepts data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
