@@ -1,18 +1,21 @@
-//! OTLP sink (gRPC): audit events and alerts as log records, metric samples as gauges and sums
-//! with the cluster id as a resource attribute.
+//! OTLP sink (gRPC, or HTTP/protobuf): audit events and alerts as log records, metric samples as
+//! gauges and sums with the cluster id as a resource attribute.
 //!
-//! It speaks the protocol through the generated OTLP clients of `opentelemetry-proto` rather than
-//! the SDK's batch exporters, because at-least-once needs to know when *this* batch was accepted:
-//! a batch is acknowledged only after the collector answered OK. UNAVAILABLE, RESOURCE_EXHAUSTED,
-//! DEADLINE_EXCEEDED, ABORTED and transport errors are retried with backoff; partial successes
-//! are counted and logged.
+//! It speaks the protocol through the generated OTLP messages and clients of
+//! `opentelemetry-proto` rather than the SDK's batch exporters, because at-least-once needs to
+//! know when *this* batch was accepted: a batch is acknowledged only after the collector answered
+//! OK. gRPC UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, ABORTED, HTTP 429 and 5xx, and
+//! transport errors are retried with backoff (honouring `Retry-After`); partial successes are
+//! counted and logged; anything else is a permanent rejection and its events are dead-lettered.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use std::path::PathBuf;
+
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
@@ -23,7 +26,8 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use serde::Deserialize;
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use prost::Message;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::{SinkError, SinkItem, backoff};
 use crate::config::{ConfigError, Secret, duration, expand_env};
@@ -35,14 +39,51 @@ use crate::telemetry::{SinkLabel, Telemetry};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpSinkConfig {
-    /// gRPC endpoint, e.g. `http://127.0.0.1:4317`.
+    /// Collector endpoint: for gRPC the server (`http://127.0.0.1:4317`), for HTTP/protobuf the
+    /// base URL (`http://127.0.0.1:4318`) to which `/v1/logs` and `/v1/metrics` are appended.
+    /// `https://` turns TLS on.
     pub endpoint: String,
-    /// Metadata sent with every request (e.g. an API key); values expand `${VAR}`.
+    /// `grpc` (default) or `http/protobuf`, as `OTEL_EXPORTER_OTLP_PROTOCOL` spells them.
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// Metadata (gRPC) or HTTP headers sent with every request (e.g. an API key); values expand
+    /// `${VAR}` and `${file:PATH}`.
     #[serde(default)]
     pub headers: BTreeMap<String, Secret>,
     /// Per-request timeout. Default `10s`.
     #[serde(default = "default_timeout")]
     pub timeout: String,
+    /// TLS settings for an `https://` endpoint; the system roots are trusted by default.
+    #[serde(default)]
+    pub tls: OtlpTlsConfig,
+}
+
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum OtlpProtocol {
+    #[default]
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+/// `[sinks.otlp.tls]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpTlsConfig {
+    /// CA certificate (PEM) to trust in addition to the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Client private key (PEM, PKCS#8) for mutual TLS.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Server name to verify instead of the endpoint's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 fn default_timeout() -> String {
@@ -66,7 +107,24 @@ impl OtlpSinkConfig {
             *v = Secret::new(expand_env(v.expose()).map_err(|m| invalid(&format!("headers.{k}"), m))?);
         }
         duration(origin, "sinks.otlp.timeout", &self.timeout)?;
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err(invalid(
+                "tls",
+                "cert_file and key_file go together (mutual TLS needs both)".into(),
+            ));
+        }
+        let has_tls = self.tls.ca_file.is_some() || self.tls.cert_file.is_some() || self.tls.server_name.is_some();
+        if has_tls && !self.endpoint.starts_with("https://") {
+            return Err(invalid(
+                "tls",
+                format!("TLS settings need an https:// endpoint, not `{}`", self.endpoint),
+            ));
+        }
         Ok(self)
+    }
+
+    fn timeout(&self) -> Duration {
+        humantime::parse_duration(&self.timeout).unwrap_or(Duration::from_secs(10))
     }
 }
 
@@ -284,23 +342,113 @@ pub fn metrics_request(samples: &[MetricSample]) -> Option<ExportMetricsServiceR
     Some(ExportMetricsServiceRequest { resource_metrics })
 }
 
-fn retriable(status: &tonic::Status) -> bool {
-    use tonic::Code;
-    matches!(
-        status.code(),
-        Code::Unavailable
-            | Code::ResourceExhausted
-            | Code::DeadlineExceeded
-            | Code::Aborted
-            | Code::Cancelled
-            | Code::Unknown
-    )
+/// Why an export failed, and whether trying again can help.
+#[derive(Debug)]
+struct ExportFailure {
+    retriable: bool,
+    message: String,
+    /// The receiver's `Retry-After` (HTTP), if any.
+    retry_after: Option<Duration>,
+}
+
+impl ExportFailure {
+    fn from_status(status: tonic::Status) -> ExportFailure {
+        use tonic::Code;
+        let retriable = matches!(
+            status.code(),
+            Code::Unavailable
+                | Code::ResourceExhausted
+                | Code::DeadlineExceeded
+                | Code::Aborted
+                | Code::Cancelled
+                | Code::Unknown
+        );
+        ExportFailure {
+            retriable,
+            message: format!("gRPC {:?}: {}", status.code(), status.message()),
+            retry_after: None,
+        }
+    }
+}
+
+/// Rejected items reported in a partial-success response, and the receiver's message.
+type Partial = Option<(i64, String)>;
+
+/// How requests reach the collector.
+enum Transport {
+    Grpc {
+        logs: LogsServiceClient<Channel>,
+        metrics: MetricsServiceClient<Channel>,
+    },
+    HttpProtobuf {
+        client: reqwest::Client,
+        logs_url: String,
+        metrics_url: String,
+    },
+}
+
+fn read_file(what: &str, path: &std::path::Path) -> Result<Vec<u8>, SinkError> {
+    std::fs::read(path).map_err(|e| SinkError::Rejected {
+        sink: "otlp",
+        message: format!("reading tls.{what} {}: {e}", path.display()),
+    })
+}
+
+fn grpc_channel(config: &OtlpSinkConfig) -> Result<Channel, SinkError> {
+    let error = |message: String| SinkError::Rejected { sink: "otlp", message };
+    let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
+        .map_err(|e| error(format!("endpoint {}: {e}", config.endpoint)))?
+        .timeout(config.timeout())
+        .connect_timeout(Duration::from_secs(5));
+    if config.endpoint.starts_with("https://") {
+        let tls = &config.tls;
+        let mut tls_config = ClientTlsConfig::new().with_native_roots();
+        if let Some(ca) = &tls.ca_file {
+            tls_config = tls_config.ca_certificate(Certificate::from_pem(read_file("ca_file", ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+            tls_config =
+                tls_config.identity(Identity::from_pem(read_file("cert_file", cert)?, read_file("key_file", key)?));
+        }
+        if let Some(name) = &tls.server_name {
+            tls_config = tls_config.domain_name(name.clone());
+        }
+        endpoint = endpoint
+            .tls_config(tls_config)
+            .map_err(|e| error(format!("TLS settings for {}: {e}", config.endpoint)))?;
+    }
+    Ok(endpoint.connect_lazy())
+}
+
+fn http_client(config: &OtlpSinkConfig) -> Result<reqwest::Client, SinkError> {
+    let error = |message: String| SinkError::Rejected { sink: "otlp", message };
+    let mut builder = reqwest::Client::builder()
+        .timeout(config.timeout())
+        .connect_timeout(Duration::from_secs(5));
+    let tls = &config.tls;
+    if let Some(ca) = &tls.ca_file {
+        let cert = reqwest::Certificate::from_pem(&read_file("ca_file", ca)?)
+            .map_err(|e| error(format!("tls.ca_file {}: {e}", ca.display())))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+        let identity = reqwest::Identity::from_pkcs8_pem(&read_file("cert_file", cert)?, &read_file("key_file", key)?)
+            .map_err(|e| error(format!("tls.cert_file/key_file: {e}")))?;
+        builder = builder.identity(identity);
+    }
+    if tls.server_name.is_some() {
+        return Err(error(
+            "tls.server_name is supported with protocol = \"grpc\" only; use the server's name in endpoint".into(),
+        ));
+    }
+    builder
+        .build()
+        .map_err(|e| error(format!("building the HTTP client: {e}")))
 }
 
 pub struct OtlpSink {
     config: OtlpSinkConfig,
-    logs: LogsServiceClient<Channel>,
-    metrics: MetricsServiceClient<Channel>,
+    transport: Transport,
     dead_letters: DeadLetters,
     telemetry: Telemetry,
     label: SinkLabel,
@@ -308,19 +456,26 @@ pub struct OtlpSink {
 
 impl OtlpSink {
     pub fn new(config: OtlpSinkConfig, dead_letters: DeadLetters, telemetry: Telemetry) -> Result<OtlpSink, SinkError> {
-        let timeout = humantime::parse_duration(&config.timeout).unwrap_or(Duration::from_secs(10));
-        let endpoint = Endpoint::from_shared(config.endpoint.clone())
-            .map_err(|e| SinkError::Rejected {
-                sink: "otlp",
-                message: format!("endpoint {}: {e}", config.endpoint),
-            })?
-            .timeout(timeout)
-            .connect_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect_lazy();
+        let transport = match config.protocol {
+            OtlpProtocol::Grpc => {
+                let channel = grpc_channel(&config)?;
+                Transport::Grpc {
+                    logs: LogsServiceClient::new(channel.clone()),
+                    metrics: MetricsServiceClient::new(channel),
+                }
+            }
+            OtlpProtocol::HttpProtobuf => {
+                let base = config.endpoint.trim_end_matches('/');
+                Transport::HttpProtobuf {
+                    client: http_client(&config)?,
+                    logs_url: format!("{base}/v1/logs"),
+                    metrics_url: format!("{base}/v1/metrics"),
+                }
+            }
+        };
         Ok(OtlpSink {
             config,
-            logs: LogsServiceClient::new(channel.clone()),
-            metrics: MetricsServiceClient::new(channel),
+            transport,
             dead_letters,
             telemetry,
             label: SinkLabel { sink: "otlp" },
@@ -344,10 +499,10 @@ impl OtlpSink {
     pub async fn run(mut self, mut rx: mpsc::Receiver<SinkItem>) {
         while let Some(item) = rx.recv().await {
             if let Some(logs) = logs_request(&item.batch)
-                && let Err(status) = self.export_logs(logs).await
+                && let Err(failure) = self.export(Signal::Logs(logs)).await
             {
                 // Refused for what it is: park the audit events, never drop them.
-                let message = format!("OTLP {:?}: {}", status.code(), status.message());
+                let message = format!("OTLP {}", failure.message);
                 for row in &item.batch.audit {
                     self.dead_letters
                         .send_until_done(&row.raw, "OtlpRejected", &message, None)
@@ -355,9 +510,9 @@ impl OtlpSink {
                 }
             }
             if let Some(metrics) = metrics_request(&item.batch.metrics)
-                && let Err(status) = self.export_metrics(metrics).await
+                && let Err(failure) = self.export(Signal::Metrics(metrics)).await
             {
-                let message = format!("OTLP {:?}: {}", status.code(), status.message());
+                let message = format!("OTLP {}", failure.message);
                 let mut lines = Vec::new();
                 crate::sinks::file::encode(
                     &Batch {
@@ -378,75 +533,145 @@ impl OtlpSink {
         }
     }
 
-    async fn export_logs(&mut self, message: ExportLogsServiceRequest) -> Result<(), tonic::Status> {
-        let mut attempt = 0;
+    /// Exports until the receiver accepts (counting partial rejections) or refuses for good.
+    async fn export(&mut self, signal: Signal) -> Result<(), ExportFailure> {
+        let mut attempt: u32 = 0;
         loop {
-            let request = self.request(message.clone());
-            match self.logs.export(request).await {
-                Ok(response) => {
-                    if let Some(p) = response
-                        .into_inner()
-                        .partial_success
-                        .filter(|p| p.rejected_log_records > 0)
-                    {
-                        tracing::warn!(rejected = p.rejected_log_records, message = %p.error_message, "OTLP receiver rejected some log records");
-                        self.telemetry
-                            .otlp_partial_rejections
-                            .inc_by(p.rejected_log_records.max(0) as u64);
+            match self.send_once(&signal).await {
+                Ok(partial) => {
+                    if let Some((rejected, message)) = partial.filter(|(n, _)| *n > 0) {
+                        tracing::warn!(rejected, message = %message, signal = signal.name(), "OTLP receiver rejected part of a request");
+                        self.telemetry.otlp_partial_rejections.inc_by(rejected.max(0) as u64);
                     }
                     return Ok(());
                 }
-                Err(status) => {
-                    if !self.on_error(&status, attempt).await {
-                        return Err(status);
-                    }
+                Err(failure) if failure.retriable => {
+                    tracing::warn!(message = %failure.message, attempt, signal = signal.name(), "OTLP export failed; retrying");
+                    self.telemetry.sink_retries.get_or_create(&self.label).inc();
+                    let wait = backoff(attempt, Duration::from_secs(10));
+                    let wait = failure.retry_after.map_or(wait, |r| r.min(Duration::from_secs(60)).max(wait));
+                    tokio::time::sleep(wait).await;
+                    attempt = attempt.saturating_add(1);
+                }
+                Err(failure) => {
+                    // The receiver refuses this request for what it is: retrying cannot help.
+                    tracing::error!(message = %failure.message, signal = signal.name(), "OTLP receiver rejected a request permanently");
+                    return Err(failure);
                 }
             }
-            attempt += 1;
         }
     }
 
-    async fn export_metrics(&mut self, message: ExportMetricsServiceRequest) -> Result<(), tonic::Status> {
-        let mut attempt = 0;
-        loop {
-            let request = self.request(message.clone());
-            match self.metrics.export(request).await {
-                Ok(response) => {
-                    if let Some(p) = response
-                        .into_inner()
-                        .partial_success
-                        .filter(|p| p.rejected_data_points > 0)
-                    {
-                        tracing::warn!(rejected = p.rejected_data_points, message = %p.error_message, "OTLP receiver rejected some data points");
-                        self.telemetry
-                            .otlp_partial_rejections
-                            .inc_by(p.rejected_data_points.max(0) as u64);
-                    }
-                    return Ok(());
-                }
-                Err(status) => {
-                    if !self.on_error(&status, attempt).await {
-                        return Err(status);
-                    }
-                }
+    async fn send_once(&mut self, signal: &Signal) -> Result<Partial, ExportFailure> {
+        match (&mut self.transport, signal) {
+            (Transport::Grpc { logs, .. }, Signal::Logs(m)) => {
+                let mut client = logs.clone();
+                let response = client
+                    .export(self.request(m.clone()))
+                    .await
+                    .map_err(ExportFailure::from_status)?;
+                Ok(response
+                    .into_inner()
+                    .partial_success
+                    .map(|p| (p.rejected_log_records, p.error_message)))
             }
-            attempt += 1;
+            (Transport::Grpc { metrics, .. }, Signal::Metrics(m)) => {
+                let mut client = metrics.clone();
+                let response = client
+                    .export(self.request(m.clone()))
+                    .await
+                    .map_err(ExportFailure::from_status)?;
+                Ok(response
+                    .into_inner()
+                    .partial_success
+                    .map(|p| (p.rejected_data_points, p.error_message)))
+            }
+            (Transport::HttpProtobuf { client, logs_url, .. }, Signal::Logs(m)) => {
+                let body = http_post(client, logs_url, &self.config.headers, m.encode_to_vec()).await?;
+                let response = ExportLogsServiceResponse::decode(body.as_ref()).map_err(|e| ExportFailure {
+                    retriable: false,
+                    message: format!("undecodable response from {logs_url}: {e}"),
+                    retry_after: None,
+                })?;
+                Ok(response
+                    .partial_success
+                    .map(|p| (p.rejected_log_records, p.error_message)))
+            }
+            (Transport::HttpProtobuf { client, metrics_url, .. }, Signal::Metrics(m)) => {
+                let body = http_post(client, metrics_url, &self.config.headers, m.encode_to_vec()).await?;
+                let response = ExportMetricsServiceResponse::decode(body.as_ref()).map_err(|e| ExportFailure {
+                    retriable: false,
+                    message: format!("undecodable response from {metrics_url}: {e}"),
+                    retry_after: None,
+                })?;
+                Ok(response
+                    .partial_success
+                    .map(|p| (p.rejected_data_points, p.error_message)))
+            }
         }
     }
+}
 
-    /// Logs and waits after a failed export; false when retrying cannot help.
-    async fn on_error(&self, status: &tonic::Status, attempt: u32) -> bool {
-        if retriable(status) {
-            tracing::warn!(code = ?status.code(), message = %status.message(), attempt, "OTLP export failed; retrying");
-            self.telemetry.sink_retries.get_or_create(&self.label).inc();
-            tokio::time::sleep(backoff(attempt, Duration::from_secs(10))).await;
-            true
-        } else {
-            // The receiver refuses this request for what it is: retrying cannot help.
-            tracing::error!(code = ?status.code(), message = %status.message(), "OTLP receiver rejected a request permanently");
-            false
+/// One OTLP request.
+enum Signal {
+    Logs(ExportLogsServiceRequest),
+    Metrics(ExportMetricsServiceRequest),
+}
+
+impl Signal {
+    fn name(&self) -> &'static str {
+        match self {
+            Signal::Logs(_) => "logs",
+            Signal::Metrics(_) => "metrics",
         }
     }
+}
+
+/// POSTs a protobuf body as OTLP/HTTP specifies; the response body on 200, else why not.
+async fn http_post(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &BTreeMap<String, Secret>,
+    body: Vec<u8>,
+) -> Result<bytes::Bytes, ExportFailure> {
+    let mut request = client
+        .post(url)
+        .header("Content-Type", "application/x-protobuf")
+        .body(body);
+    for (k, v) in headers {
+        request = request.header(k.as_str(), v.expose());
+    }
+    let response = request.send().await.map_err(|e| ExportFailure {
+        retriable: true,
+        message: format!("POST {url}: {e}"),
+        retry_after: None,
+    })?;
+    let status = response.status();
+    if status.is_success() {
+        return response.bytes().await.map_err(|e| ExportFailure {
+            retriable: true,
+            message: format!("reading the response of {url}: {e}"),
+            retry_after: None,
+        });
+    }
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let text = response.text().await.unwrap_or_default();
+    // OTLP/HTTP: 429, 502, 503 and 504 are retryable; other 5xx are treated the same (a failing
+    // collector is not a reason to drop data); other 4xx mean this request will never be taken.
+    Err(ExportFailure {
+        retriable: status.as_u16() == 429 || status.is_server_error(),
+        message: format!(
+            "HTTP {} from {url}: {}",
+            status.as_u16(),
+            text.chars().filter(|c| !c.is_control()).take(200).collect::<String>()
+        ),
+        retry_after,
+    })
 }
 
 #[cfg(test)]

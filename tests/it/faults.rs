@@ -16,16 +16,16 @@ use crate::support::kafka::{committed, produce, producer, read_all};
 use crate::support::otlp::OtlpReceiver;
 use crate::support::{audit_event, eventually};
 
-const AUDIT: &str = "confluent-audit-log-events";
-const TOKEN: &str = "00000000-0000-0000-0000-000000000001";
+pub(crate) const AUDIT: &str = "confluent-audit-log-events";
+pub(crate) const TOKEN: &str = "00000000-0000-0000-0000-000000000001";
 
-struct Setup {
-    cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
-    bootstrap: String,
-    ids: Vec<String>,
+pub(crate) struct Setup {
+    pub cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    pub bootstrap: String,
+    pub ids: Vec<String>,
 }
 
-async fn setup(n: usize) -> Setup {
+pub(crate) async fn setup(n: usize) -> Setup {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic(AUDIT, 2, 1).unwrap();
     cluster.create_topic("confluent-metrics", 1, 1).unwrap();
@@ -51,12 +51,12 @@ async fn setup(n: usize) -> Setup {
 }
 
 /// The end-to-end test config for `group`, sending to `hec` and a file in `dir`.
-fn default_text(bootstrap: &str, group: &str, hec: &HecReceiver, dir: &tempfile::TempDir) -> String {
+pub(crate) fn default_text(bootstrap: &str, group: &str, hec: &HecReceiver, dir: &tempfile::TempDir) -> String {
     config_text(bootstrap, group, &hec.url(), None, &dir.path().join("o.jsonl"))
 }
 
 /// Starts a pipeline from config text.
-async fn start(text: &str) -> (auditflow::pipeline::RunningPipeline, CancellationToken) {
+pub(crate) async fn start(text: &str) -> (auditflow::pipeline::RunningPipeline, CancellationToken) {
     let config = Config::parse(text, "faults.toml").unwrap();
     let shutdown = CancellationToken::new();
     let running = auditflow::pipeline::start(config, shutdown.clone()).await.unwrap();
@@ -64,7 +64,7 @@ async fn start(text: &str) -> (auditflow::pipeline::RunningPipeline, Cancellatio
 }
 
 /// Stops a pipeline cleanly and checks that exactly `expected` audit records were committed.
-async fn stop(
+pub(crate) async fn stop(
     running: auditflow::pipeline::RunningPipeline,
     shutdown: CancellationToken,
     bootstrap: &str,

@@ -1,5 +1,5 @@
 //! One integration-test binary (link once): end to end against librdkafka's mock cluster and a
-//! tansu broker process, a strict Splunk HEC receiver and a real OTLP gRPC receiver.
+//! tansu broker process, a strict Splunk HEC receiver and real OTLP receivers (gRPC, TLS, HTTP).
 
 mod config_examples;
 mod dashboards;
@@ -7,4 +7,5 @@ mod dead_letters;
 mod e2e_mock;
 mod e2e_tansu;
 mod faults;
+mod otlp_transports;
 mod support;

@@ -1,5 +1,6 @@
-//! A real OTLP gRPC receiver (tonic + the generated `opentelemetry-proto` services) that keeps
-//! what it receives.
+//! A real OTLP receiver that keeps what it receives: gRPC (tonic + the generated
+//! `opentelemetry-proto` services, optionally over TLS) or HTTP/protobuf (axum, decoding the same
+//! generated messages, strict about the method, path and content type OTLP/HTTP specifies).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,10 @@ pub struct OtlpReceiver {
     pub received: Arc<Mutex<Received>>,
     /// Report this many log records of each request as rejected (partial success).
     pub reject_logs: Arc<std::sync::atomic::AtomicI64>,
+    /// Value of the `x-api-key` header (HTTP) or metadata (gRPC) of every request.
+    pub api_keys: Arc<Mutex<Vec<String>>>,
+    /// HTTP only: statuses to answer (in order) before accepting again, e.g. 503 then 429.
+    pub http_failures: Arc<Mutex<std::collections::VecDeque<u16>>>,
 }
 
 #[tonic::async_trait]
@@ -33,8 +38,32 @@ impl LogsService for OtlpReceiver {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        self.note_api_key(request.metadata().get("x-api-key").and_then(|v| v.to_str().ok()));
+        Ok(Response::new(self.take_logs(request.into_inner())))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for OtlpReceiver {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        self.note_api_key(request.metadata().get("x-api-key").and_then(|v| v.to_str().ok()));
+        Ok(Response::new(self.take_metrics(request.into_inner())))
+    }
+}
+
+impl OtlpReceiver {
+    fn note_api_key(&self, key: Option<&str>) {
+        if let Some(k) = key {
+            self.api_keys.lock().unwrap().push(k.to_owned());
+        }
+    }
+
+    fn take_logs(&self, request: ExportLogsServiceRequest) -> ExportLogsServiceResponse {
         let mut r = self.received.lock().unwrap();
-        for rl in request.into_inner().resource_logs {
+        for rl in request.resource_logs {
             for sl in rl.scope_logs {
                 r.logs.extend(sl.log_records);
             }
@@ -47,26 +76,14 @@ impl LogsService for OtlpReceiver {
                     error_message: "test receiver rejects some records".into(),
                 },
             );
-        Ok(Response::new(ExportLogsServiceResponse { partial_success }))
+        ExportLogsServiceResponse { partial_success }
     }
-}
 
-#[tonic::async_trait]
-impl MetricsService for OtlpReceiver {
-    async fn export(
-        &self,
-        request: Request<ExportMetricsServiceRequest>,
-    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        self.received
-            .lock()
-            .unwrap()
-            .metrics
-            .extend(request.into_inner().resource_metrics);
-        Ok(Response::new(ExportMetricsServiceResponse { partial_success: None }))
+    fn take_metrics(&self, request: ExportMetricsServiceRequest) -> ExportMetricsServiceResponse {
+        self.received.lock().unwrap().metrics.extend(request.resource_metrics);
+        ExportMetricsServiceResponse { partial_success: None }
     }
-}
 
-impl OtlpReceiver {
     pub async fn start() -> (OtlpReceiver, SocketAddr) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         OtlpReceiver::serve(listener).await
@@ -93,6 +110,40 @@ impl OtlpReceiver {
         (receiver, addr)
     }
 
+    /// Serves gRPC over TLS with the given PEM certificate chain and key.
+    pub async fn start_tls(cert_pem: &[u8], key_pem: &[u8]) -> (OtlpReceiver, SocketAddr) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let receiver = OtlpReceiver::default();
+        let addr = listener.local_addr().unwrap();
+        let service = receiver.clone();
+        let identity = tonic::transport::Identity::from_pem(cert_pem, key_pem);
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .unwrap()
+                .add_service(LogsServiceServer::new(service.clone()))
+                .add_service(MetricsServiceServer::new(service))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
+        (receiver, addr)
+    }
+
+    /// Serves OTLP/HTTP with protobuf bodies: `POST /v1/logs` and `POST /v1/metrics`.
+    pub async fn start_http() -> (OtlpReceiver, SocketAddr) {
+        use axum::routing::post;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let receiver = OtlpReceiver::default();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new()
+            .route("/v1/logs", post(http_logs))
+            .route("/v1/metrics", post(http_metrics))
+            .with_state(receiver.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (receiver, addr)
+    }
+
     /// String attribute `key` of a log record.
     pub fn attr(record: &LogRecord, key: &str) -> Option<String> {
         use opentelemetry_proto::tonic::common::v1::any_value::Value;
@@ -107,5 +158,55 @@ impl OtlpReceiver {
                 Value::DoubleValue(d) => Some(d.to_string()),
                 _ => None,
             })
+    }
+}
+
+/// Checks what OTLP/HTTP requires of a request; `Err` is the response to give instead.
+fn http_precheck(receiver: &OtlpReceiver, headers: &axum::http::HeaderMap) -> Result<(), axum::response::Response> {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    receiver.note_api_key(headers.get("x-api-key").and_then(|v| v.to_str().ok()));
+    if headers.get("content-type").and_then(|v| v.to_str().ok()) != Some("application/x-protobuf") {
+        return Err((StatusCode::UNSUPPORTED_MEDIA_TYPE, "want application/x-protobuf").into_response());
+    }
+    if let Some(status) = receiver.http_failures.lock().unwrap().pop_front() {
+        let status = StatusCode::from_u16(status).unwrap();
+        return Err((status, [("retry-after", "1")], "test receiver failing on purpose").into_response());
+    }
+    Ok(())
+}
+
+fn protobuf_response(message: impl prost::Message) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    ([("content-type", "application/x-protobuf")], message.encode_to_vec()).into_response()
+}
+
+async fn http_logs(
+    axum::extract::State(receiver): axum::extract::State<OtlpReceiver>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if let Err(response) = http_precheck(&receiver, &headers) {
+        return response;
+    }
+    match <ExportLogsServiceRequest as prost::Message>::decode(body) {
+        Ok(request) => protobuf_response(receiver.take_logs(request)),
+        Err(e) => (axum::http::StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
+async fn http_metrics(
+    axum::extract::State(receiver): axum::extract::State<OtlpReceiver>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if let Err(response) = http_precheck(&receiver, &headers) {
+        return response;
+    }
+    match <ExportMetricsServiceRequest as prost::Message>::decode(body) {
+        Ok(request) => protobuf_response(receiver.take_metrics(request)),
+        Err(e) => (axum::http::StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     }
 }
