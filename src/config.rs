@@ -105,6 +105,11 @@ pub struct RawKafka {
     /// Longest wait to fill a batch, e.g. `50ms`. Default `50ms`.
     #[serde(default = "default_batch_linger")]
     pub batch_linger: String,
+    /// Bytes of records read but not yet finalised (delivered or dead-lettered) before the
+    /// consumer pauses: with the prefetch (`queued.max.messages.kbytes`, 16 MiB) this bounds
+    /// memory under sink outages. Default 16777216.
+    #[serde(default = "default_max_inflight_bytes")]
+    pub max_inflight_bytes: usize,
     /// Any librdkafka property, passed through verbatim (values expand `${VAR}`). These win over
     /// the keys above.
     #[serde(default)]
@@ -119,6 +124,9 @@ fn default_batch_max_records() -> usize {
 }
 fn default_batch_linger() -> String {
     "50ms".into()
+}
+fn default_max_inflight_bytes() -> usize {
+    16 << 20
 }
 
 /// `[topics]`.
@@ -332,6 +340,7 @@ pub struct KafkaConfig {
     pub group_id: String,
     pub batch_max_records: usize,
     pub batch_linger: Duration,
+    pub max_inflight_bytes: usize,
     /// Every librdkafka property, secrets included (hence `Secret`): the pipeline hands these to
     /// librdkafka and nowhere else.
     pub client_properties: BTreeMap<String, Secret>,
@@ -429,6 +438,9 @@ impl Config {
         }
         if kafka.group_id.trim().is_empty() {
             return Err(invalid("kafka.group_id", "must not be empty".into()));
+        }
+        if kafka.max_inflight_bytes < 1 << 20 {
+            return Err(invalid("kafka.max_inflight_bytes", "must be at least 1048576".into()));
         }
         if kafka.batch_max_records == 0 {
             return Err(invalid("kafka.batch_max_records", "must be at least 1".into()));
@@ -537,6 +549,7 @@ impl Config {
                 group_id: kafka.group_id.clone(),
                 batch_max_records: kafka.batch_max_records,
                 batch_linger: duration(origin, "kafka.batch_linger", &kafka.batch_linger)?,
+                max_inflight_bytes: kafka.max_inflight_bytes,
                 client_properties: props,
             },
             topics: TopicsConfig {

@@ -262,11 +262,24 @@ struct Dispatcher {
     committer: mpsc::Sender<Pending>,
     /// Whether the committer keeps a dedupe store (then it needs the ids).
     record_ids: bool,
+    /// KiB of record bytes in flight (read, not yet finalised): `kafka.max_inflight_bytes`.
+    inflight: Arc<tokio::sync::Semaphore>,
+    inflight_kib: u32,
 }
 
 impl Dispatcher {
-    async fn dispatch(&self, batch: Batch, positions: Positions) -> Result<(), PipelineError> {
+    /// Hands `batch` on once its `bytes` fit in the in-flight budget (waiting, with the consumer
+    /// paused, while they do not).
+    async fn dispatch(&self, batch: Batch, positions: Positions, bytes: usize) -> Result<(), PipelineError> {
         let closed = || PipelineError::Task("a sink or the committer stopped".into());
+        // A batch larger than the whole budget still goes, alone.
+        let kib = (bytes.div_ceil(1024) as u32).clamp(1, self.inflight_kib);
+        let inflight = self
+            .inflight
+            .clone()
+            .acquire_many_owned(kib)
+            .await
+            .map_err(|_| closed())?;
         let mut acks = Vec::new();
         let ids = if self.record_ids {
             batch.audit.iter().map(|r| r.id.clone()).collect()
@@ -290,7 +303,12 @@ impl Dispatcher {
             }
         }
         self.committer
-            .send(Pending { positions, acks, ids })
+            .send(Pending {
+                positions,
+                acks,
+                ids,
+                inflight: Some(inflight),
+            })
             .await
             .map_err(|_| closed())
     }
@@ -371,7 +389,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let mut drain = Vec::new();
     if let Some(hec) = config.sinks.splunk_hec.clone() {
         let (tx, rx) = mpsc::channel(SINK_QUEUE);
-        let sink = HecSink::new(hec, dead_letters.clone(), telemetry.clone())?.with_system_alerts(system_alerts_tx.clone());
+        let sink =
+            HecSink::new(hec, dead_letters.clone(), telemetry.clone())?.with_system_alerts(system_alerts_tx.clone());
         drain.push(tokio::spawn(sink.run(rx)));
         sinks.push(tx);
     }
@@ -414,8 +433,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         telemetry.clone(),
         store,
     )));
+    let inflight_kib = (config.kafka.max_inflight_bytes / 1024).min(u32::MAX as usize / 2) as u32;
     let dispatcher = Dispatcher {
         record_ids,
+        inflight: Arc::new(tokio::sync::Semaphore::new(inflight_kib as usize)),
+        inflight_kib,
         sinks,
         committer: commit_tx,
     };
@@ -455,7 +477,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         dispatcher: dispatcher.clone(),
     };
     tokio::spawn(run_system_alerts(system_alerts_rx, publisher.clone(), shutdown.clone()));
-    tokio::spawn(run_sql_rules(sql_rules, sql_rx, query.clone(), publisher, shutdown.clone()));
+    tokio::spawn(run_sql_rules(
+        sql_rules,
+        sql_rx,
+        query.clone(),
+        publisher,
+        shutdown.clone(),
+    ));
     let source = tokio::spawn(run_source(
         config,
         consumer.clone(),
@@ -516,7 +544,8 @@ async fn run_source(
                 }
             }
         }
-        let handoff = dispatcher.dispatch(processed.batch, positions);
+        let bytes = records.iter().map(|r| r.payload.as_ref().map_or(0, |p| p.len())).sum();
+        let handoff = dispatcher.dispatch(processed.batch, positions, bytes);
         backpressure
             .wait(&consumer, &config.topics, &mut carried, handoff)
             .await?;
@@ -555,7 +584,7 @@ impl AlertPublisher {
             alerts,
             ..Batch::default()
         };
-        self.dispatcher.dispatch(batch, Positions::default()).await
+        self.dispatcher.dispatch(batch, Positions::default(), 0).await
     }
 }
 

@@ -15,8 +15,8 @@ use std::path::PathBuf;
 
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
-use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
 use opentelemetry_proto::tonic::metrics::v1::{
@@ -24,9 +24,9 @@ use opentelemetry_proto::tonic::metrics::v1::{
     number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
+use prost::Message;
 use serde::Deserialize;
 use tokio::sync::mpsc;
-use prost::Message;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::{SinkError, SinkItem, backoff};
@@ -377,8 +377,8 @@ type Partial = Option<(i64, String)>;
 /// How requests reach the collector.
 enum Transport {
     Grpc {
-        logs: LogsServiceClient<Channel>,
-        metrics: MetricsServiceClient<Channel>,
+        logs: Box<LogsServiceClient<Channel>>,
+        metrics: Box<MetricsServiceClient<Channel>>,
     },
     HttpProtobuf {
         client: reqwest::Client,
@@ -407,8 +407,10 @@ fn grpc_channel(config: &OtlpSinkConfig) -> Result<Channel, SinkError> {
             tls_config = tls_config.ca_certificate(Certificate::from_pem(read_file("ca_file", ca)?));
         }
         if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
-            tls_config =
-                tls_config.identity(Identity::from_pem(read_file("cert_file", cert)?, read_file("key_file", key)?));
+            tls_config = tls_config.identity(Identity::from_pem(
+                read_file("cert_file", cert)?,
+                read_file("key_file", key)?,
+            ));
         }
         if let Some(name) = &tls.server_name {
             tls_config = tls_config.domain_name(name.clone());
@@ -460,8 +462,8 @@ impl OtlpSink {
             OtlpProtocol::Grpc => {
                 let channel = grpc_channel(&config)?;
                 Transport::Grpc {
-                    logs: LogsServiceClient::new(channel.clone()),
-                    metrics: MetricsServiceClient::new(channel),
+                    logs: Box::new(LogsServiceClient::new(channel.clone())),
+                    metrics: Box::new(MetricsServiceClient::new(channel)),
                 }
             }
             OtlpProtocol::HttpProtobuf => {
@@ -549,7 +551,9 @@ impl OtlpSink {
                     tracing::warn!(message = %failure.message, attempt, signal = signal.name(), "OTLP export failed; retrying");
                     self.telemetry.sink_retries.get_or_create(&self.label).inc();
                     let wait = backoff(attempt, Duration::from_secs(10));
-                    let wait = failure.retry_after.map_or(wait, |r| r.min(Duration::from_secs(60)).max(wait));
+                    let wait = failure
+                        .retry_after
+                        .map_or(wait, |r| r.min(Duration::from_secs(60)).max(wait));
                     tokio::time::sleep(wait).await;
                     attempt = attempt.saturating_add(1);
                 }
@@ -565,7 +569,7 @@ impl OtlpSink {
     async fn send_once(&mut self, signal: &Signal) -> Result<Partial, ExportFailure> {
         match (&mut self.transport, signal) {
             (Transport::Grpc { logs, .. }, Signal::Logs(m)) => {
-                let mut client = logs.clone();
+                let mut client = (**logs).clone();
                 let response = client
                     .export(self.request(m.clone()))
                     .await
@@ -576,7 +580,7 @@ impl OtlpSink {
                     .map(|p| (p.rejected_log_records, p.error_message)))
             }
             (Transport::Grpc { metrics, .. }, Signal::Metrics(m)) => {
-                let mut client = metrics.clone();
+                let mut client = (**metrics).clone();
                 let response = client
                     .export(self.request(m.clone()))
                     .await
@@ -597,7 +601,12 @@ impl OtlpSink {
                     .partial_success
                     .map(|p| (p.rejected_log_records, p.error_message)))
             }
-            (Transport::HttpProtobuf { client, metrics_url, .. }, Signal::Metrics(m)) => {
+            (
+                Transport::HttpProtobuf {
+                    client, metrics_url, ..
+                },
+                Signal::Metrics(m),
+            ) => {
                 let body = http_post(client, metrics_url, &self.config.headers, m.encode_to_vec()).await?;
                 let response = ExportMetricsServiceResponse::decode(body.as_ref()).map_err(|e| ExportFailure {
                     retriable: false,

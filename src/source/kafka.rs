@@ -240,6 +240,8 @@ pub struct Pending {
     pub acks: Vec<oneshot::Receiver<()>>,
     /// Ids of the batch's audit events, recorded in the dedupe store once delivered.
     pub ids: Vec<String>,
+    /// The batch's share of `kafka.max_inflight_bytes`, given back once it is finalised.
+    pub inflight: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Stores offsets of finalised batches, in poll order.

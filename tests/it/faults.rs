@@ -144,9 +144,11 @@ async fn hec_bad_token_holds_everything_until_fixed() {
     );
     // Loudly: an alert reaches the other sinks and the alerts table, and /metrics says so.
     let out = dir.path().join("o.jsonl");
-    eventually(Duration::from_secs(10), "the refused-token alert in the file sink", || {
-        std::fs::read_to_string(&out).is_ok_and(|t| t.contains("\"rule_id\":\"auditflow-hec-refused\""))
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the refused-token alert in the file sink",
+        || std::fs::read_to_string(&out).is_ok_and(|t| t.contains("\"rule_id\":\"auditflow-hec-refused\"")),
+    )
     .await;
     assert_eq!(running.telemetry.hec_refused.get(), 1);
     let (_, rows) = running
@@ -164,15 +166,19 @@ async fn hec_bad_token_holds_everything_until_fixed() {
     )
     .await;
     // Splunk itself learns of the outage, firing then resolved, once it accepts again.
-    eventually(Duration::from_secs(20), "the refused alert, firing and resolved, at HEC", || {
-        let statuses: HashSet<String> = hec
-            .of_sourcetype("auditflow:alert")
-            .iter()
-            .filter(|e| e["event"]["rule_id"] == "auditflow-hec-refused")
-            .filter_map(|e| e["event"]["status"].as_str().map(str::to_owned))
-            .collect();
-        statuses.contains("firing") && statuses.contains("resolved")
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the refused alert, firing and resolved, at HEC",
+        || {
+            let statuses: HashSet<String> = hec
+                .of_sourcetype("auditflow:alert")
+                .iter()
+                .filter(|e| e["event"]["rule_id"] == "auditflow-hec-refused")
+                .filter_map(|e| e["event"]["status"].as_str().map(str::to_owned))
+                .collect();
+            statuses.contains("firing") && statuses.contains("resolved")
+        },
+    )
     .await;
     assert_eq!(running.telemetry.hec_refused.get(), 0);
     stop(running, shutdown, &s.bootstrap, group, 30).await;
@@ -483,12 +489,18 @@ async fn broker_down_then_up_loses_nothing() {
         }
     });
     tokio::time::sleep(Duration::from_secs(6)).await;
-    assert_eq!(hec.audit_ids().len(), 40, "nothing new can arrive while the broker is down");
+    assert_eq!(
+        hec.audit_ids().len(),
+        40,
+        "nothing new can arrive while the broker is down"
+    );
     s.cluster.broker_up(1).unwrap();
     produced.await.unwrap();
-    eventually(Duration::from_secs(60), "every id at HEC after the broker is back", || {
-        hec.audit_ids().len() == 80
-    })
+    eventually(
+        Duration::from_secs(60),
+        "every id at HEC after the broker is back",
+        || hec.audit_ids().len() == 80,
+    )
     .await;
     let delivered = hec.audit_ids();
     assert!(ids.iter().all(|id| delivered.contains(id)));

@@ -48,12 +48,17 @@ async fn otlp_http_protobuf_with_headers_and_retries() {
         ),
     );
     let (running, shutdown) = start(&text).await;
-    eventually(Duration::from_secs(60), "every audit event at the OTLP/HTTP receiver", || {
-        otlp_ids(&otlp).len() == 30
-    })
+    eventually(
+        Duration::from_secs(60),
+        "every audit event at the OTLP/HTTP receiver",
+        || otlp_ids(&otlp).len() == 30,
+    )
     .await;
     assert!(s.ids.iter().all(|id| otlp_ids(&otlp).contains(id)));
-    assert!(otlp.http_failures.lock().unwrap().is_empty(), "the failures were answered");
+    assert!(
+        otlp.http_failures.lock().unwrap().is_empty(),
+        "the failures were answered"
+    );
     let keys = otlp.api_keys.lock().unwrap().clone();
     assert!(!keys.is_empty() && keys.iter().all(|k| k == "k-7f3a"), "{keys:?}");
     let retries = running
@@ -82,14 +87,33 @@ fn make_certificates(dir: &Path) {
     openssl(
         dir,
         &[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
-            "-subj", "/CN=auditflow-test-ca",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=auditflow-test-ca",
         ],
     );
     openssl(
         dir,
         &[
-            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
             "/CN=localhost",
         ],
     );
@@ -101,8 +125,21 @@ fn make_certificates(dir: &Path) {
     openssl(
         dir,
         &[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
-            "server.pem", "-days", "1", "-extfile", "server.ext",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "server.ext",
         ],
     );
 }

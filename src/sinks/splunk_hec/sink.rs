@@ -321,10 +321,9 @@ impl Connection {
             }
         }
         for group in pending.iter_mut() {
-            let (expired, waiting): (Vec<AwaitingAck>, Vec<AwaitingAck>) =
-                std::mem::take(&mut group.awaiting)
-                    .into_iter()
-                    .partition(|a| a.sent.elapsed() >= timeout);
+            let (expired, waiting): (Vec<AwaitingAck>, Vec<AwaitingAck>) = std::mem::take(&mut group.awaiting)
+                .into_iter()
+                .partition(|a| a.sent.elapsed() >= timeout);
             group.awaiting = waiting;
             for a in expired {
                 tracing::warn!(
@@ -526,7 +525,11 @@ impl Connection {
                     }
                 }
             };
-            self.shared.telemetry.sink_retries.get_or_create(&self.shared.label).inc();
+            self.shared
+                .telemetry
+                .sink_retries
+                .get_or_create(&self.shared.label)
+                .inc();
             if failover && config.endpoints.len() > 1 {
                 let mut state = self.shared.endpoints.lock().expect("endpoint state");
                 state.unhealthy[endpoint] = Some(Instant::now());
@@ -540,7 +543,12 @@ impl Connection {
     /// Raises the refused-token alert once per outage.
     fn refused_firing(&self, endpoint: usize, status: u16, code: u64, text: &str) {
         let now = now_us();
-        if self.shared.refused_since_us.compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+        if self
+            .shared
+            .refused_since_us
+            .compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
             return;
         }
         self.shared.telemetry.hec_refused.set(1);
@@ -553,7 +561,12 @@ impl Connection {
             "Splunk HEC {} refused the token or configuration (HTTP {status}, code {code}: {text}); auditflow holds the data and has paused consumption",
             self.shared.config.endpoints[endpoint]
         );
-        self.publish(refused_alert(&self.shared.config.endpoints[endpoint], now, None, summary));
+        self.publish(refused_alert(
+            &self.shared.config.endpoints[endpoint],
+            now,
+            None,
+            summary,
+        ));
     }
 
     fn refused_resolved(&self, endpoint: usize) {
@@ -566,7 +579,12 @@ impl Connection {
             "Splunk HEC {} accepts data again; held data is being delivered",
             self.shared.config.endpoints[endpoint]
         );
-        self.publish(refused_alert(&self.shared.config.endpoints[endpoint], since, Some(now_us()), summary));
+        self.publish(refused_alert(
+            &self.shared.config.endpoints[endpoint],
+            since,
+            Some(now_us()),
+            summary,
+        ));
     }
 
     fn publish(&self, alert: Alert) {

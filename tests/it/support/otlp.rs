@@ -161,19 +161,19 @@ impl OtlpReceiver {
     }
 }
 
-/// Checks what OTLP/HTTP requires of a request; `Err` is the response to give instead.
-fn http_precheck(receiver: &OtlpReceiver, headers: &axum::http::HeaderMap) -> Result<(), axum::response::Response> {
+/// Checks what OTLP/HTTP requires of a request; `Some` is the response to give instead.
+fn http_precheck(receiver: &OtlpReceiver, headers: &axum::http::HeaderMap) -> Option<axum::response::Response> {
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
     receiver.note_api_key(headers.get("x-api-key").and_then(|v| v.to_str().ok()));
     if headers.get("content-type").and_then(|v| v.to_str().ok()) != Some("application/x-protobuf") {
-        return Err((StatusCode::UNSUPPORTED_MEDIA_TYPE, "want application/x-protobuf").into_response());
+        return Some((StatusCode::UNSUPPORTED_MEDIA_TYPE, "want application/x-protobuf").into_response());
     }
     if let Some(status) = receiver.http_failures.lock().unwrap().pop_front() {
         let status = StatusCode::from_u16(status).unwrap();
-        return Err((status, [("retry-after", "1")], "test receiver failing on purpose").into_response());
+        return Some((status, [("retry-after", "1")], "test receiver failing on purpose").into_response());
     }
-    Ok(())
+    None
 }
 
 fn protobuf_response(message: impl prost::Message) -> axum::response::Response {
@@ -187,7 +187,7 @@ async fn http_logs(
     body: axum::body::Bytes,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    if let Err(response) = http_precheck(&receiver, &headers) {
+    if let Some(response) = http_precheck(&receiver, &headers) {
         return response;
     }
     match <ExportLogsServiceRequest as prost::Message>::decode(body) {
@@ -202,7 +202,7 @@ async fn http_metrics(
     body: axum::body::Bytes,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    if let Err(response) = http_precheck(&receiver, &headers) {
+    if let Some(response) = http_precheck(&receiver, &headers) {
         return response;
     }
     match <ExportMetricsServiceRequest as prost::Message>::decode(body) {
