@@ -54,6 +54,9 @@ impl ConsumerContext for SourceContext {
 
 pub type KafkaConsumer = StreamConsumer<SourceContext>;
 
+/// A batch closes when no record arrived for this long (or at `kafka.batch_linger`).
+const BATCH_IDLE: Duration = Duration::from_millis(5);
+
 /// Builds the consumer and subscribes it to every audit and metrics topic.
 pub fn consumer(config: &Config) -> KafkaResult<KafkaConsumer> {
     let mut client = ClientConfig::new();
@@ -121,9 +124,13 @@ pub async fn poll_batch(
     };
     records.push(detach(&first, topics));
     drop(first);
+    // Take what is ready, up to `max`: stop at `linger`, or sooner when nothing more arrives
+    // within BATCH_IDLE (records come in fetch-sized bursts; waiting out the whole linger at a
+    // low rate would only add latency).
     let deadline = tokio::time::Instant::now() + linger;
     while records.len() < max {
-        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+        let idle = tokio::time::Instant::now() + BATCH_IDLE;
+        match tokio::time::timeout_at(deadline.min(idle), consumer.recv()).await {
             Ok(Ok(m)) => records.push(detach(&m, topics)),
             Ok(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
             Err(_) => break,

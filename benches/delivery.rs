@@ -1,0 +1,295 @@
+//! End-to-end delivery: librdkafka's mock cluster -> the whole pipeline (decode, dedupe, enrich,
+//! shipped rules, window) -> Splunk HEC over HTTP, with indexer acknowledgement off and on.
+//!
+//! 1. Peak: a preloaded backlog (8 partitions, under the mock cluster's 5 MB per partition) is
+//!    drained; events/s is measured from the first to the last event at the receiver.
+//! 2. Latency at half of peak: records are produced at 50% of the measured peak for 20 s; the
+//!    pipeline's own hdrhistogram (Kafka record timestamp -> every sink accepted, i.e. HEC
+//!    acknowledged when acknowledgements are on) gives the percentiles.
+//!
+//! The receiver is lean (token check, gunzip, count events, answer ackIds per channel) so that
+//! what is measured is auditflow; it shares the two cores. Run: `cargo bench --bench delivery`.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use auditflow::config::Config;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use rdkafka::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::de::IgnoredAny;
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "00000000-0000-0000-0000-00000000bench";
+const TOPIC: &str = "confluent-audit-log-events";
+const PARTITIONS: i32 = 8;
+
+#[derive(Default)]
+struct Receiver {
+    events: AtomicU64,
+    first: Mutex<Option<Instant>>,
+    last: Mutex<Option<Instant>>,
+    next_ack: Mutex<HashMap<String, u64>>,
+}
+
+async fn event(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Splunk {TOKEN}")) {
+        return (StatusCode::FORBIDDEN, r#"{"text":"Invalid token","code":4}"#.into());
+    }
+    let mut raw = Vec::new();
+    if flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut raw).is_err() {
+        return (
+            StatusCode::BAD_REQUEST,
+            r#"{"text":"Invalid data format","code":6}"#.into(),
+        );
+    }
+    let mut n = 0;
+    for item in serde_json::Deserializer::from_slice(&raw).into_iter::<IgnoredAny>() {
+        if item.is_err() {
+            return (
+                StatusCode::BAD_REQUEST,
+                r#"{"text":"Invalid data format","code":6}"#.into(),
+            );
+        }
+        n += 1;
+    }
+    r.events.fetch_add(n, Ordering::Relaxed);
+    let now = Instant::now();
+    r.first.lock().unwrap().get_or_insert(now);
+    *r.last.lock().unwrap() = Some(now);
+    let channel = headers
+        .get("x-splunk-request-channel")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let mut acks = r.next_ack.lock().unwrap();
+    let id = acks.entry(channel).or_insert(0);
+    *id += 1;
+    (
+        StatusCode::OK,
+        format!(r#"{{"text":"Success","code":0,"ackId":{}}}"#, *id - 1),
+    )
+}
+
+/// Every ackId asked about is indexed (an indexer that keeps up).
+async fn ack(body: Bytes) -> (StatusCode, String) {
+    let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let acks: serde_json::Map<String, serde_json::Value> = request["acks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_u64())
+        .map(|id| (id.to_string(), serde_json::Value::Bool(true)))
+        .collect();
+    (StatusCode::OK, serde_json::json!({ "acks": acks }).to_string())
+}
+
+async fn start_receiver() -> (Arc<Receiver>, String) {
+    let receiver = Arc::new(Receiver::default());
+    let app = Router::new()
+        .route("/services/collector/event", post(event))
+        .route("/services/collector/ack", post(ack))
+        .with_state(receiver.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (receiver, url)
+}
+
+/// The shipped audit samples, one JSON line each (~1 KB), to be given fresh ids.
+fn samples() -> Vec<serde_json::Value> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/samples/audit");
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
+        .collect()
+}
+
+fn producer(bootstrap: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap()
+}
+
+fn event_bytes(samples: &[serde_json::Value], i: usize, now: chrono::DateTime<chrono::Utc>) -> Vec<u8> {
+    let mut v = samples[i % samples.len()].clone();
+    v["id"] = serde_json::json!(format!("bench-{i}-{}", uuid::Uuid::new_v4()));
+    v["time"] = serde_json::json!(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    serde_json::to_vec(&v).unwrap()
+}
+
+fn config(bootstrap: &str, hec: &str, group: &str, acks: bool) -> Config {
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let text = format!(
+        r#"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+group_id = "{group}"
+[kafka.properties]
+"session.timeout.ms" = "6000"
+# The mock broker does not answer a waiting fetch when records arrive; a real one does.
+"fetch.wait.max.ms" = "10"
+[rules]
+dirs = ["{rules}"]
+[sinks.splunk_hec]
+endpoints = ["{hec}"]
+token = "{TOKEN}"
+acknowledgements = {acks}
+ack_poll_interval = "20ms"
+batch_linger = "10ms"
+"#,
+        rules = rules.display()
+    );
+    Config::parse(&text, "bench.toml").unwrap()
+}
+
+struct Cluster {
+    cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    bootstrap: String,
+}
+
+fn cluster() -> Cluster {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, PARTITIONS, 1).unwrap();
+    cluster.create_topic("confluent-metrics", 1, 1).unwrap();
+    cluster.create_topic("auditflow-dead-letter", 1, 1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    Cluster { cluster, bootstrap }
+}
+
+/// Drains a preloaded backlog; events per second between the first and last arrival.
+async fn peak(acks: bool) -> f64 {
+    let c = cluster();
+    let samples = samples();
+    let p = producer(&c.bootstrap);
+    // 4.5 MB per partition stays under the mock cluster's 5 MB retention.
+    let n = 8 * 4200;
+    let now = chrono::Utc::now();
+    let mut sends = Vec::with_capacity(n);
+    for i in 0..n {
+        let bytes = event_bytes(&samples, i, now);
+        let p = p.clone();
+        sends.push(async move {
+            let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(TOPIC)
+                .partition((i % PARTITIONS as usize) as i32)
+                .payload(&bytes);
+            p.send(record, Duration::from_secs(30))
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
+        });
+    }
+    for r in futures::future::join_all(sends).await {
+        r.unwrap();
+    }
+    let (receiver, url) = start_receiver().await;
+    let shutdown = CancellationToken::new();
+    let running = auditflow::pipeline::start(config(&c.bootstrap, &url, "bench-peak", acks), shutdown.clone())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while receiver.events.load(Ordering::Relaxed) < n as u64 {
+        assert!(Instant::now() < deadline, "backlog not drained");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let first = receiver.first.lock().unwrap().unwrap();
+    let last = receiver.last.lock().unwrap().unwrap();
+    shutdown.cancel();
+    running.wait(Duration::from_secs(10)).await.unwrap();
+    drop(c.cluster);
+    n as f64 / (last - first).as_secs_f64()
+}
+
+/// Produces at `rate` events/s for `seconds` and returns the latency percentiles (ms).
+async fn latency_at(rate: f64, seconds: u64, acks: bool) -> (f64, [u64; 4]) {
+    let c = cluster();
+    let (receiver, url) = start_receiver().await;
+    let shutdown = CancellationToken::new();
+    let running = auditflow::pipeline::start(config(&c.bootstrap, &url, "bench-latency", acks), shutdown.clone())
+        .await
+        .unwrap();
+    // Let the group settle before measuring.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let samples = samples();
+    let p = producer(&c.bootstrap);
+    let started = Instant::now();
+    let total = (rate * seconds as f64) as usize;
+    let tick = Duration::from_millis(10);
+    let per_tick = (rate * tick.as_secs_f64()).max(1.0);
+    let mut produced = 0usize;
+    let mut interval = tokio::time::interval(tick);
+    let mut pending = Vec::new();
+    while produced < total {
+        interval.tick().await;
+        let due = ((started.elapsed().as_secs_f64() / tick.as_secs_f64()) * per_tick) as usize;
+        let now = chrono::Utc::now();
+        while produced < due.min(total) {
+            let bytes = event_bytes(&samples, produced, now);
+            let p = p.clone();
+            let partition = (produced % PARTITIONS as usize) as i32;
+            pending.push(tokio::spawn(async move {
+                let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(TOPIC).partition(partition).payload(&bytes);
+                let _ = p.send(record, Duration::from_secs(30)).await;
+            }));
+            produced += 1;
+        }
+    }
+    futures::future::join_all(pending).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while receiver.events.load(Ordering::Relaxed) < total as u64 {
+        assert!(Instant::now() < deadline, "not everything arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let achieved = total as f64 / started.elapsed().as_secs_f64();
+    // The last batches' commits land a moment after their delivery.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = &running.telemetry;
+    let percentiles = [
+        t.latency_percentile_ms(0.5),
+        t.latency_percentile_ms(0.9),
+        t.latency_percentile_ms(0.99),
+        t.latency_percentile_ms(0.999),
+    ];
+    shutdown.cancel();
+    running.wait(Duration::from_secs(10)).await.unwrap();
+    drop(c.cluster);
+    (achieved, percentiles)
+}
+
+fn main() {
+    // `cargo test --benches` runs benches with `--bench` absent: keep that quick.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        for acks in [false, true] {
+            let label = if acks { "acks on " } else { "acks off" };
+            let runs = if quick { 1 } else { 3 };
+            let mut best = 0f64;
+            for _ in 0..runs {
+                best = best.max(peak(acks).await);
+            }
+            println!("delivery/{label}: peak {best:.0} events/s (Kafka -> HEC accepted, 2 cores shared with the receiver)");
+            let seconds = if quick { 2 } else { 20 };
+            let (achieved, [p50, p90, p99, p999]) = latency_at(best / 2.0, seconds, acks).await;
+            println!(
+                "delivery/{label}: at {achieved:.0} events/s (50% of peak): latency Kafka timestamp -> all sinks accepted p50 {p50} ms, p90 {p90} ms, p99 {p99} ms, p99.9 {p999} ms"
+            );
+        }
+    });
+}
