@@ -316,6 +316,21 @@ pub struct RawSinks {
 pub struct RawServer {
     /// Address of the HTTP endpoints (`/v1/sql`, `/metrics`, `/healthz`, `/readyz`). Optional.
     pub http_listen: Option<String>,
+    /// Address of the PostgreSQL wire protocol endpoint (`psql`, Grafana, drivers). Optional.
+    pub pg_listen: Option<String>,
+    /// Bearer token `POST /v1/sql` asks for (`Authorization: Bearer ...`); `${VAR}` and
+    /// `${file:PATH}` expand. Default: none (no token asked).
+    pub token: Option<Secret>,
+    /// Password the Postgres endpoint asks for (any user name); expands like `token`. Default:
+    /// none (any user and database are accepted).
+    pub pg_password: Option<Secret>,
+    /// Longest a query may run. Default `30s`.
+    pub sql_timeout: Option<String>,
+    /// Most rows one query may return; more is an error asking for a LIMIT. Default 1000000.
+    pub sql_max_rows: Option<usize>,
+    /// Memory all running queries may use together (DataFusion memory pool), bytes. Default
+    /// 1073741824.
+    pub sql_memory_limit: Option<usize>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -333,6 +348,16 @@ pub struct Config {
     pub window_retention: Duration,
     pub sinks: SinksConfig,
     pub http_listen: Option<SocketAddr>,
+    pub server: ServerConfig,
+}
+
+/// What the SQL front ends need besides the HTTP address.
+#[derive(Debug, Clone, Default)]
+pub struct ServerConfig {
+    pub pg_listen: Option<SocketAddr>,
+    pub token: Option<Secret>,
+    pub pg_password: Option<Secret>,
+    pub limits: crate::query::engine::SqlLimits,
 }
 
 #[derive(Debug, Clone)]
@@ -543,6 +568,46 @@ impl Config {
                     .map_err(|e| invalid("server.http_listen", format!("`{a}`: {e}")))
             })
             .transpose()?;
+        let pg_listen = raw
+            .server
+            .pg_listen
+            .as_deref()
+            .map(|a| {
+                a.parse()
+                    .map_err(|e| invalid("server.pg_listen", format!("`{a}`: {e}")))
+            })
+            .transpose()?;
+        let expand_secret = |key: &str, s: &Option<Secret>| -> Result<Option<Secret>, ConfigError> {
+            s.as_ref()
+                .map(|s| {
+                    let v = expand_env(s.expose()).map_err(|m| invalid(key, m))?;
+                    if v.is_empty() {
+                        return Err(invalid(key, "must not be empty".into()));
+                    }
+                    Ok(Secret::new(v))
+                })
+                .transpose()
+        };
+        let limits = crate::query::engine::SqlLimits {
+            timeout: match &raw.server.sql_timeout {
+                Some(t) => duration(origin, "server.sql_timeout", t)?,
+                None => Duration::from_secs(30),
+            },
+            max_rows: raw.server.sql_max_rows.unwrap_or(1_000_000),
+            memory_limit: raw.server.sql_memory_limit.unwrap_or(1 << 30),
+        };
+        if limits.max_rows == 0 {
+            return Err(invalid("server.sql_max_rows", "must be at least 1".into()));
+        }
+        if limits.memory_limit < 1 << 20 {
+            return Err(invalid("server.sql_memory_limit", "must be at least 1048576".into()));
+        }
+        let server = ServerConfig {
+            pg_listen,
+            token: expand_secret("server.token", &raw.server.token)?,
+            pg_password: expand_secret("server.pg_password", &raw.server.pg_password)?,
+            limits,
+        };
 
         Ok(Config {
             kafka: KafkaConfig {
@@ -577,6 +642,7 @@ impl Config {
             window_retention: duration(origin, "window.retention", &raw.window.retention)?,
             sinks,
             http_listen,
+            server,
         })
     }
 

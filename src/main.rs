@@ -67,6 +67,9 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = SqlFormat::Table)]
         format: SqlFormat,
+        /// Bearer token, when the service asks for one (`server.token`).
+        #[arg(long, env = "AUDITFLOW_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Configuration tools.
     Config {
@@ -172,7 +175,12 @@ async fn run(command: Command) -> Result<(), String> {
             };
             auditflow::demo::run(options).await.map_err(|e| e.to_string())
         }
-        Command::Sql { query, url, format } => sql(query, &url, format).await,
+        Command::Sql {
+            query,
+            url,
+            format,
+            token,
+        } => sql(query, &url, format, token.as_deref()).await,
         Command::Config {
             command: ConfigCommand::Check { file },
         } => {
@@ -248,7 +256,7 @@ async fn wait_for_signal() {
     }
 }
 
-async fn sql(query: Option<String>, url: &str, format: SqlFormat) -> Result<(), String> {
+async fn sql(query: Option<String>, url: &str, format: SqlFormat, token: Option<&str>) -> Result<(), String> {
     let query = match query.as_deref() {
         Some("-") | None => {
             let mut text = String::new();
@@ -265,15 +273,16 @@ async fn sql(query: Option<String>, url: &str, format: SqlFormat) -> Result<(), 
         SqlFormat::Csv => "text/csv",
     };
     let endpoint = format!("{}/v1/sql", url.trim_end_matches('/'));
-    let response = reqwest::Client::new()
+    let mut request = reqwest::Client::new()
         .post(&endpoint)
         .header("Accept", accept)
-        .json(&serde_json::json!({ "sql": query }))
-        .send()
-        .await
-        .map_err(|e| {
-            format!("cannot reach auditflow at {endpoint}: {e} (is `auditflow run` or `auditflow demo` running?)")
-        })?;
+        .json(&serde_json::json!({ "sql": query }));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.map_err(|e| {
+        format!("cannot reach auditflow at {endpoint}: {e} (is `auditflow run` or `auditflow demo` running?)")
+    })?;
     let status = response.status();
     let body = response
         .bytes()

@@ -321,6 +321,7 @@ pub struct RunningPipeline {
     pub telemetry: Telemetry,
     pub alerts: broadcast::Sender<Alert>,
     pub http_addr: Option<SocketAddr>,
+    pub pg_addr: Option<SocketAddr>,
     pub num_rules: usize,
     shutdown: CancellationToken,
     source: JoinHandle<Result<(), PipelineError>>,
@@ -372,7 +373,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let num_rules = rules.len();
     let telemetry = Telemetry::new();
     let window = Window::new(config.window_retention);
-    let query = QueryEngine::new(&window);
+    let query = QueryEngine::with_limits(&window, config.server.limits.clone());
     let (alerts_tx, _) = broadcast::channel(1024);
 
     let consumer = Arc::new(kafka::consumer(&config)?);
@@ -444,9 +445,25 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
     let http_addr = match config.http_listen {
         Some(addr) => Some(
-            crate::query::http::serve(addr, query.clone(), telemetry.clone(), window.clone(), shutdown.clone())
+            crate::query::http::serve(
+                addr,
+                query.clone(),
+                telemetry.clone(),
+                window.clone(),
+                config.server.token.clone(),
+                shutdown.clone(),
+            )
+            .await
+            .map_err(|source| PipelineError::Http { addr, source })?,
+        ),
+        None => None,
+    };
+
+    let pg_addr = match config.server.pg_listen {
+        Some(addr) => Some(
+            crate::query::pg::serve(addr, &query, config.server.pg_password.clone(), shutdown.clone())
                 .await
-                .map_err(|source| PipelineError::Http { addr, source })?,
+                .map_err(|e| PipelineError::Task(e.to_string()))?,
         ),
         None => None,
     };
@@ -498,6 +515,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         telemetry,
         alerts: alerts_tx,
         http_addr,
+        pg_addr,
         num_rules,
         shutdown,
         source,

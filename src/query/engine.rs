@@ -1,4 +1,5 @@
-//! The SQL engine: a DataFusion session over the window's tables, read-only and time-limited.
+//! The SQL engine: a DataFusion session over the window's tables and views, read-only, and
+//! limited in time, memory (a DataFusion memory pool shared by every query) and rows.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,6 +7,9 @@ use std::time::Duration;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use futures::StreamExt;
 
 use super::window::Window;
 
@@ -13,33 +17,95 @@ use super::window::Window;
 pub enum QueryError {
     #[error("{0}")]
     Sql(String),
-    #[error("query took longer than {0:?} and was cancelled")]
+    #[error("query took longer than {0:?} and was cancelled (server.sql_timeout)")]
     Timeout(Duration),
+    #[error("the result has more than {0} rows (server.sql_max_rows); add a LIMIT or narrow the query")]
+    TooManyRows(usize),
 }
+
+/// Query limits (`[server] sql_timeout`, `sql_max_rows`, `sql_memory_limit`).
+#[derive(Debug, Clone)]
+pub struct SqlLimits {
+    pub timeout: Duration,
+    pub max_rows: usize,
+    /// Bytes all running queries may hold together (sorts, joins, aggregations).
+    pub memory_limit: usize,
+}
+
+impl Default for SqlLimits {
+    fn default() -> Self {
+        SqlLimits {
+            timeout: Duration::from_secs(30),
+            max_rows: 1_000_000,
+            memory_limit: 1 << 30,
+        }
+    }
+}
+
+/// Convenience views over the tables (documented in the README).
+pub const VIEWS: [(&str, &str); 2] = [
+    (
+        "auth_failures",
+        "SELECT time, id, principal, principal_name, principal_app, auth_mechanism, auth_identifier, \
+         client_ip, cluster_id, result_status, result_message \
+         FROM audit_events \
+         WHERE type = 'io.confluent.kafka.server/authentication' AND result_status <> 'SUCCESS'",
+    ),
+    (
+        "topic_traffic",
+        "SELECT date_trunc('minute', time) AS minute, cluster_id, topic, resource_app, \
+         sum(CASE WHEN name = 'io.confluent.kafka.server/received_bytes' THEN value ELSE 0 END) AS ingress_bytes, \
+         sum(CASE WHEN name = 'io.confluent.kafka.server/sent_bytes' THEN value ELSE 0 END) AS egress_bytes \
+         FROM metrics \
+         WHERE topic IS NOT NULL AND name IN ('io.confluent.kafka.server/received_bytes', 'io.confluent.kafka.server/sent_bytes') \
+         GROUP BY 1, 2, 3, 4",
+    ),
+];
 
 /// Answers SQL over the window. Cheap to clone.
 #[derive(Clone)]
 pub struct QueryEngine {
     ctx: SessionContext,
-    timeout: Duration,
+    limits: SqlLimits,
 }
 
 impl QueryEngine {
     pub fn new(window: &Window) -> QueryEngine {
+        QueryEngine::with_limits(window, SqlLimits::default())
+    }
+
+    pub fn with_limits(window: &Window, limits: SqlLimits) -> QueryEngine {
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema("auditflow", "public");
-        let ctx = SessionContext::new_with_config(config);
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(limits.memory_limit)))
+            .build_arc()
+            .expect("a memory pool is all this runtime has");
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
         ctx.register_table("audit_events", window.audit.clone())
             .expect("fresh catalog");
         ctx.register_table("metrics", window.metrics.clone())
             .expect("fresh catalog");
         ctx.register_table("alerts", window.alerts.clone())
             .expect("fresh catalog");
-        QueryEngine {
-            ctx,
-            timeout: Duration::from_secs(30),
+        for (name, sql) in VIEWS {
+            // Planning a view over in-memory tables does no IO: `block_on` returns at once.
+            let view = futures::executor::block_on(ctx.sql(sql))
+                .map(|df| df.into_view())
+                .unwrap_or_else(|e| panic!("view {name}: {e}"));
+            ctx.register_table(name, view).expect("fresh catalog");
         }
+        QueryEngine { ctx, limits }
+    }
+
+    /// The session, for the Postgres front end (which applies its own read-only check).
+    pub fn session(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    pub fn limits(&self) -> &SqlLimits {
+        &self.limits
     }
 
     /// Plans a read-only statement without running it (validation of SQL rules).
@@ -61,16 +127,29 @@ impl QueryEngine {
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
+        let max_rows = self.limits.max_rows;
         let run = async {
-            let df = self.ctx.sql_with_options(sql, options).await?;
+            let df = self
+                .ctx
+                .sql_with_options(sql, options)
+                .await
+                .map_err(|e| QueryError::Sql(e.to_string()))?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-            let batches = df.collect().await?;
-            Ok::<_, datafusion::error::DataFusionError>((schema, batches))
+            let mut stream = df.execute_stream().await.map_err(|e| QueryError::Sql(e.to_string()))?;
+            let (mut batches, mut rows) = (Vec::new(), 0usize);
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(|e| QueryError::Sql(e.to_string()))?;
+                rows += batch.num_rows();
+                if rows > max_rows {
+                    return Err(QueryError::TooManyRows(max_rows));
+                }
+                batches.push(batch);
+            }
+            Ok((schema, batches))
         };
-        match tokio::time::timeout(self.timeout, run).await {
-            Ok(Ok(result)) => Ok(result),
-            Ok(Err(e)) => Err(QueryError::Sql(e.to_string())),
-            Err(_) => Err(QueryError::Timeout(self.timeout)),
+        match tokio::time::timeout(self.limits.timeout, run).await {
+            Ok(result) => result,
+            Err(_) => Err(QueryError::Timeout(self.limits.timeout)),
         }
     }
 }

@@ -25,6 +25,8 @@ struct AppState {
     query: QueryEngine,
     telemetry: Telemetry,
     window: Window,
+    /// Bearer token `/v1/sql` asks for, when configured.
+    token: Option<crate::config::Secret>,
 }
 
 #[derive(Deserialize)]
@@ -38,6 +40,7 @@ pub async fn serve(
     query: QueryEngine,
     telemetry: Telemetry,
     window: Window,
+    token: Option<crate::config::Secret>,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -51,6 +54,7 @@ pub async fn serve(
             query,
             telemetry,
             window,
+            token,
         });
     tokio::spawn(async move {
         let result = axum::serve(listener, app)
@@ -73,6 +77,21 @@ fn error(status: StatusCode, message: String) -> Response {
 }
 
 async fn sql(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Some(token) = &state.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given.map(str::as_bytes) != Some(token.expose().as_bytes()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                [(header::CONTENT_TYPE, "application/json")],
+                serde_json::json!({ "error": "a bearer token is required (Authorization: Bearer ...)" }).to_string(),
+            )
+                .into_response();
+        }
+    }
     let request: SqlRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -84,6 +103,9 @@ async fn sql(State(state): State<AppState>, headers: HeaderMap, body: axum::body
     };
     let (schema, batches) = match state.query.query(&request.sql).await {
         Ok(r) => r,
+        Err(e @ crate::query::engine::QueryError::Timeout(_)) => {
+            return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+        }
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let accept = headers

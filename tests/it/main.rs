@@ -8,4 +8,5 @@ mod e2e_mock;
 mod e2e_tansu;
 mod faults;
 mod otlp_transports;
+mod sql_frontends;
 mod support;
