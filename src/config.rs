@@ -286,14 +286,24 @@ pub struct RawWindow {
     /// How much event time the SQL tables keep, e.g. `1h`. Default `1h`.
     #[serde(default = "default_retention")]
     pub retention: String,
+    /// Most bytes the SQL tables hold together (70% audit events, 25% metrics, 5% alerts); the
+    /// oldest batches are evicted beyond it, and counted in `auditflow_window_evicted_rows`.
+    /// Default 4294967296 (4 GiB).
+    #[serde(default = "default_max_memory")]
+    pub max_memory: usize,
 }
 
 impl Default for RawWindow {
     fn default() -> Self {
         RawWindow {
             retention: default_retention(),
+            max_memory: default_max_memory(),
         }
     }
+}
+
+fn default_max_memory() -> usize {
+    4 << 30
 }
 
 fn default_retention() -> String {
@@ -346,6 +356,7 @@ pub struct Config {
     pub rule_dirs: Vec<PathBuf>,
     pub allowed_lateness: Duration,
     pub window_retention: Duration,
+    pub window_max_memory: usize,
     pub sinks: SinksConfig,
     pub http_listen: Option<SocketAddr>,
     pub server: ServerConfig,
@@ -640,6 +651,11 @@ impl Config {
             allowed_lateness: duration(origin, "rules.allowed_lateness", &raw.rules.allowed_lateness)?,
             rule_dirs: raw.rules.dirs,
             window_retention: duration(origin, "window.retention", &raw.window.retention)?,
+            window_max_memory: if raw.window.max_memory < 1 << 20 {
+                return Err(invalid("window.max_memory", "must be at least 1048576".into()));
+            } else {
+                raw.window.max_memory
+            },
             sinks,
             http_listen,
             server,

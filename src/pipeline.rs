@@ -372,7 +372,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let rules = rules::load_dirs(&config.rule_dirs)?;
     let num_rules = rules.len();
     let telemetry = Telemetry::new();
-    let window = Window::new(config.window_retention);
+    let window = Window::with_max_memory(config.window_retention, config.window_max_memory);
     let query = QueryEngine::with_limits(&window, config.server.limits.clone());
     let (alerts_tx, _) = broadcast::channel(1024);
 
