@@ -53,6 +53,8 @@ pub enum DemoError {
 pub struct DemoOptions {
     pub duration: Option<Duration>,
     pub http_listen: SocketAddr,
+    /// Address of the PostgreSQL wire protocol endpoint.
+    pub pg_listen: SocketAddr,
     pub output: PathBuf,
     /// Audit events per second of normal traffic.
     pub rate: u32,
@@ -354,6 +356,7 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     raw.rules.dirs = vec![scratch.join("rules")];
     raw.window.retention = "1h".into();
     raw.server.http_listen = Some(options.http_listen.to_string());
+    raw.server.pg_listen = Some(options.pg_listen.to_string());
     let mut config = Config::validate(raw, "demo")?;
     config.sinks = match &options.sinks_from {
         Some(c) => c.sinks.clone(),
@@ -376,6 +379,10 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
         None => println!("  file sink: {}", options.output.display()),
     }
     println!("  SQL endpoint: http://{http}/v1/sql   metrics: http://{http}/metrics");
+    let pg = running.pg_addr.map(|a| (a.ip().to_string(), a.port()));
+    if let Some((host, port)) = &pg {
+        println!("  PostgreSQL endpoint: {host}:{port} (any user, database auditflow)");
+    }
     println!();
     println!("Try, while it runs:");
     println!(
@@ -387,6 +394,14 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     println!(
         "  curl -s http://{http}/v1/sql -d '{{\"sql\": \"SELECT topic, sum(value) AS bytes FROM metrics WHERE name = '\\''io.confluent.kafka.server/sent_bytes'\\'' GROUP BY topic ORDER BY bytes DESC\"}}'"
     );
+    if let Some((host, port)) = &pg {
+        println!(
+            "  psql -h {host} -p {port} -U demo -d auditflow -c \"SELECT minute, topic, ingress_bytes, egress_bytes FROM topic_traffic ORDER BY minute DESC LIMIT 10\""
+        );
+        println!(
+            "  psql -h {host} -p {port} -U demo -d auditflow -c \"SELECT principal, count(*) FROM auth_failures GROUP BY 1\""
+        );
+    }
     println!();
 
     let producer: FutureProducer = ClientConfig::new()

@@ -47,6 +47,9 @@ enum Command {
         /// Address of the SQL and metrics endpoint.
         #[arg(long, default_value = "127.0.0.1:9464")]
         http_listen: SocketAddr,
+        /// Address of the PostgreSQL wire protocol endpoint.
+        #[arg(long, default_value = "127.0.0.1:5433")]
+        pg_listen: SocketAddr,
         /// File sink output.
         #[arg(long, default_value = "out/demo-events.jsonl")]
         output: PathBuf,
@@ -158,6 +161,7 @@ async fn run(command: Command) -> Result<(), String> {
         Command::Demo {
             duration,
             http_listen,
+            pg_listen,
             output,
             rate,
             sinks_from,
@@ -169,6 +173,7 @@ async fn run(command: Command) -> Result<(), String> {
             let options = auditflow::demo::DemoOptions {
                 duration: duration.map(Duration::from_secs),
                 http_listen,
+                pg_listen,
                 output,
                 rate,
                 sinks_from,
