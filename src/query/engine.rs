@@ -121,6 +121,62 @@ impl QueryEngine {
             .map_err(|e| QueryError::Sql(e.to_string()))
     }
 
+    /// Runs one read-only statement and streams its result, enforcing the row limit and (from
+    /// now) the timeout on every batch.
+    pub async fn stream(
+        &self,
+        sql: &str,
+    ) -> Result<
+        (
+            SchemaRef,
+            futures::stream::BoxStream<'static, Result<RecordBatch, QueryError>>,
+        ),
+        QueryError,
+    > {
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let deadline = tokio::time::Instant::now() + self.limits.timeout;
+        let timeout = self.limits.timeout;
+        let plan = async {
+            let df = self
+                .ctx
+                .sql_with_options(sql, options)
+                .await
+                .map_err(|e| QueryError::Sql(e.to_string()))?;
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            let stream = df.execute_stream().await.map_err(|e| QueryError::Sql(e.to_string()))?;
+            Ok::<_, QueryError>((schema, stream))
+        };
+        let (schema, inner) = tokio::time::timeout_at(deadline, plan)
+            .await
+            .map_err(|_| QueryError::Timeout(timeout))??;
+        let max_rows = self.limits.max_rows;
+        // State: the inner stream, rows so far, and whether an error ended the stream.
+        let stream = futures::stream::unfold((inner, 0usize, false), move |(mut inner, rows, done)| async move {
+            if done {
+                return None;
+            }
+            let (item, rows, done) = match tokio::time::timeout_at(deadline, inner.next()).await {
+                Err(_) => (Err(QueryError::Timeout(timeout)), rows, true),
+                Ok(None) => return None,
+                Ok(Some(Err(e))) => (Err(QueryError::Sql(e.to_string())), rows, true),
+                Ok(Some(Ok(batch))) => {
+                    let rows = rows + batch.num_rows();
+                    if rows > max_rows {
+                        (Err(QueryError::TooManyRows(max_rows)), rows, true)
+                    } else {
+                        (Ok(batch), rows, false)
+                    }
+                }
+            };
+            Some((item, (inner, rows, done)))
+        })
+        .boxed();
+        Ok((schema, stream))
+    }
+
     /// Runs one read-only statement and collects its result.
     pub async fn query(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
         let options = SQLOptions::new()

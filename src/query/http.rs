@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
+use futures::StreamExt;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +20,9 @@ use super::window::Window;
 use crate::telemetry::Telemetry;
 
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
+/// Rows held before a response starts streaming.
+const STREAM_AFTER_ROWS: usize = 8192;
 
 #[derive(Clone)]
 struct AppState {
@@ -101,27 +105,154 @@ async fn sql(State(state): State<AppState>, headers: HeaderMap, body: axum::body
             );
         }
     };
-    let (schema, batches) = match state.query.query(&request.sql).await {
+    let (schema, mut stream) = match state.query.stream(&request.sql).await {
         Ok(r) => r,
         Err(e @ crate::query::engine::QueryError::Timeout(_)) => {
             return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
         }
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
+    // The first rows decide the status: a result is held until it ends or passes
+    // STREAM_AFTER_ROWS, so small results and errors found early (nearly all of them) get a clean
+    // status; past that it streams, and a later failure ends the (chunked) body early.
+    let mut head = Vec::new();
+    let mut head_rows = 0;
+    let mut ended = false;
+    while head_rows < STREAM_AFTER_ROWS {
+        match stream.next().await {
+            Some(Ok(batch)) => {
+                head_rows += batch.num_rows();
+                head.push(Ok(batch));
+            }
+            None => {
+                ended = true;
+                break;
+            }
+            Some(Err(e @ crate::query::engine::QueryError::Timeout(_))) => {
+                return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            }
+            Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        }
+    }
+    if ended {
+        stream = futures::stream::empty().boxed();
+    }
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
-    let encoded = if accept.contains(ARROW_STREAM) {
-        encode_arrow(&schema, &batches).map(|b| (ARROW_STREAM, b))
+    let format = if accept.contains(ARROW_STREAM) {
+        Format::Arrow
     } else if accept.contains("text/csv") {
-        encode_csv(&batches).map(|b| ("text/csv", b))
+        Format::Csv
     } else {
-        encode_json(&batches).map(|b| ("application/json", b))
+        Format::Json
     };
-    match encoded {
-        Ok((content_type, bytes)) => ([(header::CONTENT_TYPE, content_type)], Body::from(bytes)).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the result: {e}")),
+    let encoder = match StreamEncoder::new(format, &schema) {
+        Ok(e) => e,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the result: {e}")),
+    };
+    let batches = futures::stream::iter(head).chain(stream).boxed();
+    let body = futures::stream::unfold(Some((batches, encoder)), |state| async move {
+        let (mut batches, mut encoder) = state?;
+        match batches.next().await {
+            Some(Ok(batch)) => {
+                let chunk = encoder.batch(&batch).map_err(std::io::Error::other);
+                Some((chunk, Some((batches, encoder))))
+            }
+            // Mid-stream failures (row limit, timeout) end the body without its closing bytes,
+            // so no client mistakes a cut result for a whole one.
+            Some(Err(e)) => Some((Err(std::io::Error::other(e.to_string())), None)),
+            None => Some((encoder.finish().map_err(std::io::Error::other), None)),
+        }
+    });
+    ([(header::CONTENT_TYPE, format.content_type())], Body::from_stream(body)).into_response()
+}
+
+#[derive(Clone, Copy)]
+enum Format {
+    Json,
+    Csv,
+    Arrow,
+}
+
+impl Format {
+    fn content_type(self) -> &'static str {
+        match self {
+            Format::Json => "application/json",
+            Format::Csv => "text/csv",
+            Format::Arrow => ARROW_STREAM,
+        }
+    }
+}
+
+/// Encodes a result batch by batch, so large results stream instead of being buffered.
+struct StreamEncoder {
+    format: Format,
+    /// JSON: whether a row was written (separators); CSV: whether the header was.
+    started: bool,
+    arrow: Option<datafusion::arrow::ipc::writer::StreamWriter<Vec<u8>>>,
+}
+
+impl StreamEncoder {
+    fn new(format: Format, schema: &SchemaRef) -> Result<StreamEncoder, datafusion::arrow::error::ArrowError> {
+        let arrow = match format {
+            Format::Arrow => Some(datafusion::arrow::ipc::writer::StreamWriter::try_new(
+                Vec::new(),
+                schema,
+            )?),
+            _ => None,
+        };
+        Ok(StreamEncoder {
+            format,
+            started: false,
+            arrow,
+        })
+    }
+
+    /// The bytes of one batch (for Arrow, the schema message comes with the first).
+    fn batch(&mut self, batch: &RecordBatch) -> Result<bytes::Bytes, datafusion::arrow::error::ArrowError> {
+        let mut out = Vec::new();
+        match self.format {
+            Format::Json => {
+                let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
+                writer.write(batch)?;
+                writer.finish()?;
+                // One object per line; JSON strings escape newlines, so each '\n' ends a row.
+                for row in writer.into_inner().split(|b| *b == b'\n').filter(|r| !r.is_empty()) {
+                    out.push(if self.started { b',' } else { b'[' });
+                    self.started = true;
+                    out.extend_from_slice(row);
+                }
+            }
+            Format::Csv => {
+                let mut writer = datafusion::arrow::csv::WriterBuilder::new()
+                    .with_header(!self.started)
+                    .build(&mut out);
+                writer.write(batch)?;
+                self.started = true;
+            }
+            Format::Arrow => {
+                let writer = self.arrow.as_mut().expect("set for Arrow");
+                writer.write(batch)?;
+                out = std::mem::take(writer.get_mut());
+            }
+        }
+        Ok(out.into())
+    }
+
+    /// The closing bytes: `]` of the JSON array (`[]` when empty), the Arrow end-of-stream.
+    fn finish(&mut self) -> Result<bytes::Bytes, datafusion::arrow::error::ArrowError> {
+        Ok(match self.format {
+            Format::Json if self.started => bytes::Bytes::from_static(b"]"),
+            Format::Json => bytes::Bytes::from_static(b"[]"),
+            Format::Csv => bytes::Bytes::new(),
+            Format::Arrow => {
+                let writer = self.arrow.as_mut().expect("set for Arrow");
+                writer.finish()?;
+                std::mem::take(writer.get_mut()).into()
+            }
+        })
     }
 }
 

@@ -152,6 +152,39 @@ async fn psql_and_a_postgres_driver_query_the_window() {
     let err = client.execute("DELETE FROM audit_events", &[]).await.unwrap_err();
     assert!(format!("{err:?}").contains("read-only"), "{err:?}");
 
+    // Large results stream over HTTP, in every format, whole.
+    let url = format!("http://{}/v1/sql", running.http_addr.unwrap());
+    let http = reqwest::Client::new();
+    let big = serde_json::json!({"sql": "SELECT unnest(range(0, 50000)) AS n"});
+    let rows: Vec<serde_json::Value> = http.post(&url).json(&big).send().await.unwrap().json().await.unwrap();
+    assert_eq!(rows.len(), 50_000);
+    assert_eq!(rows[49_999]["n"], 49_999);
+    let csv = http
+        .post(&url)
+        .header("Accept", "text/csv")
+        .json(&big)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(csv.lines().count(), 50_001);
+    assert_eq!(csv.lines().filter(|l| *l == "n").count(), 1, "one header");
+    let arrow = http
+        .post(&url)
+        .header("Accept", "application/vnd.apache.arrow.stream")
+        .json(&big)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(arrow), None).unwrap();
+    let n: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(n, 50_000);
+
     stop(running, shutdown, &s.bootstrap, group, 20).await;
     drop(s.cluster);
 }
