@@ -13,6 +13,8 @@ fn auditflow(args: &[&str]) -> std::process::Output {
         .env("CONFLUENT_API_KEY", "APIKEY0000000001")
         .env("CONFLUENT_API_SECRET", "api-secret-should-not-print")
         .env("AUDITFLOW_KEY_PASSWORD", "key-password-should-not-print")
+        .env("AUDITFLOW_SQL_TOKEN", "sql-token-should-not-print")
+        .env("AUDITFLOW_PG_PASSWORD", "pg-password-should-not-print")
         .output()
         .unwrap()
 }

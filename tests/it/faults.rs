@@ -185,7 +185,8 @@ async fn hec_bad_token_holds_everything_until_fixed() {
     drop(s.cluster);
 }
 
-/// The OTLP receiver is down when the pipeline starts and comes up later: everything arrives.
+/// The OTLP receiver is down for the first 30 s and comes up later: nothing is committed
+/// meanwhile, and everything arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_receiver_down_then_up_loses_nothing() {
     let s = setup(25).await;
@@ -205,11 +206,12 @@ async fn otlp_receiver_down_then_up_loses_nothing() {
         &dir.path().join("o.jsonl"),
     );
     let (running, shutdown) = start(&text).await;
+    let down_since = std::time::Instant::now();
     eventually(Duration::from_secs(30), "HEC to get everything", || {
         hec.audit_ids().len() == 25
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(down_since.elapsed())).await;
     assert_eq!(
         committed_total(&s.bootstrap, group).await,
         None,
