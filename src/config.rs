@@ -341,6 +341,8 @@ pub struct RawServer {
     /// Memory all running queries may use together (DataFusion memory pool), bytes. Default
     /// 1073741824.
     pub sql_memory_limit: Option<usize>,
+    /// Threads of the runtime queries run on (apart from the pipeline's). Default 2.
+    pub sql_threads: Option<usize>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -606,7 +608,11 @@ impl Config {
             },
             max_rows: raw.server.sql_max_rows.unwrap_or(1_000_000),
             memory_limit: raw.server.sql_memory_limit.unwrap_or(1 << 30),
+            threads: raw.server.sql_threads.unwrap_or(2),
         };
+        if !(1..=64).contains(&limits.threads) {
+            return Err(invalid("server.sql_threads", "must be between 1 and 64".into()));
+        }
         if limits.max_rows == 0 {
             return Err(invalid("server.sql_max_rows", "must be at least 1".into()));
         }

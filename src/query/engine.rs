@@ -23,13 +23,15 @@ pub enum QueryError {
     TooManyRows(usize),
 }
 
-/// Query limits (`[server] sql_timeout`, `sql_max_rows`, `sql_memory_limit`).
+/// Query limits (`[server] sql_timeout`, `sql_max_rows`, `sql_memory_limit`, `sql_threads`).
 #[derive(Debug, Clone)]
 pub struct SqlLimits {
     pub timeout: Duration,
     pub max_rows: usize,
     /// Bytes all running queries may hold together (sorts, joins, aggregations).
     pub memory_limit: usize,
+    /// Threads of the runtime queries run on, apart from the pipeline's.
+    pub threads: usize,
 }
 
 impl Default for SqlLimits {
@@ -38,6 +40,26 @@ impl Default for SqlLimits {
             timeout: Duration::from_secs(30),
             max_rows: 1_000_000,
             memory_limit: 1 << 30,
+            threads: 2,
+        }
+    }
+}
+
+/// The runtime queries execute on, so a heavy query competes with the pipeline only for CPU,
+/// never for its tokio workers. Shut down in the background when the last engine goes (a
+/// runtime may not be dropped from async code).
+struct SqlRuntime(Option<tokio::runtime::Runtime>);
+
+impl SqlRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("present until dropped").handle()
+    }
+}
+
+impl Drop for SqlRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
         }
     }
 }
@@ -67,6 +89,7 @@ pub const VIEWS: [(&str, &str); 2] = [
 pub struct QueryEngine {
     ctx: SessionContext,
     limits: SqlLimits,
+    runtime: Arc<SqlRuntime>,
 }
 
 impl QueryEngine {
@@ -96,7 +119,17 @@ impl QueryEngine {
                 .unwrap_or_else(|e| panic!("view {name}: {e}"));
             ctx.register_table(name, view).expect("fresh catalog");
         }
-        QueryEngine { ctx, limits }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(limits.threads.max(1))
+            .thread_name("auditflow-sql")
+            .enable_all()
+            .build()
+            .expect("a tokio runtime for queries");
+        QueryEngine {
+            ctx,
+            limits,
+            runtime: Arc::new(SqlRuntime(Some(runtime))),
+        }
     }
 
     /// The session, for the Postgres front end (which applies its own read-only check).
@@ -177,8 +210,18 @@ impl QueryEngine {
         Ok((schema, stream))
     }
 
-    /// Runs one read-only statement and collects its result.
+    /// Runs one read-only statement (on the SQL runtime) and collects its result.
     pub async fn query(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
+        let engine = self.clone();
+        let sql = sql.to_owned();
+        self.runtime
+            .handle()
+            .spawn(async move { engine.query_here(&sql).await })
+            .await
+            .map_err(|e| QueryError::Sql(format!("the query task failed: {e}")))?
+    }
+
+    async fn query_here(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
