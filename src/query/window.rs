@@ -1,22 +1,24 @@
 //! The window store: the last `window.retention` of event time per table, held as Arrow record
 //! batches and served to DataFusion through [`WindowTable`], a `TableProvider`.
 //!
-//! Batches are appended as the pipeline builds them (one per Kafka poll), with repetitive
-//! strings dictionary-encoded, tagged with their oldest and newest event time, and evicted whole
-//! once that time falls out of the retention, or oldest first once the table is over its share
-//! of `window.max_memory`. Retention is measured against the newest event time seen (never more
-//! than five minutes ahead of the wall clock), so a replayed backlog stays queryable instead of
-//! expiring on arrival. A scan only reads the batches whose time range meets the query's filter
-//! on `time`, and only the projected columns.
+//! Each batch the pipeline appends (one per Kafka poll) is cut by event-time minute into
+//! buckets, with repetitive strings dictionary-encoded and each piece tagged with its oldest and
+//! newest event time; a quiet stream's many small pieces are concatenated within their bucket.
+//! Whole buckets are evicted once they fall out of the retention, and the oldest batches go
+//! first once the table is over its share of `window.max_memory`. Retention is measured against
+//! the newest event time seen (never more than five minutes ahead of the wall clock), so a
+//! replayed backlog stays queryable instead of expiring on arrival. A scan visits only the
+//! buckets its filter on `time` allows, skips the batches whose id filter rules out a point
+//! lookup, and reads only the projected columns.
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, TimestampMicrosecondArray};
-use datafusion::arrow::compute::{cast, max, min};
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, TimestampMicrosecondArray, UInt32Array};
+use datafusion::arrow::compute::{cast, concat, max, min, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::ScalarValue;
@@ -125,6 +127,21 @@ impl IdFilter {
     }
 }
 
+/// Width of an event-time bucket: every stored batch holds rows of one minute only, so a
+/// query's time filter picks whole buckets and retention drops whole buckets.
+pub const BUCKET_US: i64 = 60_000_000;
+/// A stored batch under this many rows counts as small (a quiet stream polls a few records at a
+/// time); a bucket's run of trailing small batches is concatenated into one once it reaches
+/// [`MAX_SMALL_RUN`] batches, so a quiet hour does not become 100,000 tiny batches, each with
+/// its own per-column overhead and per-batch query cost.
+const SMALL_BATCH_ROWS: usize = 1024;
+const MAX_SMALL_RUN: usize = 16;
+
+/// The start of the bucket holding `time_us`.
+fn bucket_of(time_us: i64) -> i64 {
+    time_us.div_euclid(BUCKET_US) * BUCKET_US
+}
+
 /// One table of the window.
 #[derive(Debug)]
 pub struct WindowTable {
@@ -134,7 +151,9 @@ pub struct WindowTable {
     schema: SchemaRef,
     retention_us: i64,
     max_bytes: usize,
-    batches: RwLock<VecDeque<Stored>>,
+    /// Stored batches by the start of their event-time bucket, oldest bucket first; within a
+    /// bucket in arrival order.
+    buckets: RwLock<BTreeMap<i64, Vec<Stored>>>,
     newest_us: AtomicU64,
     num_bytes: AtomicUsize,
     num_evicted_rows: AtomicU64,
@@ -144,6 +163,31 @@ pub struct WindowTable {
 fn time_range(batch: &RecordBatch) -> Option<(i64, i64)> {
     let times = batch.column(0).as_any().downcast_ref::<TimestampMicrosecondArray>()?;
     Some((min(times)?, max(times)?))
+}
+
+/// The batch cut into one piece per event-time bucket (the batch itself when it lies in one,
+/// the common case: a poll covers milliseconds to seconds of event time).
+fn split_by_bucket(batch: &RecordBatch, fallback_us: i64) -> Vec<(i64, RecordBatch)> {
+    let Some(times) = batch.column(0).as_any().downcast_ref::<TimestampMicrosecondArray>() else {
+        return vec![(bucket_of(fallback_us), batch.clone())];
+    };
+    let Some((oldest, newest)) = time_range(batch) else {
+        return vec![(bucket_of(fallback_us), batch.clone())];
+    };
+    if bucket_of(oldest) == bucket_of(newest) {
+        return vec![(bucket_of(oldest), batch.clone())];
+    }
+    let mut rows_by_bucket: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+    for (row, time) in times.values().iter().enumerate() {
+        rows_by_bucket.entry(bucket_of(*time)).or_default().push(row as u32);
+    }
+    rows_by_bucket
+        .into_iter()
+        .map(|(bucket, rows)| {
+            let piece = take_record_batch(batch, &UInt32Array::from(rows)).expect("row indices come from the batch");
+            (bucket, piece)
+        })
+        .collect()
 }
 
 impl WindowTable {
@@ -175,7 +219,7 @@ impl WindowTable {
             input_schema,
             retention_us: retention.as_micros() as i64,
             max_bytes,
-            batches: RwLock::new(VecDeque::new()),
+            buckets: RwLock::new(BTreeMap::new()),
             newest_us: AtomicU64::new(0),
             num_bytes: AtomicUsize::new(0),
             num_evicted_rows: AtomicU64::new(0),
@@ -202,56 +246,102 @@ impl WindowTable {
         RecordBatch::try_new(self.schema.clone(), columns).expect("same columns, dictionary-encoded")
     }
 
+    /// A stored batch: `batch` in the stored schema, with its time range, id filter and size.
+    fn store(&self, batch: RecordBatch, fallback_us: i64) -> Stored {
+        let (oldest_us, newest_us) = time_range(&batch).unwrap_or((fallback_us, fallback_us));
+        let ids = batch
+            .column_by_name("id")
+            .and_then(|c| c.as_any().downcast_ref::<datafusion::arrow::array::StringArray>())
+            .map(IdFilter::build);
+        let bytes = batch.get_array_memory_size() + ids.as_ref().map_or(0, IdFilter::num_bytes);
+        Stored {
+            oldest_us,
+            newest_us,
+            ids,
+            bytes,
+            batch,
+        }
+    }
+
+    /// Concatenates a bucket's trailing run of small batches once it is [`MAX_SMALL_RUN`]
+    /// long; answers the change in stored bytes.
+    fn compact_small_run(&self, bucket: &mut Vec<Stored>) -> isize {
+        let run = bucket
+            .iter()
+            .rev()
+            .take_while(|s| s.batch.num_rows() < SMALL_BATCH_ROWS)
+            .count();
+        if run < MAX_SMALL_RUN {
+            return 0;
+        }
+        let small: Vec<Stored> = bucket.split_off(bucket.len() - run);
+        let before: usize = small.iter().map(|s| s.bytes).sum();
+        let batches: Vec<&RecordBatch> = small.iter().map(|s| &s.batch).collect();
+        // Back to plain strings and encoded again, so the merged batch has one dictionary per
+        // column instead of the run's dictionaries laid end to end.
+        let plain: Vec<ArrayRef> = (0..self.input_schema.fields().len())
+            .map(|i| {
+                let column: Vec<&dyn Array> = batches.iter().map(|b| b.column(i).as_ref()).collect();
+                let joined = concat(&column).expect("columns of one schema concatenate");
+                let plain_type = self.input_schema.field(i).data_type();
+                if joined.data_type() == plain_type {
+                    joined
+                } else {
+                    cast(&joined, plain_type).expect("a Utf8 dictionary casts back to Utf8")
+                }
+            })
+            .collect();
+        let merged = RecordBatch::try_new(self.input_schema.clone(), plain).expect("same columns as the input schema");
+        let merged = self.store(self.encode(&merged), small[0].oldest_us);
+        let after = merged.bytes;
+        bucket.push(merged);
+        after as isize - before as isize
+    }
+
     /// Appends a batch whose newest event time is `newest_us`, then evicts what fell out of the
     /// retention or over the memory cap.
     pub fn append(&self, batch: RecordBatch, newest_us: i64) {
         if batch.num_rows() == 0 {
             return;
         }
-        let (oldest_us, newest_in_batch) = time_range(&batch).unwrap_or((newest_us, newest_us));
         let clamped = newest_us.min(now_us() + MAX_CLOCK_SKEW_US).max(0) as u64;
         let reference = self.newest_us.fetch_max(clamped, Ordering::Relaxed).max(clamped) as i64;
-        let batch = self.encode(&batch);
-        let ids = batch
-            .column_by_name("id")
-            .and_then(|c| c.as_any().downcast_ref::<datafusion::arrow::array::StringArray>())
-            .map(IdFilter::build);
-        let bytes = batch.get_array_memory_size() + ids.as_ref().map_or(0, IdFilter::num_bytes);
-        let mut batches = self.batches.write().unwrap_or_else(|e| e.into_inner());
-        batches.push_back(Stored {
-            oldest_us,
-            newest_us: newest_in_batch.max(newest_us),
-            ids,
-            bytes,
-            batch,
-        });
-        let mut total = self.num_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        let cutoff = reference - self.retention_us;
-        // Batches arrive roughly in time order; evict every expired one, wherever it sits.
+        // Encoding and id filters are built before taking the lock: queries keep reading.
+        let pieces: Vec<(i64, Stored)> = split_by_bucket(&batch, newest_us)
+            .into_iter()
+            .map(|(bucket, piece)| (bucket, self.store(self.encode(&piece), newest_us)))
+            .collect();
+        let mut buckets = self.buckets.write().unwrap_or_else(|e| e.into_inner());
+        let mut total = self.num_bytes.load(Ordering::Relaxed) as isize;
+        for (start, stored) in pieces {
+            total += stored.bytes as isize;
+            let bucket = buckets.entry(start).or_default();
+            bucket.push(stored);
+            total += self.compact_small_run(bucket);
+        }
         let (mut evicted_rows, mut evicted_bytes) = (0, 0);
-        batches.retain(|s| {
-            let keep = s.newest_us > cutoff;
-            if !keep {
+        // Whole buckets whose every row is older than the retention.
+        let cutoff = reference - self.retention_us;
+        while let Some(entry) = buckets.first_entry()
+            && entry.key().saturating_add(BUCKET_US) <= cutoff
+        {
+            for s in entry.remove() {
                 evicted_rows += s.batch.num_rows();
                 evicted_bytes += s.bytes;
             }
-            keep
-        });
-        total -= evicted_bytes;
-        // Over the memory cap: the oldest data goes first (the newest batch always stays).
-        while total > self.max_bytes && batches.len() > 1 {
-            let oldest = batches
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, s)| s.newest_us)
-                .map(|(i, _)| i)
-                .expect("more than one batch");
-            let s = batches.remove(oldest).expect("index from the iteration");
-            evicted_rows += s.batch.num_rows();
-            evicted_bytes += s.bytes;
-            total -= s.bytes;
         }
-        self.num_bytes.fetch_sub(evicted_bytes, Ordering::Relaxed);
+        total -= evicted_bytes as isize;
+        // Over the memory cap: the oldest data goes first (the newest batch always stays).
+        while total.max(0) as usize > self.max_bytes && buckets.values().map(Vec::len).sum::<usize>() > 1 {
+            let mut oldest = buckets.first_entry().expect("more than one batch is stored");
+            let s = oldest.get_mut().remove(0);
+            if oldest.get().is_empty() {
+                oldest.remove();
+            }
+            evicted_rows += s.batch.num_rows();
+            total -= s.bytes as isize;
+        }
+        self.num_bytes.store(total.max(0) as usize, Ordering::Relaxed);
         self.num_evicted_rows.fetch_add(evicted_rows as u64, Ordering::Relaxed);
     }
 
@@ -260,11 +350,18 @@ impl WindowTable {
         self.snapshot_matching(&Pruning::default())
     }
 
-    /// The batches that may hold rows `pruning` allows.
+    /// The batches that may hold rows `pruning` allows: only the buckets in its time range are
+    /// visited.
     fn snapshot_matching(&self, pruning: &Pruning) -> Vec<RecordBatch> {
-        let batches = self.batches.read().unwrap_or_else(|e| e.into_inner());
-        batches
-            .iter()
+        let buckets = self.buckets.read().unwrap_or_else(|e| e.into_inner());
+        // Bucket `s` holds [s, s + BUCKET_US): it may matter when s + BUCKET_US > from.
+        let first = pruning.from_us.saturating_sub(BUCKET_US - 1);
+        if first > pruning.to_us {
+            return Vec::new();
+        }
+        buckets
+            .range(first..=pruning.to_us)
+            .flat_map(|(_, stored)| stored)
             .filter(|s| s.newest_us >= pruning.from_us && s.oldest_us <= pruning.to_us)
             .filter(|s| match (&pruning.ids, &s.ids) {
                 (Some(wanted), Some(filter)) => wanted.iter().any(|id| filter.may_contain(id)),
@@ -275,8 +372,13 @@ impl WindowTable {
     }
 
     pub fn num_rows(&self) -> usize {
-        let batches = self.batches.read().unwrap_or_else(|e| e.into_inner());
-        batches.iter().map(|s| s.batch.num_rows()).sum()
+        let buckets = self.buckets.read().unwrap_or_else(|e| e.into_inner());
+        buckets.values().flatten().map(|s| s.batch.num_rows()).sum()
+    }
+
+    /// Event-time buckets currently held.
+    pub fn num_buckets(&self) -> usize {
+        self.buckets.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     pub fn num_bytes(&self) -> usize {
@@ -573,6 +675,74 @@ mod tests {
             .unwrap()
             .value(0);
         assert_eq!(times, base + 9);
+    }
+
+    #[test]
+    fn a_batch_is_cut_into_minute_buckets() {
+        let base = bucket_of(now_us() - 10 * 60 * 1_000_000);
+        let t = WindowTable::new(METRICS_SCHEMA.clone(), Duration::from_secs(3600));
+        let samples: Vec<MetricSample> = (0..30).map(|i| sample(base + i * 6_000_000)).collect();
+        // 30 samples 6 s apart from the start of a minute: 10 in each of three minutes.
+        t.append(metrics_batch(&samples), base + 29 * 6_000_000);
+        assert_eq!(t.num_buckets(), 3);
+        assert_eq!(t.num_rows(), 30);
+        let rows_per_batch: Vec<usize> = t.snapshot().iter().map(RecordBatch::num_rows).collect();
+        assert_eq!(rows_per_batch, vec![10, 10, 10]);
+        // A filter on the middle minute reads one bucket.
+        let middle = Pruning {
+            from_us: base + BUCKET_US,
+            to_us: base + 2 * BUCKET_US - 1,
+            ids: None,
+        };
+        let picked = t.snapshot_matching(&middle);
+        assert_eq!(picked.len(), 1);
+        assert_eq!(
+            time_range(&picked[0]),
+            Some((base + BUCKET_US, base + BUCKET_US + 9 * 6_000_000))
+        );
+    }
+
+    #[test]
+    fn small_batches_are_concatenated_within_their_bucket() {
+        let base = bucket_of(now_us() - 10 * 60 * 1_000_000);
+        let t = WindowTable::with_options(
+            METRICS_SCHEMA.clone(),
+            Duration::from_secs(3600),
+            super::METRICS_DICTIONARY_COLUMNS,
+            usize::MAX,
+        );
+        let mut separate_bytes = 0;
+        for i in 0..(MAX_SMALL_RUN as i64 * 2 + 3) {
+            let batch = metrics_batch(&[sample(base + i), sample(base + i)]);
+            separate_bytes += batch.get_array_memory_size();
+            t.append(batch, base + i);
+        }
+        let batches = t.snapshot();
+        // The first 16 became one batch of 32 rows, which, still small, was merged again with
+        // the next 15; the last 4 wait for more.
+        let rows: Vec<usize> = batches.iter().map(RecordBatch::num_rows).collect();
+        assert_eq!(rows, vec![62, 2, 2, 2, 2]);
+        assert_eq!(t.num_rows(), 70);
+        assert!(
+            t.num_bytes() < separate_bytes / 2,
+            "{} vs {separate_bytes}",
+            t.num_bytes()
+        );
+        // The merged batch keeps one small dictionary, and the rows read back in order.
+        let names = batches[0]
+            .column_by_name("name")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::DictionaryArray<datafusion::arrow::datatypes::Int32Type>>()
+            .unwrap();
+        assert_eq!(names.values().len(), 1);
+        let times = batches[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap();
+        assert_eq!(times.value(0), base);
+        assert_eq!(times.value(31), base + 15);
     }
 
     #[test]
