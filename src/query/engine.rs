@@ -9,11 +9,13 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use futures::StreamExt;
+use datafusion::execution::session_state::SessionStateBuilder;
+use futures::{StreamExt, TryStreamExt};
 
+use super::limits::LimitedPlanner;
 use super::window::Window;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum QueryError {
     #[error("{0}")]
     Sql(String),
@@ -105,7 +107,16 @@ impl QueryEngine {
             .with_memory_pool(Arc::new(FairSpillPool::new(limits.memory_limit)))
             .build_arc()
             .expect("a memory pool is all this runtime has");
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_query_planner(Arc::new(LimitedPlanner {
+                max_rows: limits.max_rows,
+                timeout: limits.timeout,
+            }))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         ctx.register_table("audit_events", window.audit.clone())
             .expect("fresh catalog");
         ctx.register_table("metrics", window.metrics.clone())
@@ -143,19 +154,16 @@ impl QueryEngine {
 
     /// Plans a read-only statement without running it (validation of SQL rules).
     pub async fn plan(&self, sql: &str) -> Result<(), QueryError> {
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
         self.ctx
-            .sql_with_options(sql, options)
+            .sql_with_options(sql, read_only())
             .await
             .map(|_| ())
             .map_err(|e| QueryError::Sql(e.to_string()))
     }
 
-    /// Runs one read-only statement and streams its result, enforcing the row limit and (from
-    /// now) the timeout on every batch.
+    /// Runs one read-only statement on the SQL runtime and streams its result back; the
+    /// session's [`LimitsExec`](super::limits::LimitsExec) ends it with an error past the row
+    /// limit or the timeout.
     pub async fn stream(
         &self,
         sql: &str,
@@ -166,48 +174,34 @@ impl QueryEngine {
         ),
         QueryError,
     > {
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        let deadline = tokio::time::Instant::now() + self.limits.timeout;
-        let timeout = self.limits.timeout;
-        let plan = async {
-            let df = self
-                .ctx
-                .sql_with_options(sql, options)
-                .await
-                .map_err(|e| QueryError::Sql(e.to_string()))?;
-            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-            let stream = df.execute_stream().await.map_err(|e| QueryError::Sql(e.to_string()))?;
-            Ok::<_, QueryError>((schema, stream))
-        };
-        let (schema, inner) = tokio::time::timeout_at(deadline, plan)
-            .await
-            .map_err(|_| QueryError::Timeout(timeout))??;
-        let max_rows = self.limits.max_rows;
-        // State: the inner stream, rows so far, and whether an error ended the stream.
-        let stream = futures::stream::unfold((inner, 0usize, false), move |(mut inner, rows, done)| async move {
-            if done {
-                return None;
-            }
-            let (item, rows, done) = match tokio::time::timeout_at(deadline, inner.next()).await {
-                Err(_) => (Err(QueryError::Timeout(timeout)), rows, true),
-                Ok(None) => return None,
-                Ok(Some(Err(e))) => (Err(QueryError::Sql(e.to_string())), rows, true),
-                Ok(Some(Ok(batch))) => {
-                    let rows = rows + batch.num_rows();
-                    if rows > max_rows {
-                        (Err(QueryError::TooManyRows(max_rows)), rows, true)
-                    } else {
-                        (Ok(batch), rows, false)
-                    }
+        let engine = self.clone();
+        let sql = sql.to_owned();
+        let (schema_tx, schema_rx) = tokio::sync::oneshot::channel();
+        // A couple of batches in hand: the query runs ahead of a slow client only that far.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        self.runtime.handle().spawn(async move {
+            let mut stream = match engine.execute(&sql).await {
+                Ok((schema, stream)) => {
+                    let _ = schema_tx.send(Ok(schema));
+                    stream
+                }
+                Err(e) => {
+                    let _ = schema_tx.send(Err(e));
+                    return;
                 }
             };
-            Some((item, (inner, rows, done)))
-        })
-        .boxed();
-        Ok((schema, stream))
+            while let Some(batch) = stream.next().await {
+                let failed = batch.is_err();
+                // The client went away: dropping the stream cancels the query.
+                if tx.send(batch.map_err(QueryError::from)).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let schema = schema_rx
+            .await
+            .map_err(|_| QueryError::Sql("the query task stopped before answering".into()))??;
+        Ok((schema, tokio_stream::wrappers::ReceiverStream::new(rx).boxed()))
     }
 
     /// Runs one read-only statement (on the SQL runtime) and collects its result.
@@ -216,39 +210,37 @@ impl QueryEngine {
         let sql = sql.to_owned();
         self.runtime
             .handle()
-            .spawn(async move { engine.query_here(&sql).await })
+            .spawn(async move {
+                let (schema, stream) = engine.execute(&sql).await?;
+                let batches: Vec<RecordBatch> = stream.try_collect().await?;
+                Ok((schema, batches))
+            })
             .await
             .map_err(|e| QueryError::Sql(format!("the query task failed: {e}")))?
     }
 
-    async fn query_here(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        let max_rows = self.limits.max_rows;
-        let run = async {
-            let df = self
-                .ctx
-                .sql_with_options(sql, options)
-                .await
-                .map_err(|e| QueryError::Sql(e.to_string()))?;
-            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-            let mut stream = df.execute_stream().await.map_err(|e| QueryError::Sql(e.to_string()))?;
-            let (mut batches, mut rows) = (Vec::new(), 0usize);
-            while let Some(batch) = stream.next().await {
-                let batch = batch.map_err(|e| QueryError::Sql(e.to_string()))?;
-                rows += batch.num_rows();
-                if rows > max_rows {
-                    return Err(QueryError::TooManyRows(max_rows));
-                }
-                batches.push(batch);
-            }
-            Ok((schema, batches))
-        };
-        match tokio::time::timeout(self.limits.timeout, run).await {
-            Ok(result) => result,
-            Err(_) => Err(QueryError::Timeout(self.limits.timeout)),
-        }
+    /// Plans one read-only statement and starts it, here.
+    async fn execute(
+        &self,
+        sql: &str,
+    ) -> Result<(SchemaRef, datafusion::physical_plan::SendableRecordBatchStream), QueryError> {
+        let df = self.ctx.sql_with_options(sql, read_only()).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let stream = df.execute_stream().await?;
+        Ok((schema, stream))
     }
+
+    /// Where the Postgres endpoint serves its connections (their queries run where they are
+    /// polled).
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        self.runtime.handle()
+    }
+}
+
+/// Queries only: no DDL, no DML, no `SET` of engine options.
+fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
 }

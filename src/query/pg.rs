@@ -4,7 +4,8 @@
 //! The protocol (simple and extended query, catalog queries) comes from `datafusion-postgres`
 //! (pgwire over the same DataFusion session as `POST /v1/sql`, with its `pg_catalog` and
 //! `version()` / `current_database()` functions). What is ours: the accept loop (bound address,
-//! shutdown), the optional password, and a read-only gate in front of every statement.
+//! shutdown) on the SQL runtime, the optional password, and a read-only gate in front of every
+//! statement; the row limit and timeout come with the session (`query::limits`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -173,17 +174,24 @@ pub async fn serve(
         Arc::new(TransactionStatementHook),
     ];
     let session = Arc::new(DfSessionService::new_with_hooks(Arc::new(ctx), hooks));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| PgError::Bind { addr, source })?;
-    let bound = listener.local_addr().map_err(|source| PgError::Bind { addr, source })?;
+    let bind_error = |source| PgError::Bind { addr, source };
+    let listener = std::net::TcpListener::bind(addr).map_err(bind_error)?;
+    listener.set_nonblocking(true).map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
+    // Connections are served on the SQL runtime: their queries execute where they are polled,
+    // so a heavy query from psql or Grafana never occupies the pipeline's workers.
+    let runtime = engine.runtime();
+    let listener = {
+        let _entered = runtime.enter();
+        tokio::net::TcpListener::from_std(listener).map_err(bind_error)?
+    };
     match password {
         None => {
             let handlers = Arc::new(Handlers {
                 session,
                 startup: Arc::new(Open),
             });
-            tokio::spawn(accept(listener, handlers, shutdown));
+            runtime.spawn(accept(listener, handlers, shutdown));
         }
         Some(password) => {
             let startup = CleartextPasswordAuthStartupHandler::new(
@@ -194,7 +202,7 @@ pub async fn serve(
                 session,
                 startup: Arc::new(startup),
             });
-            tokio::spawn(accept(listener, handlers, shutdown));
+            runtime.spawn(accept(listener, handlers, shutdown));
         }
     }
     tracing::info!(%bound, "postgres endpoint listening");

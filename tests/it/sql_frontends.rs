@@ -1,6 +1,6 @@
 //! SQL front ends against a running pipeline: the PostgreSQL wire protocol with the real `psql`
 //! client and a Rust driver (simple and extended protocol, catalog queries, views, read-only),
-//! a password, and the HTTP endpoint's bearer token and row limit.
+//! a password, the HTTP endpoint's bearer token, and the row limit on both.
 
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -219,6 +219,13 @@ async fn password_token_and_row_limit() {
         .await
         .unwrap();
     assert_eq!(stdout(&o), "12");
+    // The row limit holds on the Postgres endpoint too (the session enforces it).
+    let o = tokio::task::spawn_blocking(move || psql(port, Some("p-sql"), "SELECT id FROM audit_events"))
+        .await
+        .unwrap();
+    assert!(!o.status.success(), "12 rows passed a limit of 5");
+    let message = String::from_utf8_lossy(&o.stderr);
+    assert!(message.contains("more than 5 rows"), "{message}");
 
     let client = reqwest::Client::new();
     let url = format!("http://{http}/v1/sql");
