@@ -11,9 +11,12 @@
 //! - If a sink gives a batch up without accepting it, nothing after it is ever stored.
 //! - Channels to sinks and to the committer are bounded: when a sink is slow or down, the poll
 //!   loop waits, and the consumer's memory stays bounded.
-//! - Rebalance: with the eager protocol librdkafka commits what is stored before revoking; work
-//!   in flight for a revoked partition is redelivered to its next owner and removed there by the
-//!   dedupe stage.
+//! - Rebalance: on revoke librdkafka commits what is stored (auto-commit does so before the
+//!   partitions go); batches already processed for a revoked partition are finalised (their
+//!   storing is refused once it is no longer assigned, so they can never move its new owner's
+//!   offset), and records read but not yet processed (carried while paused) are abandoned,
+//!   for the new owner to read from the committed offset. On assign, fetching starts from the
+//!   committed offset. A rebalance during a pause pauses the new assignment too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,6 +109,9 @@ pub async fn poll_batch(
         return None;
     }
     if !carried.is_empty() {
+        drop_revoked(consumer, carried);
+    }
+    if !carried.is_empty() {
         let take = carried.len().min(max);
         return Some(carried.drain(..take).collect());
     }
@@ -137,6 +143,32 @@ pub async fn poll_batch(
         }
     }
     Some(records)
+}
+
+/// Abandons carried records of partitions no longer assigned (a rebalance happened while the
+/// assignment was paused): nothing of them was processed or stored, so their new owner reads
+/// them from the committed offset, and processing them here would only make duplicates.
+fn drop_revoked(consumer: &KafkaConsumer, carried: &mut Vec<Record>) {
+    let assignment = match consumer.assignment() {
+        Ok(tpl) => tpl,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the assignment; keeping carried records");
+            return;
+        }
+    };
+    let assigned: std::collections::HashSet<(String, i32)> = assignment
+        .elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect();
+    let before = carried.len();
+    carried.retain(|r| assigned.contains(&(r.topic.to_string(), r.partition)));
+    if carried.len() < before {
+        tracing::info!(
+            records = before - carried.len(),
+            "carried records of revoked partitions abandoned; their new owner reads them"
+        );
+    }
 }
 
 /// Keeps the consumer in its group while a sink holds the pipeline up.
@@ -176,9 +208,19 @@ impl Backpressure {
         let mut handoff = std::pin::pin!(handoff);
         let pause_after = tokio::time::sleep(Duration::from_millis(500));
         let mut pause_after = std::pin::pin!(pause_after);
+        // A rebalance while paused assigns partitions unpaused: pause them too, or the carried
+        // records would grow for as long as the sinks are backed up.
+        let mut repause = tokio::time::interval(Duration::from_secs(1));
         let result = loop {
             tokio::select! {
                 r = &mut handoff => break r,
+                _ = repause.tick(), if self.paused.as_ref().is_some_and(|p| p.count() > 0) => {
+                    if let Ok(tpl) = consumer.assignment()
+                        && let Err(e) = consumer.pause(&tpl)
+                    {
+                        tracing::warn!(error = %e, "could not pause partitions");
+                    }
+                }
                 _ = &mut pause_after, if self.paused.is_none() => {
                     match consumer.assignment() {
                         Ok(tpl) => match consumer.pause(&tpl) {
@@ -202,9 +244,11 @@ impl Backpressure {
                 },
             }
         };
-        if let Some(tpl) = self.paused.take()
-            && tpl.count() > 0
+        if let Some(paused) = self.paused.take()
+            && paused.count() > 0
         {
+            // The current assignment: a rebalance meanwhile may have changed it.
+            let tpl = consumer.assignment().unwrap_or(paused);
             match consumer.resume(&tpl) {
                 Ok(()) => tracing::info!(partitions = tpl.count(), "sinks caught up; partitions resumed"),
                 Err(e) => tracing::warn!(error = %e, "could not resume partitions"),
