@@ -6,8 +6,12 @@
 //! millisecond and microsecond timestamps, specversion 0.3 with `confluentRouting`, and Schema
 //! Registry framing.
 //!
-//! The record is parsed once into a `serde_json::Value` because the JSON Schema validator needs
-//! one; the typed view then borrows its strings from that value instead of parsing again.
+//! The typed view is read straight from the record bytes, borrowing its strings, with the JSON
+//! Schema's constraints compiled into its types ([`super::strict`]) and
+//! [`Envelope::schema_problem`]; only a record that fails that is parsed into a
+//! `serde_json::Value` and run through the `jsonschema` validator, whose error names the
+//! offending path. A test mutates every property the schema names and checks that the fast
+//! path never accepts what the validator refuses.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -15,6 +19,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::strict::{IntegerOrString, IntegerStringOrArray, Object, Str, present};
 use super::{DecodeError, parse_time_us, schema_registry};
 use crate::event::{AuditRow, AuthzVia, PrincipalType};
 
@@ -50,6 +55,22 @@ impl AuditDecoder {
         if json.iter().all(u8::is_ascii_whitespace) {
             return Err(DecodeError::Empty);
         }
+        // Fast path: the typed view straight from the bytes. Its types refuse whatever the
+        // schema's types refuse and `schema_problem` checks the rest, so an event that passes
+        // both satisfies the schema.
+        if let Ok(Object(envelope)) = serde_json::from_slice::<Object<Envelope>>(json)
+            && (self.validator.is_none() || envelope.schema_problem().is_none())
+        {
+            return to_row(envelope, Arc::from(json));
+        }
+        // Anything else (bad JSON, a schema violation, an event the typed view is stricter
+        // about, duplicate keys) takes the slow path, whose errors say exactly what is wrong.
+        self.decode_slowly(json)
+    }
+
+    /// Parses into a `serde_json::Value`, checks it with the JSON Schema validator, and reads
+    /// the typed view from the value.
+    fn decode_slowly(&self, json: &[u8]) -> Result<AuditRow, DecodeError> {
         let value: Value = serde_json::from_slice(json)?;
         if let Some(validator) = &self.validator
             && let Err(e) = validator.validate(&value)
@@ -59,68 +80,112 @@ impl AuditDecoder {
                 message: e.to_string(),
             });
         }
-        let envelope = Envelope::deserialize(&value).map_err(|e| DecodeError::InvalidEvent(e.to_string()))?;
-        let raw: Arc<[u8]> = Arc::from(json);
-        to_row(envelope, raw)
+        let Object(envelope) =
+            Object::<Envelope>::deserialize(&value).map_err(|e| DecodeError::InvalidEvent(e.to_string()))?;
+        to_row(envelope, Arc::from(json))
+    }
+}
+
+/// The typed view of an event: every property `audit_event.schema.json` describes, with the
+/// types it allows (see [`strict`]), plus [`Envelope::schema_problem`] for its value
+/// constraints. Strings borrow from the record where they hold no escapes.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    id: Str<'a>,
+    #[serde(default, deserialize_with = "present", borrow)]
+    specversion: Option<Str<'a>>,
+    #[serde(rename = "type", borrow)]
+    event_type: Str<'a>,
+    #[serde(default, deserialize_with = "present", borrow)]
+    source: Option<Str<'a>>,
+    #[serde(default, deserialize_with = "present", borrow)]
+    subject: Option<Str<'a>>,
+    #[serde(borrow)]
+    time: Str<'a>,
+    #[serde(rename = "datacontenttype", default, deserialize_with = "present", borrow)]
+    _datacontenttype: Option<Str<'a>>,
+    #[serde(rename = "route", default, deserialize_with = "present", borrow)]
+    _route: Option<Str<'a>>,
+    #[serde(rename = "confluentRouting", default, deserialize_with = "present", borrow)]
+    _confluent_routing: Option<Object<Routing<'a>>>,
+    #[serde(default, deserialize_with = "present", borrow)]
+    data: Option<Object<Data<'a>>>,
+}
+
+impl Envelope<'_> {
+    /// What the schema asks beyond types (required properties, lengths, the specversion
+    /// enum), or `None` when the event satisfies it.
+    fn schema_problem(&self) -> Option<&'static str> {
+        let id_chars = self.id.num_chars();
+        if id_chars == 0 || id_chars > 256 {
+            return Some("`id` must have 1 to 256 characters");
+        }
+        if !matches!(self.specversion.as_ref().map(Str::as_str), Some("1.0" | "0.3")) {
+            return Some("`specversion` must be \"1.0\" or \"0.3\"");
+        }
+        if self.source.is_none() {
+            return Some("`source` is required");
+        }
+        if self.event_type.num_chars() == 0 {
+            return Some("`type` must not be empty");
+        }
+        if self.time.num_chars() < 20 {
+            return Some("`time` must have at least 20 characters");
+        }
+        if self.data.is_none() {
+            return Some("`data` is required");
+        }
+        None
     }
 }
 
 #[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow)]
-    id: Cow<'a, str>,
-    #[serde(rename = "type", borrow)]
-    event_type: Cow<'a, str>,
-    #[serde(borrow, default)]
-    source: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    subject: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    time: Cow<'a, str>,
-    #[serde(borrow, default)]
-    data: Option<Data<'a>>,
+struct Routing<'a> {
+    #[serde(rename = "route", default, deserialize_with = "present", borrow)]
+    _route: Option<Str<'a>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct Data<'a> {
-    #[serde(borrow, default)]
-    service_name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    method_name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    resource_name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    authentication_info: Option<AuthenticationInfo<'a>>,
-    #[serde(borrow, default)]
-    authorization_info: Option<AuthorizationInfo<'a>>,
-    #[serde(borrow, default)]
-    request: Option<Request<'a>>,
-    #[serde(borrow, default)]
-    request_metadata: Option<RequestMetadata<'a>>,
-    #[serde(borrow, default)]
-    result: Option<ResultInfo<'a>>,
-    #[serde(borrow, default)]
+    #[serde(default, deserialize_with = "present", borrow)]
+    service_name: Option<Str<'a>>,
+    #[serde(default, deserialize_with = "present", borrow)]
+    method_name: Option<Str<'a>>,
+    #[serde(default, deserialize_with = "present", borrow)]
+    resource_name: Option<Str<'a>>,
+    #[serde(default, deserialize_with = "present", borrow)]
+    authentication_info: Option<Object<AuthenticationInfo<'a>>>,
+    #[serde(default, deserialize_with = "present", borrow)]
+    authorization_info: Option<Object<AuthorizationInfo<'a>>>,
+    #[serde(default, deserialize_with = "present", borrow)]
+    request: Option<Object<Request<'a>>>,
+    #[serde(default, deserialize_with = "present", borrow)]
+    request_metadata: Option<Object<RequestMetadata<'a>>>,
+    #[serde(default, deserialize_with = "present", borrow)]
+    result: Option<Object<ResultInfo<'a>>>,
+    #[serde(default, borrow)]
     cloud_resources: Vec<CloudResource<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct AuthenticationInfo<'a> {
-    #[serde(borrow, default)]
+    #[serde(default, deserialize_with = "present", borrow)]
     principal: Option<Principal<'a>>,
-    #[serde(borrow, default)]
-    metadata: Option<AuthenticationMetadata<'a>>,
-    #[serde(borrow, default)]
-    principal_resource_id: Option<Cow<'a, str>>,
+    #[serde(default, deserialize_with = "present", borrow)]
+    metadata: Option<Object<AuthenticationMetadata<'a>>>,
+    #[serde(default, deserialize_with = "present", borrow)]
+    principal_resource_id: Option<Str<'a>>,
 }
 
 /// `User:sa-abc123` on Kafka events, `{"email": ..., "confluentUser": {...}}` on cloud events.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Principal<'a> {
-    Name(#[serde(borrow)] Cow<'a, str>),
-    Object(#[serde(borrow)] PrincipalObject<'a>),
+    Name(#[serde(borrow)] Str<'a>),
+    Object(#[serde(borrow)] Object<PrincipalObject<'a>>),
 }
 
 #[derive(Deserialize)]
@@ -145,55 +210,70 @@ struct ResourceIdRef<'a> {
 
 #[derive(Deserialize)]
 struct AuthenticationMetadata<'a> {
-    #[serde(borrow, default)]
-    mechanism: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    identifier: Option<Cow<'a, str>>,
+    #[serde(default, deserialize_with = "present", borrow)]
+    mechanism: Option<Str<'a>>,
+    #[serde(default, deserialize_with = "present", borrow)]
+    identifier: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct AuthorizationInfo<'a> {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     granted: Option<bool>,
-    #[serde(borrow, default)]
-    operation: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    resource_type: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    resource_name: Option<Cow<'a, str>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present", borrow)]
+    operation: Option<Str<'a>>,
+    #[serde(default, deserialize_with = "present", borrow)]
+    resource_type: Option<Str<'a>>,
+    #[serde(default, deserialize_with = "present", borrow)]
+    resource_name: Option<Str<'a>>,
+    #[serde(rename = "patternType", default, deserialize_with = "present", borrow)]
+    _pattern_type: Option<Str<'a>>,
+    #[serde(default, deserialize_with = "present")]
     super_user_authorization: Option<bool>,
-    #[serde(default)]
-    acl_authorization: Option<serde::de::IgnoredAny>,
-    #[serde(borrow, default)]
-    rbac_authorization: Option<RbacAuthorization<'a>>,
+    #[serde(default, deserialize_with = "present")]
+    acl_authorization: Option<Object<serde::de::IgnoredAny>>,
+    #[serde(default, deserialize_with = "present", borrow)]
+    rbac_authorization: Option<Object<RbacAuthorization<'a>>>,
 }
 
 #[derive(Deserialize)]
 struct RbacAuthorization<'a> {
-    #[serde(borrow, default)]
-    role: Option<Cow<'a, str>>,
+    #[serde(default, deserialize_with = "present", borrow)]
+    role: Option<Str<'a>>,
 }
 
-/// Real events write snake_case, the published schema camelCase: accept both.
+/// Real events write snake_case, the published schema camelCase: both are read, each with
+/// the type the schema gives it.
 #[derive(Deserialize)]
 struct Request<'a> {
-    #[serde(borrow, default, alias = "clientId")]
-    client_id: Option<Cow<'a, str>>,
+    #[serde(default, deserialize_with = "present", borrow)]
+    client_id: Option<Str<'a>>,
+    #[serde(rename = "clientId", default, deserialize_with = "present", borrow)]
+    client_id_camel: Option<Str<'a>>,
+    #[serde(rename = "correlation_id", default, deserialize_with = "present")]
+    _correlation_id: Option<IntegerOrString>,
+    #[serde(rename = "correlationId", default, deserialize_with = "present")]
+    _correlation_id_camel: Option<IntegerOrString>,
 }
 
 #[derive(Deserialize)]
 struct RequestMetadata<'a> {
-    #[serde(borrow, default, alias = "clientAddress")]
-    client_address: Option<ClientAddress<'a>>,
+    #[serde(default, deserialize_with = "present", borrow)]
+    client_address: Option<Str<'a>>,
+    #[serde(rename = "clientAddress", default, deserialize_with = "present", borrow)]
+    client_address_camel: Option<ClientAddress<'a>>,
+    #[serde(rename = "connection_id", default, deserialize_with = "present")]
+    _connection_id: Option<IntegerOrString>,
+    #[serde(rename = "request_id", default, deserialize_with = "present")]
+    _request_id: Option<IntegerStringOrArray>,
 }
 
-/// `/10.0.0.4:53422` on Kafka events, `[{"ip": "203.0.113.45"}]` on cloud events.
+/// `clientAddress`: `[{"ip": "203.0.113.45"}]` on cloud events, or a string.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum ClientAddress<'a> {
-    Text(#[serde(borrow)] Cow<'a, str>),
+    Text(#[serde(borrow)] Str<'a>),
     List(#[serde(borrow)] Vec<IpEntry<'a>>),
 }
 
@@ -205,10 +285,10 @@ struct IpEntry<'a> {
 
 #[derive(Deserialize)]
 struct ResultInfo<'a> {
-    #[serde(borrow, default)]
-    status: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    message: Option<Cow<'a, str>>,
+    #[serde(default, deserialize_with = "present", borrow)]
+    status: Option<Str<'a>>,
+    #[serde(default, deserialize_with = "present", borrow)]
+    message: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -226,40 +306,38 @@ struct CloudResourceRef<'a> {
     resource_id: Option<Cow<'a, str>>,
 }
 
-fn owned(s: Option<Cow<'_, str>>) -> Option<String> {
-    s.filter(|s| !s.is_empty()).map(Cow::into_owned)
+fn owned<'a>(s: Option<impl Into<Cow<'a, str>>>) -> Option<String> {
+    s.map(Into::into).filter(|s| !s.is_empty()).map(Cow::into_owned)
+}
+
+fn text<'s>(s: &'s Option<Str<'_>>) -> Option<&'s str> {
+    s.as_ref().map(Str::as_str)
 }
 
 fn to_row(e: Envelope<'_>, raw: Arc<[u8]>) -> Result<AuditRow, DecodeError> {
-    let time_us = parse_time_us(&e.time)
-        .ok_or_else(|| DecodeError::InvalidEvent(format!("`time` is not RFC 3339: {:?}", e.time)))?;
-    if e.id.is_empty() {
+    let time_us = parse_time_us(e.time.as_str())
+        .ok_or_else(|| DecodeError::InvalidEvent(format!("`time` is not RFC 3339: {:?}", e.time.as_str())))?;
+    if e.id.as_str().is_empty() {
         return Err(DecodeError::InvalidEvent("`id` is empty".into()));
     }
-    let data = e.data.unwrap_or_default();
+    let data = e.data.map(|Object(data)| data).unwrap_or_default();
 
     // The resource CRN: the data's resourceName, else the subject, else the source.
-    let crn_text = data
-        .resource_name
-        .as_deref()
-        .or(e.subject.as_deref())
-        .or(e.source.as_deref())
+    let crn_text = text(&data.resource_name)
+        .or(text(&e.subject))
+        .or(text(&e.source))
         .unwrap_or_default();
     let crn = Crn::parse(crn_text);
     let cluster_id = crn
         .get("kafka")
         .or_else(|| crn.get("cloud-cluster"))
         .map(str::to_owned)
-        .or_else(|| {
-            e.source
-                .as_deref()
-                .and_then(|s| Crn::parse(s).get("kafka").map(str::to_owned))
-        });
+        .or_else(|| text(&e.source).and_then(|s| Crn::parse(s).get("kafka").map(str::to_owned)));
 
     let mut row = AuditRow {
         time_us,
-        id: e.id.into_owned(),
-        event_type: e.event_type.into_owned(),
+        id: e.id.0.into_owned(),
+        event_type: e.event_type.0.into_owned(),
         method: owned(data.method_name),
         service: owned(data.service_name),
         organization: crn.get("organization").map(str::to_owned),
@@ -279,14 +357,14 @@ fn to_row(e: Envelope<'_>, raw: Arc<[u8]>) -> Result<AuditRow, DecodeError> {
         row.resource_name = owned(cloud.resource_id).or(row.resource_name);
     }
 
-    if let Some(authn) = data.authentication_info {
+    if let Some(Object(authn)) = data.authentication_info {
         let resource_id = owned(authn.principal_resource_id);
         match authn.principal {
             Some(Principal::Name(name)) => {
-                row.principal_type = principal_type_of_name(&name);
+                row.principal_type = principal_type_of_name(name.as_str());
                 row.principal = owned(Some(name));
             }
-            Some(Principal::Object(obj)) => {
+            Some(Principal::Object(Object(obj))) => {
                 let id = obj
                     .confluent_user
                     .and_then(|u| u.resource_id)
@@ -302,13 +380,13 @@ fn to_row(e: Envelope<'_>, raw: Arc<[u8]>) -> Result<AuditRow, DecodeError> {
             }
             None => row.principal = resource_id,
         }
-        if let Some(meta) = authn.metadata {
+        if let Some(Object(meta)) = authn.metadata {
             row.auth_mechanism = owned(meta.mechanism);
             row.auth_identifier = owned(meta.identifier);
         }
     }
 
-    if let Some(authz) = data.authorization_info {
+    if let Some(Object(authz)) = data.authorization_info {
         row.granted = authz.granted;
         row.operation = owned(authz.operation);
         if let Some(t) = owned(authz.resource_type) {
@@ -319,7 +397,7 @@ fn to_row(e: Envelope<'_>, raw: Arc<[u8]>) -> Result<AuditRow, DecodeError> {
         }
         row.authz_via = if authz.super_user_authorization == Some(true) {
             AuthzVia::SuperUser
-        } else if let Some(rbac) = authz.rbac_authorization {
+        } else if let Some(Object(rbac)) = authz.rbac_authorization {
             row.role = owned(rbac.role);
             AuthzVia::Rbac
         } else if authz.acl_authorization.is_some() {
@@ -329,18 +407,21 @@ fn to_row(e: Envelope<'_>, raw: Arc<[u8]>) -> Result<AuditRow, DecodeError> {
         };
     }
 
-    if let Some(request) = data.request {
-        row.client_id = owned(request.client_id);
+    if let Some(Object(request)) = data.request {
+        row.client_id = owned(request.client_id.or(request.client_id_camel));
     }
-    if let Some(address) = data.request_metadata.and_then(|m| m.client_address) {
+    let address = data
+        .request_metadata
+        .and_then(|Object(m)| m.client_address.map(ClientAddress::Text).or(m.client_address_camel));
+    if let Some(address) = address {
         let (ip, port) = match address {
-            ClientAddress::Text(text) => parse_client_address(&text),
+            ClientAddress::Text(text) => parse_client_address(text.as_str()),
             ClientAddress::List(list) => (list.into_iter().find_map(|e| owned(e.ip)), None),
         };
         row.client_ip = ip;
         row.client_port = port;
     }
-    if let Some(result) = data.result {
+    if let Some(Object(result)) = data.result {
         row.result_status = owned(result.status);
         row.result_message = owned(result.message);
     }
@@ -599,6 +680,146 @@ mod tests {
         bad[at] = 0xc3;
         bad[at + 1] = 0x28;
         assert_eq!(d.decode(&bad).unwrap_err().class(), "NotJson");
+    }
+
+    const SAMPLES: [&str; 8] = [
+        "cloud-authentication-failure-unknown-user.json",
+        "cloud-authentication-success-apikey.json",
+        "cloud-authorization-denied-cross-namespace.json",
+        "cloud-authorization-rbac-granted-create-topic.json",
+        "cloud-request-create-api-key.json",
+        "platform-authentication-mtls-success.json",
+        "platform-authorization-delete-topic-acl.json",
+        "platform-v03-superuser-join-group.json",
+    ];
+
+    /// Every property path the schema describes (`/data/authorizationInfo/granted`, ...).
+    fn schema_paths(schema: &Value, prefix: &str, out: &mut Vec<String>) {
+        if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
+            for (name, sub) in properties {
+                let path = format!("{prefix}/{name}");
+                out.push(path.clone());
+                schema_paths(sub, &path, out);
+            }
+        }
+    }
+
+    /// The object at `pointer`, made (as empty objects) where missing; `None` where a
+    /// non-object is in the way.
+    fn object_at<'v>(value: &'v mut Value, pointer: &str) -> Option<&'v mut serde_json::Map<String, Value>> {
+        let mut node = value;
+        for key in pointer.split('/').skip(1) {
+            node = node
+                .as_object_mut()?
+                .entry(key)
+                .or_insert_with(|| Value::Object(Default::default()));
+        }
+        node.as_object_mut()
+    }
+
+    fn fast_path_accepts(bytes: &[u8]) -> bool {
+        matches!(serde_json::from_slice::<Object<Envelope>>(bytes), Ok(Object(e)) if e.schema_problem().is_none())
+    }
+
+    /// Regression guard for the fast path: remove, or replace with a value of every JSON type,
+    /// each property the schema names, in every sample; the typed view may be stricter than
+    /// the schema (the slow path then decides) but must never accept what the schema refuses.
+    #[test]
+    fn typed_checks_never_pass_what_the_schema_refuses() {
+        use serde_json::json;
+        let schema: Value = serde_json::from_str(AUDIT_SCHEMA).unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let mut paths = Vec::new();
+        schema_paths(&schema, "", &mut paths);
+        assert!(paths.len() > 40, "{paths:?}");
+        let replacements = [
+            json!(null),
+            json!(true),
+            json!(0),
+            json!(-7),
+            json!(1.0),
+            json!(1.5),
+            json!(18446744073709551616.0),
+            json!(""),
+            json!("x"),
+            json!("1.0"),
+            json!("0.3"),
+            json!("2026-11-24T09:15:03.001Z"),
+            json!("y".repeat(300)),
+            json!([]),
+            json!([1, "a", {}]),
+            json!({}),
+            json!({"route": 1, "role": "R", "email": "e@example.com"}),
+        ];
+        let (mut both_accept, mut both_refuse, mut only_schema) = (0, 0, 0);
+        let mut check = |variant: &Value, what: &str| {
+            let bytes = serde_json::to_vec(variant).unwrap();
+            let by_schema = validator.is_valid(variant);
+            let by_type = fast_path_accepts(&bytes);
+            assert!(
+                by_schema || !by_type,
+                "the fast path accepts what the schema refuses ({what}): {}",
+                String::from_utf8_lossy(&bytes)
+            );
+            match (by_schema, by_type) {
+                (true, true) => both_accept += 1,
+                (false, false) => both_refuse += 1,
+                _ => only_schema += 1,
+            }
+        };
+        for top in [json!([]), json!("event"), json!(1), json!(null), json!([{"id": "x"}])] {
+            check(&top, "not an object");
+        }
+        for name in SAMPLES {
+            let original: Value = serde_json::from_slice(&sample(name)).unwrap();
+            assert!(
+                fast_path_accepts(&serde_json::to_vec(&original).unwrap()),
+                "{name} takes the fast path"
+            );
+            for path in &paths {
+                let (parent, key) = path.rsplit_once('/').unwrap();
+                let mut removed = original.clone();
+                if let Some(object) = object_at(&mut removed, parent) {
+                    object.remove(key);
+                    check(&removed, &format!("{name}: without {path}"));
+                }
+                for replacement in &replacements {
+                    let mut replaced = original.clone();
+                    if let Some(object) = object_at(&mut replaced, parent) {
+                        object.insert(key.to_owned(), replacement.clone());
+                        check(&replaced, &format!("{name}: {path} = {replacement}"));
+                    }
+                }
+            }
+        }
+        // Not vacuous: most variants are decided alike, both ways.
+        assert!(
+            both_accept > 2000 && both_refuse > 2000,
+            "{both_accept} / {both_refuse} / {only_schema}"
+        );
+        assert!(
+            only_schema < both_accept / 10,
+            "{only_schema} valid events leave the fast path"
+        );
+    }
+
+    #[test]
+    fn the_fast_and_slow_paths_decode_alike() {
+        let decoder = AuditDecoder::new(true, 1 << 20);
+        for name in SAMPLES {
+            let bytes = sample(name);
+            assert_eq!(
+                decoder.decode(&bytes).unwrap(),
+                decoder.decode_slowly(&bytes).unwrap(),
+                "{name}"
+            );
+        }
+        // Escaped strings (owned, not borrowed) read the same.
+        let escaped = String::from_utf8(sample("cloud-authorization-denied-cross-namespace.json"))
+            .unwrap()
+            .replace("Tech02-payments", "Tech02\\u002dpayments");
+        let row = decoder.decode(escaped.as_bytes()).unwrap();
+        assert_eq!(row.resource_name.as_deref(), Some("Tech02-payments"));
     }
 
     #[test]

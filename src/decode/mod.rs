@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod metrics;
 pub mod schema_registry;
+pub mod strict;
 
 /// Why a record could not be decoded. Never retriable: the same bytes fail the same way, so the
 /// record goes to the dead-letter topic.
