@@ -1,6 +1,8 @@
 //! Splunk Common Information Model fields for the Authentication and Change data models, as flat
 //! strings for HEC's `fields` (indexed fields must be strings or arrays of strings).
 
+use std::borrow::Cow;
+
 use crate::event::AuditRow;
 
 /// Methods that change configuration, for the Change data model.
@@ -20,33 +22,44 @@ fn change_type(method: &str) -> Option<&'static str> {
     }
 }
 
-/// The CIM fields of an audit event, in a fixed order.
-pub fn fields(row: &AuditRow) -> Vec<(&'static str, String)> {
+/// The CIM fields of an audit event, in a fixed order, borrowed from the row where they can be.
+pub fn fields<'r>(row: &'r AuditRow) -> Vec<(&'static str, Cow<'r, str>)> {
     let failed = row.granted == Some(false) || row.result_status.as_deref().is_some_and(|s| s != "SUCCESS");
     let action = if failed { "failure" } else { "success" };
-    let mut out: Vec<(&'static str, String)> = vec![
-        ("action", action.into()),
-        ("status", action.into()),
-        ("app", "confluent:kafka".into()),
-        ("vendor_product", "Confluent Kafka".into()),
-    ];
-    let mut push = |k: &'static str, v: Option<&str>| {
+    let mut out: Vec<(&'static str, Cow<'r, str>)> = Vec::with_capacity(12);
+    out.extend([
+        ("action", Cow::Borrowed(action)),
+        ("status", Cow::Borrowed(action)),
+        ("app", Cow::Borrowed("confluent:kafka")),
+        ("vendor_product", Cow::Borrowed("Confluent Kafka")),
+    ]);
+    let mut push = |k: &'static str, v: Option<Cow<'r, str>>| {
         if let Some(v) = v.filter(|v| !v.is_empty()) {
-            out.push((k, v.to_owned()));
+            out.push((k, v));
         }
     };
-    push("user", row.principal.as_deref());
-    push("src", row.client_ip.as_deref());
-    push("dest", row.cluster_id.as_deref());
-    push("signature", row.method.as_deref());
-    push("authentication_method", row.auth_mechanism.as_deref());
-    push("object", row.resource_name.as_deref());
+    let text = |v: &'r Option<String>| v.as_deref().map(Cow::Borrowed);
+    push("user", text(&row.principal));
+    push("src", text(&row.client_ip));
+    push("dest", text(&row.cluster_id));
+    push("signature", text(&row.method));
+    push("authentication_method", text(&row.auth_mechanism));
+    push("object", text(&row.resource_name));
+    push("object_category", row.resource_type.as_deref().map(lowercase));
     push(
-        "object_category",
-        row.resource_type.as_deref().map(|t| t.to_ascii_lowercase()).as_deref(),
+        "change_type",
+        row.method.as_deref().and_then(change_type).map(Cow::Borrowed),
     );
-    push("change_type", row.method.as_deref().and_then(change_type));
     out
+}
+
+/// `t` in lower case, copied only when it has an upper-case letter.
+fn lowercase(t: &str) -> Cow<'_, str> {
+    if t.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(t.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(t)
+    }
 }
 
 #[cfg(test)]
@@ -63,7 +76,7 @@ mod tests {
             ..AuditRow::default()
         };
         let f = fields(&row);
-        let get = |k| f.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
+        let get = |k| f.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_ref());
         assert_eq!(get("action"), Some("failure"));
         assert_eq!(get("user"), Some("User:sa-1"));
         assert_eq!(get("object_category"), Some("topic"));

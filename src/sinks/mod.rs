@@ -4,6 +4,8 @@
 //! it takes (the bounded channel then pauses the consumer), and events a receiver rejects for
 //! their content go to the dead-letter topic before the batch is acknowledged.
 
+use std::borrow::Cow;
+
 pub mod file;
 pub mod otlp;
 pub mod splunk_hec;
@@ -46,11 +48,11 @@ pub fn backoff(attempt: u32, cap: Duration) -> Duration {
 }
 
 /// Enrichment and CIM fields of an audit event, flat strings (HEC indexed fields, file sink).
-pub fn audit_fields(row: &AuditRow) -> Vec<(&'static str, String)> {
-    let mut f: Vec<(&'static str, String)> = Vec::with_capacity(24);
-    let mut push = |k: &'static str, v: Option<&str>| {
+pub fn audit_fields<'r>(row: &'r AuditRow) -> Vec<(&'static str, Cow<'r, str>)> {
+    let mut f: Vec<(&'static str, Cow<'r, str>)> = Vec::with_capacity(24);
+    let mut push = |k: &'static str, v: Option<&'r str>| {
         if let Some(v) = v.filter(|v| !v.is_empty()) {
-            f.push((k, v.to_owned()));
+            f.push((k, Cow::Borrowed(v)));
         }
     };
     push("cluster_id", row.cluster_id.as_deref());
@@ -95,10 +97,10 @@ pub fn alert_json(a: &Alert) -> Value {
 }
 
 /// Fields object from pairs.
-pub fn fields_object(pairs: Vec<(&'static str, String)>) -> Map<String, Value> {
+pub fn fields_object(pairs: Vec<(&'static str, Cow<'_, str>)>) -> Map<String, Value> {
     pairs
         .into_iter()
-        .map(|(k, v)| (k.to_owned(), Value::String(v)))
+        .map(|(k, v)| (k.to_owned(), Value::String(v.into_owned())))
         .collect()
 }
 

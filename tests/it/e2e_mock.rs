@@ -30,6 +30,8 @@ const SAMPLES: [&str; 8] = [
     "platform-v03-superuser-join-group.json",
 ];
 
+/// The shared test configuration. The shared samples carry fixed dates (2026-11-24), so the
+/// window keeps ten years: they stay queryable whatever day the tests run.
 pub fn config_text(bootstrap: &str, group: &str, hec: &str, otlp: Option<&str>, out: &std::path::Path) -> String {
     let otlp = otlp
         .map(|o| format!("[sinks.otlp]\nendpoint = \"{o}\"\n"))
@@ -53,7 +55,7 @@ directory = "{directory}"
 [rules]
 dirs = ["{rules}"]
 [window]
-retention = "7d"
+retention = "3650d"
 [sinks.splunk_hec]
 endpoints = ["{hec}"]
 token = "{TOKEN}"

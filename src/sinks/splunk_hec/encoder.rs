@@ -10,8 +10,9 @@ use flate2::write::GzEncoder;
 use serde_json::{Map, Value, json};
 
 use super::config::HecSinkConfig;
+use crate::event::epoch_seconds;
 use crate::event::{Alert, AuditRow, MetricSample};
-use crate::sinks::{alert_json, audit_fields, time_value};
+use crate::sinks::{alert_json, audit_fields};
 
 pub const AUDIT_SOURCETYPE: &str = "confluent:audit";
 pub const ALERT_SOURCETYPE: &str = "auditflow:alert";
@@ -22,6 +23,9 @@ pub const METRIC_SOURCETYPE: &str = "auditflow:metric";
 pub struct Encoder<'a> {
     config: &'a HecSinkConfig,
     pub bodies: Vec<Body>,
+    /// The event being encoded: one buffer for all of them, so encoding allocates per body,
+    /// not per event.
+    scratch: Vec<u8>,
 }
 
 /// One request body and the byte offsets of its events.
@@ -62,6 +66,7 @@ impl<'a> Encoder<'a> {
         Encoder {
             config,
             bodies: Vec::new(),
+            scratch: Vec::with_capacity(4096),
         }
     }
 
@@ -77,15 +82,21 @@ impl<'a> Encoder<'a> {
         self.bodies.last_mut().expect("pushed above")
     }
 
-    fn push_event(&mut self, event: Vec<u8>) {
+    /// Moves the encoded event from `scratch` into the current body.
+    fn push_event(&mut self) {
+        let event = std::mem::take(&mut self.scratch);
         let body = self.current(event.len());
         body.starts.push(body.bytes.len());
         body.bytes.extend_from_slice(&event);
+        self.scratch = event;
     }
 
-    fn envelope(&self, out: &mut Vec<u8>, time_us: i64, sourcetype: &str, index: Option<&str>) {
+    /// Starts an event in `scratch` with its envelope.
+    fn envelope(&mut self, time_us: i64, sourcetype: &str, index: Option<&str>) -> &mut Vec<u8> {
+        let out = &mut self.scratch;
+        out.clear();
         out.extend_from_slice(b"{\"time\":");
-        out.extend_from_slice(time_value(time_us).to_string().as_bytes());
+        serde_json::to_writer(&mut *out, &epoch_seconds(time_us)).expect("writing to a Vec cannot fail");
         out.extend_from_slice(b",\"sourcetype\":\"");
         out.extend_from_slice(sourcetype.as_bytes());
         out.extend_from_slice(b"\",\"source\":");
@@ -98,30 +109,31 @@ impl<'a> Encoder<'a> {
             out.extend_from_slice(b",\"index\":");
             write_str(out, index);
         }
+        out
     }
 
     pub fn audit(&mut self, row: &AuditRow) {
-        let mut out = Vec::with_capacity(row.raw.len() + 512);
-        self.envelope(&mut out, row.time_us, AUDIT_SOURCETYPE, self.config.index.as_deref());
+        let config = self.config;
+        let out = self.envelope(row.time_us, AUDIT_SOURCETYPE, config.index.as_deref());
         out.extend_from_slice(b",\"fields\":{");
         for (i, (k, v)) in audit_fields(row).iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            write_str(&mut out, k);
+            write_str(out, k);
             out.push(b':');
-            write_str(&mut out, v);
+            write_str(out, v);
         }
         out.extend_from_slice(b"},\"event\":");
         out.extend_from_slice(&row.raw);
         out.push(b'}');
-        self.push_event(out);
+        self.push_event();
     }
 
     pub fn alert(&mut self, alert: &Alert) {
-        let mut out = Vec::with_capacity(1024);
-        let index = self.config.alert_index.as_deref().or(self.config.index.as_deref());
-        self.envelope(&mut out, alert.time_us, ALERT_SOURCETYPE, index);
+        let config = self.config;
+        let index = config.alert_index.as_deref().or(config.index.as_deref());
+        let out = self.envelope(alert.time_us, ALERT_SOURCETYPE, index);
         let mut fields = Map::new();
         fields.insert("rule_id".into(), Value::String(alert.rule_id.clone()));
         fields.insert("severity".into(), Value::String(alert.severity.clone()));
@@ -132,13 +144,13 @@ impl<'a> Encoder<'a> {
         out.extend_from_slice(b",\"event\":");
         out.extend_from_slice(alert_json(alert).to_string().as_bytes());
         out.push(b'}');
-        self.push_event(out);
+        self.push_event();
     }
 
     pub fn metric(&mut self, m: &MetricSample) {
-        let mut out = Vec::with_capacity(512);
-        let index = self.config.metrics_index.as_deref().or(self.config.index.as_deref());
-        self.envelope(&mut out, m.time_us, METRIC_SOURCETYPE, index);
+        let config = self.config;
+        let index = config.metrics_index.as_deref().or(config.index.as_deref());
+        let out = self.envelope(m.time_us, METRIC_SOURCETYPE, index);
         // Dimensions must be strings; the measurement is the number under `metric_name:NAME`.
         let mut fields = Map::new();
         for (k, v) in &m.labels {
@@ -155,7 +167,7 @@ impl<'a> Encoder<'a> {
         out.extend_from_slice(b",\"event\":\"metric\",\"fields\":");
         out.extend_from_slice(Value::Object(fields).to_string().as_bytes());
         out.push(b'}');
-        self.push_event(out);
+        self.push_event();
     }
 }
 

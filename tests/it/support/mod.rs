@@ -6,6 +6,17 @@ pub mod otlp;
 
 use std::time::Duration;
 
+/// The pipeline's logs on the test's output when `AUDITFLOW_LOG` sets a filter (`info`,
+/// `auditflow=debug`, ...); silent otherwise.
+pub fn logs() {
+    if let Ok(filter) = std::env::var("AUDITFLOW_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// Polls `check` every 100 ms until it returns true or `timeout` passes.
 pub async fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + timeout;
