@@ -79,6 +79,23 @@ struct Stored {
     ids: Option<IdFilter>,
     bytes: usize,
     batch: RecordBatch,
+    /// Unique per stored batch: sealing checks that the batches it merged are still there.
+    seq: u64,
+}
+
+impl Stored {
+    /// The same batch (its buffers are shared) and metadata; the id filter is not needed by
+    /// the merge that uses this, so it is left out.
+    fn shallow_clone(&self) -> Stored {
+        Stored {
+            oldest_us: self.oldest_us,
+            newest_us: self.newest_us,
+            ids: None,
+            bytes: self.bytes,
+            batch: self.batch.clone(),
+            seq: self.seq,
+        }
+    }
 }
 
 /// A Bloom filter over a batch's ids: 16 bits per id and 3 probes (about 0.2% false
@@ -137,6 +154,12 @@ pub const BUCKET_US: i64 = 60_000_000;
 const SMALL_BATCH_ROWS: usize = 1024;
 const MAX_SMALL_RUN: usize = 16;
 
+/// Once a bucket is two minutes behind the newest event it is sealed: its batches are merged
+/// into batches of about this many rows, so a query over the hour handles a few hundred
+/// batches instead of one per poll, each column with one dictionary.
+const SEALED_BATCH_ROWS: usize = 65_536;
+const SEAL_AFTER_US: i64 = 2 * BUCKET_US;
+
 /// The start of the bucket holding `time_us`.
 fn bucket_of(time_us: i64) -> i64 {
     time_us.div_euclid(BUCKET_US) * BUCKET_US
@@ -157,6 +180,7 @@ pub struct WindowTable {
     newest_us: AtomicU64,
     num_bytes: AtomicUsize,
     num_evicted_rows: AtomicU64,
+    next_seq: AtomicU64,
 }
 
 /// Oldest and newest value of the `time` column (the first column of every table).
@@ -223,6 +247,7 @@ impl WindowTable {
             newest_us: AtomicU64::new(0),
             num_bytes: AtomicUsize::new(0),
             num_evicted_rows: AtomicU64::new(0),
+            next_seq: AtomicU64::new(0),
         }
     }
 
@@ -260,6 +285,7 @@ impl WindowTable {
             ids,
             bytes,
             batch,
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -276,12 +302,19 @@ impl WindowTable {
         }
         let small: Vec<Stored> = bucket.split_off(bucket.len() - run);
         let before: usize = small.iter().map(|s| s.bytes).sum();
-        let batches: Vec<&RecordBatch> = small.iter().map(|s| &s.batch).collect();
-        // Back to plain strings and encoded again, so the merged batch has one dictionary per
-        // column instead of the run's dictionaries laid end to end.
+        let merged = self.merge(&small);
+        let after = merged.bytes;
+        bucket.push(merged);
+        after as isize - before as isize
+    }
+
+    /// One stored batch with the rows of `parts`, in order. Strings go back to plain and are
+    /// encoded again, so the merged batch has one dictionary per column instead of the parts'
+    /// dictionaries laid end to end.
+    fn merge(&self, parts: &[Stored]) -> Stored {
         let plain: Vec<ArrayRef> = (0..self.input_schema.fields().len())
             .map(|i| {
-                let column: Vec<&dyn Array> = batches.iter().map(|b| b.column(i).as_ref()).collect();
+                let column: Vec<&dyn Array> = parts.iter().map(|s| s.batch.column(i).as_ref()).collect();
                 let joined = concat(&column).expect("columns of one schema concatenate");
                 let plain_type = self.input_schema.field(i).data_type();
                 if joined.data_type() == plain_type {
@@ -292,10 +325,57 @@ impl WindowTable {
             })
             .collect();
         let merged = RecordBatch::try_new(self.input_schema.clone(), plain).expect("same columns as the input schema");
-        let merged = self.store(self.encode(&merged), small[0].oldest_us);
-        let after = merged.bytes;
-        bucket.push(merged);
-        after as isize - before as isize
+        self.store(self.encode(&merged), parts[0].oldest_us)
+    }
+
+    /// Seals the oldest bucket that is two minutes behind the newest event and still holds
+    /// more than one batch under [`SEALED_BATCH_ROWS`]. The merge runs outside the lock
+    /// (queries and appends go on meanwhile); the result replaces the merged batches only if
+    /// they are all still there (eviction may have taken some).
+    fn seal_one(&self, reference_us: i64) {
+        let sealable = bucket_of(reference_us) - SEAL_AFTER_US;
+        let (start, parts) = {
+            let buckets = self.buckets.read().unwrap_or_else(|e| e.into_inner());
+            let Some((start, stored)) = buckets
+                .range(..=sealable)
+                .find(|(_, stored)| stored.iter().filter(|s| s.batch.num_rows() < SEALED_BATCH_ROWS).count() > 1)
+            else {
+                return;
+            };
+            let parts: Vec<Stored> = stored.iter().map(Stored::shallow_clone).collect();
+            (*start, parts)
+        };
+        // Consecutive runs of about SEALED_BATCH_ROWS rows each; a batch that is a run by
+        // itself is kept (stored again, with its id filter).
+        let finish = |run: &[Stored]| match run {
+            [single] => self.store(single.batch.clone(), single.oldest_us),
+            _ => self.merge(run),
+        };
+        let mut merged = Vec::new();
+        let mut run_start = 0;
+        let mut rows = 0;
+        for (i, part) in parts.iter().enumerate() {
+            rows += part.batch.num_rows();
+            if rows >= SEALED_BATCH_ROWS {
+                merged.push(finish(&parts[run_start..=i]));
+                run_start = i + 1;
+                rows = 0;
+            }
+        }
+        if run_start < parts.len() {
+            merged.push(finish(&parts[run_start..]));
+        }
+        let mut buckets = self.buckets.write().unwrap_or_else(|e| e.into_inner());
+        let Some(stored) = buckets.get_mut(&start) else { return };
+        let unchanged = stored.len() >= parts.len() && stored.iter().zip(&parts).all(|(a, b)| a.seq == b.seq);
+        if !unchanged {
+            return;
+        }
+        let before: usize = parts.iter().map(|s| s.bytes).sum();
+        let after: usize = merged.iter().map(|s| s.bytes).sum();
+        stored.splice(0..parts.len(), merged);
+        let total = self.num_bytes.load(Ordering::Relaxed) as isize + after as isize - before as isize;
+        self.num_bytes.store(total.max(0) as usize, Ordering::Relaxed);
     }
 
     /// Appends a batch whose newest event time is `newest_us`, then evicts what fell out of the
@@ -343,6 +423,8 @@ impl WindowTable {
         }
         self.num_bytes.store(total.max(0) as usize, Ordering::Relaxed);
         self.num_evicted_rows.fetch_add(evicted_rows as u64, Ordering::Relaxed);
+        drop(buckets);
+        self.seal_one(reference);
     }
 
     /// The batches currently held (cheap: record batches share their buffers).
@@ -700,6 +782,37 @@ mod tests {
             time_range(&picked[0]),
             Some((base + BUCKET_US, base + BUCKET_US + 9 * 6_000_000))
         );
+    }
+
+    #[test]
+    fn a_bucket_two_minutes_behind_is_sealed_into_large_batches() {
+        let base = bucket_of(now_us() - 30 * 60 * 1_000_000);
+        let t = WindowTable::with_options(
+            METRICS_SCHEMA.clone(),
+            Duration::from_secs(3600),
+            super::METRICS_DICTIONARY_COLUMNS,
+            usize::MAX,
+        );
+        for i in 0..10 {
+            let samples: Vec<MetricSample> = (0..2000).map(|j| sample(base + i * 2000 + j)).collect();
+            t.append(metrics_batch(&samples), base + i * 2000 + 1999);
+        }
+        assert_eq!(t.snapshot().len(), 10);
+        let unsealed_bytes = t.num_bytes();
+        // An event three minutes later seals the first minute: one batch of 20,000 rows.
+        let later = base + 3 * BUCKET_US;
+        t.append(metrics_batch(&[sample(later)]), later);
+        let rows: Vec<usize> = t.snapshot().iter().map(RecordBatch::num_rows).collect();
+        assert_eq!(rows, vec![20_000, 1]);
+        assert_eq!(t.num_rows(), 20_001);
+        assert!(t.num_bytes() < unsealed_bytes, "{} vs {unsealed_bytes}", t.num_bytes());
+        let times = t.snapshot()[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap()
+            .clone();
+        assert!(times.values().windows(2).all(|w| w[0] < w[1]), "rows keep their order");
     }
 
     #[test]

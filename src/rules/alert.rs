@@ -44,6 +44,15 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
+    /// Whether the condition holding for `key` at `now_us` would notify (a new alert, or a
+    /// repeat past `repeat_interval`): callers skip building an observation that would be
+    /// suppressed.
+    pub fn notifies(&self, meta: &RuleMeta, key: &[String], now_us: i64) -> bool {
+        self.active
+            .get(key)
+            .is_none_or(|a| now_us - a.last_notified_us >= meta.repeat_interval_us)
+    }
+
     /// The condition holds for `obs` at `now_us`: fire, repeat, or stay quiet.
     pub fn firing(&mut self, meta: &RuleMeta, obs: Observation<'_>, now_us: i64) -> Option<Alert> {
         match self.active.get_mut(obs.key) {

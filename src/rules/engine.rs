@@ -71,14 +71,13 @@ impl<'a> BatchView<'a> {
 
     /// Every column of `row` but `raw`, for alert templates.
     pub fn row_context(&mut self, row: usize) -> BTreeMap<String, String> {
-        let names: Vec<String> = self.batch.schema().fields().iter().map(|f| f.name().clone()).collect();
-        names
-            .into_iter()
-            .filter(|n| n != "raw")
-            .map(|n| {
-                let v = self.text(&n, row);
-                (n, v)
-            })
+        let schema = self.batch.schema();
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.name())
+            .filter(|n| *n != "raw")
+            .map(|n| (n.clone(), self.text(n, row)))
             .collect()
     }
 

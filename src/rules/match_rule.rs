@@ -32,6 +32,11 @@ impl MatchRule {
             } else {
                 view.key(&self.group_by, row)
             };
+            let at = view.time(row);
+            // A repeat inside `repeat_interval` is suppressed: skip rendering its context.
+            if !self.lifecycle.notifies(meta, &key, at) {
+                continue;
+            }
             let labels = if self.group_by.is_empty() {
                 Default::default()
             } else {
@@ -45,7 +50,6 @@ impl MatchRule {
                 evidence: id.into_iter().collect(),
                 context: view.row_context(row),
             };
-            let at = view.time(row);
             alerts.extend(self.lifecycle.firing(meta, obs, at));
         }
         // Match alerts do not resolve; forget them once they can no longer suppress a repeat.
