@@ -13,7 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, RawConfig, RawKafka};
+use crate::config::{Config, RawConfig};
 use crate::event::now_us;
 use crate::pipeline;
 use crate::sinks::file::FileSinkConfig;
@@ -337,18 +337,10 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     let bootstrap = cluster.bootstrap_servers();
     let scratch = write_embedded()?;
 
-    let mut raw = RawConfig {
-        kafka: RawKafka {
-            bootstrap_servers: bootstrap.clone(),
-            ..RawKafka::default()
-        },
-        ..RawConfig::default()
-    };
+    // Parsed, not built by hand: every key the demo does not set keeps its documented default.
+    let mut raw: RawConfig = toml::from_str(&format!("[kafka]\nbootstrap_servers = {bootstrap:?}\n"))
+        .expect("a config of just the bootstrap servers parses");
     raw.kafka.group_id = "auditflow-demo".into();
-    raw.kafka.batch_max_records = 2000;
-    raw.kafka.batch_linger = "50ms".into();
-    raw.topics = Default::default();
-    raw.decode = Default::default();
     raw.enrich.namespaces = Some(scratch.join("namespaces.yaml"));
     raw.enrich.directory = Some(scratch.join("directory.yaml"));
     raw.enrich.dedupe_horizon = "1h".into();

@@ -143,35 +143,23 @@ impl<'de> Visitor<'de> for TypesVisitor {
     }
 }
 
-/// An integer or a string (`correlation_id`, `connection_id`): checked, not kept.
+/// An integer or a string (`correlation_id`, `connection_id`), or with `ARRAY` also an array
+/// (`request_id`): checked, not kept.
 #[derive(Debug)]
-pub struct IntegerOrString;
+pub struct IntegerOrString<const ARRAY: bool = false>;
 
-impl<'de> Deserialize<'de> for IntegerOrString {
+/// `request_id`'s types.
+pub type IntegerStringOrArray = IntegerOrString<true>;
+
+impl<'de, const ARRAY: bool> Deserialize<'de> for IntegerOrString<ARRAY> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let types = Types {
             integer: true,
             string: true,
-            array: false,
+            array: ARRAY,
         };
         deserializer.deserialize_any(TypesVisitor(types))?;
         Ok(IntegerOrString)
-    }
-}
-
-/// An integer, a string or an array (`request_id`): checked, not kept.
-#[derive(Debug)]
-pub struct IntegerStringOrArray;
-
-impl<'de> Deserialize<'de> for IntegerStringOrArray {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let types = Types {
-            integer: true,
-            string: true,
-            array: true,
-        };
-        deserializer.deserialize_any(TypesVisitor(types))?;
-        Ok(IntegerStringOrArray)
     }
 }
 

@@ -4,6 +4,7 @@
 mod config_examples;
 mod dashboards;
 mod dead_letters;
+mod demo;
 mod e2e_mock;
 mod e2e_tansu;
 mod faults;
