@@ -338,8 +338,12 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
     let scratch = write_embedded()?;
 
     // Parsed, not built by hand: every key the demo does not set keeps its documented default.
-    let mut raw: RawConfig = toml::from_str(&format!("[kafka]\nbootstrap_servers = {bootstrap:?}\n"))
-        .expect("a config of just the bootstrap servers parses");
+    let mut raw: RawConfig = toml::from_str(&format!("[kafka]\nbootstrap_servers = {bootstrap:?}\n")).map_err(|e| {
+        crate::config::ConfigError::Parse {
+            path: "demo".into(),
+            message: e.to_string(),
+        }
+    })?;
     raw.kafka.group_id = "auditflow-demo".into();
     raw.enrich.namespaces = Some(scratch.join("namespaces.yaml"));
     raw.enrich.directory = Some(scratch.join("directory.yaml"));
