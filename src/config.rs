@@ -35,6 +35,12 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+    /// Whether `given` is this secret, in time independent of where they differ.
+    pub fn matches(&self, given: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        // Lengths are compared in the open (they leak only the length); the bytes never are.
+        self.0.len() == given.len() && bool::from(self.0.as_bytes().ct_eq(given))
+    }
 }
 
 impl<'de> Deserialize<'de> for Secret {
@@ -343,6 +349,31 @@ pub struct RawServer {
     pub sql_memory_limit: Option<usize>,
     /// Threads of the runtime queries run on (apart from the pipeline's). Default 2.
     pub sql_threads: Option<usize>,
+    /// Largest value a function may build (`repeat`, `lpad`, `range`, ...), bytes. Default
+    /// 16777216.
+    pub sql_max_value_bytes: Option<usize>,
+    /// Longest SQL text accepted, bytes. Default 262144.
+    pub sql_max_query_bytes: Option<usize>,
+    /// Open connections each endpoint (HTTP, Postgres) accepts; more wait in the kernel's
+    /// backlog. Default 64.
+    pub max_connections: Option<usize>,
+    /// A client that takes longer than this to send a request's headers, to finish the
+    /// Postgres startup and authentication, or to take the bytes of an answer, is disconnected.
+    /// Default `30s`.
+    pub client_timeout: Option<String>,
+    /// A connection with nothing asked for this long is closed. Default `5m`.
+    pub idle_timeout: Option<String>,
+    /// Largest Postgres protocol message accepted, bytes. Default 1048576.
+    pub pg_max_message_bytes: Option<usize>,
+    /// TLS for both endpoints: a PEM certificate chain and its PEM private key. Postgres then
+    /// offers SSL (clients choose it, `sslmode=require`); HTTP serves HTTPS only.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Whether `/metrics` asks for the bearer token when one is set. Default true.
+    pub metrics_require_token: Option<bool>,
+    /// Host names `POST /v1/sql` answers under when no token is set, besides the listen
+    /// address (and `localhost` when that is loopback). Default none.
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -371,6 +402,37 @@ pub struct ServerConfig {
     pub token: Option<Secret>,
     pub pg_password: Option<Secret>,
     pub limits: crate::query::engine::SqlLimits,
+    pub connections: ConnectionLimits,
+    pub tls: Option<TlsFiles>,
+    pub metrics_require_token: bool,
+    pub allowed_hosts: Vec<String>,
+}
+
+/// How much of the process one endpoint's clients may hold.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    pub client_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub pg_max_message_bytes: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 64,
+            client_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
+            pg_max_message_bytes: 1 << 20,
+        }
+    }
+}
+
+/// `server.tls_cert_file` and `server.tls_key_file`.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -452,7 +514,7 @@ impl Config {
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
+            message: parse_error_message(text, &e),
         })?;
         Config::validate(raw, origin)
     }
@@ -609,6 +671,61 @@ impl Config {
             max_rows: raw.server.sql_max_rows.unwrap_or(1_000_000),
             memory_limit: raw.server.sql_memory_limit.unwrap_or(1 << 30),
             threads: raw.server.sql_threads.unwrap_or(2),
+            max_value_bytes: raw.server.sql_max_value_bytes.unwrap_or(16 << 20),
+            gate: crate::query::gate::GateLimits {
+                max_query_bytes: raw.server.sql_max_query_bytes.unwrap_or(256 * 1024),
+                ..Default::default()
+            },
+        };
+        if limits.max_value_bytes < 1024 {
+            return Err(invalid("server.sql_max_value_bytes", "must be at least 1024".into()));
+        }
+        if !(64..=16 << 20).contains(&limits.gate.max_query_bytes) {
+            return Err(invalid(
+                "server.sql_max_query_bytes",
+                "must be between 64 and 16777216".into(),
+            ));
+        }
+        let defaults = ConnectionLimits::default();
+        let connections = ConnectionLimits {
+            max_connections: raw.server.max_connections.unwrap_or(defaults.max_connections),
+            client_timeout: match &raw.server.client_timeout {
+                Some(t) => duration(origin, "server.client_timeout", t)?,
+                None => defaults.client_timeout,
+            },
+            idle_timeout: match &raw.server.idle_timeout {
+                Some(t) => duration(origin, "server.idle_timeout", t)?,
+                None => defaults.idle_timeout,
+            },
+            pg_max_message_bytes: raw.server.pg_max_message_bytes.unwrap_or(defaults.pg_max_message_bytes),
+        };
+        if !(1..=10_000).contains(&connections.max_connections) {
+            return Err(invalid("server.max_connections", "must be between 1 and 10000".into()));
+        }
+        if connections.client_timeout.is_zero() || connections.idle_timeout.is_zero() {
+            return Err(invalid(
+                "server.client_timeout",
+                "client_timeout and idle_timeout must be above zero".into(),
+            ));
+        }
+        if connections.pg_max_message_bytes < limits.gate.max_query_bytes.max(8192) {
+            return Err(invalid(
+                "server.pg_max_message_bytes",
+                "must be at least server.sql_max_query_bytes (and 8192)".into(),
+            ));
+        }
+        let tls = match (&raw.server.tls_cert_file, &raw.server.tls_key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => {
+                return Err(invalid(
+                    "server.tls_cert_file",
+                    "tls_cert_file and tls_key_file must be given together".into(),
+                ));
+            }
         };
         if !(1..=64).contains(&limits.threads) {
             return Err(invalid("server.sql_threads", "must be between 1 and 64".into()));
@@ -624,6 +741,10 @@ impl Config {
             token: expand_secret("server.token", &raw.server.token)?,
             pg_password: expand_secret("server.pg_password", &raw.server.pg_password)?,
             limits,
+            connections,
+            tls,
+            metrics_require_token: raw.server.metrics_require_token.unwrap_or(true),
+            allowed_hosts: raw.server.allowed_hosts.clone().unwrap_or_default(),
         };
 
         Ok(Config {
@@ -670,8 +791,63 @@ impl Config {
 
     /// The config with secrets masked, for `config check` output.
     pub fn describe(&self) -> String {
-        format!("{self:#?}")
+        redact_urls_in(&format!("{self:#?}"))
     }
+}
+
+/// A TOML error as line, column, key and reason, without quoting the file: the line may hold a
+/// secret under a key the parser does not know (`sasl_pasword = "hunter2"`), and no key's
+/// value is ever printed. Only the text before its `=` (the key) is shown.
+fn parse_error_message(text: &str, e: &toml::de::Error) -> String {
+    let reason = e.message().trim_end();
+    let Some(span) = e.span() else {
+        return reason.to_owned();
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    let source_line = text.lines().nth(line - 1).unwrap_or_default();
+    let shown = match source_line.split_once('=') {
+        Some((key, _)) => format!("{} = <value hidden>", key.trim()),
+        None if source_line.trim_start().starts_with('[') => source_line.trim().to_owned(),
+        None => "<line hidden>".to_owned(),
+    };
+    format!("line {line}, column {column}: {reason} (at `{shown}`)")
+}
+
+/// A URL for messages and logs: any `user:password@` is replaced by `***@`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}***@{}", &url[..scheme_end], &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+/// `text` with the `user:password@` of every URL in it replaced by `***@`.
+pub fn redact_urls_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c == '"' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(at) => {
+                out.push_str("***@");
+                rest = &tail[at + 1..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Parses a duration such as `50ms`, `30s`, `5m` or `1h`, naming the key on error.
@@ -703,7 +879,8 @@ pub fn expand_vars(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Resul
         let after = &rest[start + 2..];
         let end = after
             .find('}')
-            .ok_or_else(|| format!("unterminated `${{` in `{text}`"))?;
+            // The value may be a secret: say where, never what.
+            .ok_or_else(|| format!("unterminated `${{` at character {} of the value", out.len() + start + 1))?;
         let name = &after[..end];
         let value = lookup(name).ok_or_else(|| match name.strip_prefix("file:") {
             Some(path) => format!("secret file `{path}` cannot be read"),
@@ -760,6 +937,63 @@ mod tests {
         );
         let err = expand_env("${file:/no/such/secret}").unwrap_err();
         assert!(err.contains("/no/such/secret"), "{err}");
+    }
+
+    #[test]
+    fn errors_never_print_a_value() {
+        let text = format!("{MINIMAL}sasl_username = \"KEY\"\nsasl_pasword = \"hunter2\"\n");
+        let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("t.toml") && e.contains("line 4") && e.contains("sasl_pasword"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+        let text = format!("{MINIMAL}sasl_username = \"KEY\"\nsasl_password = \"hunter2 ${{PASS\"\n");
+        let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("unterminated"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        // A value on its own line of an array: the whole line is hidden.
+        let text = format!("{MINIMAL}[sinks.splunk_hec]\nendpoints = [\n  \"https://a\",\n  hunter2\n]\n");
+        let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn urls_lose_their_passwords() {
+        assert_eq!(
+            redact_url("https://admin:hunter2@splunk:8088/x"),
+            "https://***@splunk:8088/x"
+        );
+        assert_eq!(redact_url("https://splunk:8088/a@b"), "https://splunk:8088/a@b");
+        assert_eq!(redact_url("not a url"), "not a url");
+        assert_eq!(
+            redact_urls_in("endpoints: [\"https://u:p@h:1\", \"http://h2\"]"),
+            "endpoints: [\"https://***@h:1\", \"http://h2\"]"
+        );
+        let text = format!(
+            "{MINIMAL}[sinks.splunk_hec]\nendpoints = [\"https://admin:hunter2@splunk:8088\"]\ntoken = \"t\"\n"
+        );
+        let c = Config::parse(&text, "t.toml").unwrap();
+        assert!(!c.describe().contains("hunter2"), "{}", c.describe());
+    }
+
+    #[test]
+    fn server_limits_are_validated() {
+        let c = Config::parse(MINIMAL, "t.toml").unwrap();
+        assert_eq!(c.server.connections.max_connections, 64);
+        assert!(c.server.metrics_require_token);
+        for (bad, key) in [
+            ("max_connections = 0", "server.max_connections"),
+            ("client_timeout = \"0s\"", "server.client_timeout"),
+            ("tls_cert_file = \"/x.pem\"", "server.tls_cert_file"),
+            ("sql_max_query_bytes = 10", "server.sql_max_query_bytes"),
+            ("pg_max_message_bytes = 100", "server.pg_max_message_bytes"),
+        ] {
+            let e = Config::parse(&format!("{MINIMAL}[server]\n{bad}\n"), "t.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

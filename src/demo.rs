@@ -385,10 +385,10 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
         "  cargo run --release -- sql --url http://{http} \"SELECT rule_id, status, summary FROM alerts ORDER BY time\""
     );
     println!(
-        "  curl -s http://{http}/v1/sql -d '{{\"sql\": \"SELECT principal, count(*) AS failures FROM audit_events WHERE result_status <> '\\''SUCCESS'\\'' GROUP BY principal ORDER BY failures DESC LIMIT 10\"}}'"
+        "  curl -s http://{http}/v1/sql --json '{{\"sql\": \"SELECT principal, count(*) AS failures FROM audit_events WHERE result_status <> '\\''SUCCESS'\\'' GROUP BY principal ORDER BY failures DESC LIMIT 10\"}}'"
     );
     println!(
-        "  curl -s http://{http}/v1/sql -d '{{\"sql\": \"SELECT topic, sum(value) AS bytes FROM metrics WHERE name = '\\''io.confluent.kafka.server/sent_bytes'\\'' GROUP BY topic ORDER BY bytes DESC\"}}'"
+        "  curl -s http://{http}/v1/sql --json '{{\"sql\": \"SELECT topic, sum(value) AS bytes FROM metrics WHERE name = '\\''io.confluent.kafka.server/sent_bytes'\\'' GROUP BY topic ORDER BY bytes DESC\"}}'"
     );
     if let Some((host, port)) = &pg {
         println!(

@@ -450,7 +450,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 query.clone(),
                 telemetry.clone(),
                 window.clone(),
-                config.server.token.clone(),
+                &config.server,
                 shutdown.clone(),
             )
             .await
@@ -461,7 +461,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
     let pg_addr = match config.server.pg_listen {
         Some(addr) => Some(
-            crate::query::pg::serve(addr, &query, config.server.pg_password.clone(), shutdown.clone())
+            crate::query::pg::serve(addr, &query, &config.server, telemetry.clone(), shutdown.clone())
                 .await
                 .map_err(|e| PipelineError::Task(e.to_string()))?,
         ),

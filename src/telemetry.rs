@@ -40,6 +40,12 @@ pub struct TableLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabel {
+    /// `http` or `postgres`.
+    pub endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QuantileLabel {
     pub quantile: &'static str,
 }
@@ -74,6 +80,10 @@ pub struct Telemetry {
     pub rule_eval_micros: Counter,
     /// New rule series refused because a rule reached `max_series`.
     pub rule_series_shed: Gauge,
+    /// Failed logins (wrong token or password), by SQL endpoint.
+    pub auth_failures: Family<EndpointLabel, Counter>,
+    /// Connections refused or closed by a connection limit or timeout, by SQL endpoint.
+    pub connections_refused: Family<EndpointLabel, Counter>,
     /// Window rows and bytes, by table (set when scraped).
     window_rows: Family<TableLabel, Gauge>,
     window_bytes: Family<TableLabel, Gauge>,
@@ -106,6 +116,8 @@ impl Telemetry {
             otlp_partial_rejections: Counter::default(),
             rule_eval_micros: Counter::default(),
             rule_series_shed: Gauge::default(),
+            auth_failures: Family::default(),
+            connections_refused: Family::default(),
             window_rows: Family::default(),
             window_bytes: Family::default(),
             window_evicted: Family::default(),
@@ -162,6 +174,16 @@ impl Telemetry {
             "otlp_partial_rejections",
             "Log records and data points rejected in OTLP partial-success responses",
             t.otlp_partial_rejections.clone(),
+        );
+        registry.register(
+            "sql_auth_failures",
+            "Failed logins on a SQL endpoint (wrong token or password)",
+            t.auth_failures.clone(),
+        );
+        registry.register(
+            "sql_connections_refused",
+            "SQL endpoint connections closed by a connection limit or timeout",
+            t.connections_refused.clone(),
         );
         registry.register("window_rows", "Rows held in the SQL window", t.window_rows.clone());
         registry.register("window_bytes", "Bytes held in the SQL window", t.window_bytes.clone());

@@ -1,17 +1,23 @@
-//! The SQL engine: a DataFusion session over the window's tables and views, read-only, and
-//! limited in time, memory (a DataFusion memory pool shared by every query) and rows.
+//! The SQL engine: DataFusion over the window's tables and views, read-only, and limited in
+//! time, memory (a DataFusion memory pool shared by every query), rows, and the size of values
+//! functions may build.
+//!
+//! Every statement gets its own session, cloned from one configured at start: nothing a client
+//! sends can change the engine for another client or for the `sql` rules. Every statement goes
+//! through [`gate`](super::gate): parsed once, bounded, planned once, checked read-only.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::execution::context::{SessionConfig, SessionContext};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use futures::{StreamExt, TryStreamExt};
 
+use super::gate::{self, GateLimits};
 use super::limits::LimitedPlanner;
 use super::window::Window;
 
@@ -19,6 +25,9 @@ use super::window::Window;
 pub enum QueryError {
     #[error("{0}")]
     Sql(String),
+    /// Refused before running: a write, a setting, or past a size limit of the gate.
+    #[error("{0}")]
+    Refused(String),
     #[error("query took longer than {0:?} and was cancelled (server.sql_timeout)")]
     Timeout(Duration),
     #[error("the result has more than {0} rows (server.sql_max_rows); add a LIMIT or narrow the query")]
@@ -34,6 +43,12 @@ pub struct SqlLimits {
     pub memory_limit: usize,
     /// Threads of the runtime queries run on, apart from the pipeline's.
     pub threads: usize,
+    /// Bytes one value built by a function (`repeat`, `lpad`, `range`, ...) may take
+    /// (`server.sql_max_value_bytes`); one call's whole output may take a quarter of
+    /// `memory_limit`.
+    pub max_value_bytes: usize,
+    /// What the statement gate lets through (`server.sql_max_query_bytes` and fixed bounds).
+    pub gate: GateLimits,
 }
 
 impl Default for SqlLimits {
@@ -43,9 +58,16 @@ impl Default for SqlLimits {
             max_rows: 1_000_000,
             memory_limit: 1 << 30,
             threads: 2,
+            max_value_bytes: 16 << 20,
+            gate: GateLimits::default(),
         }
     }
 }
+
+/// Stack of each SQL thread. Parsing and planning recurse per nesting level; the gate bounds
+/// the nesting (tokens before parsing, depth after), and this holds the deepest it lets
+/// through with room to spare, in debug builds too. Only touched pages are ever committed.
+const SQL_THREAD_STACK: usize = 64 << 20;
 
 /// The runtime queries execute on, so a heavy query competes with the pipeline only for CPU,
 /// never for its tokio workers. Shut down in the background when the last engine goes (a
@@ -89,10 +111,15 @@ pub const VIEWS: [(&str, &str); 2] = [
 /// Answers SQL over the window. Cheap to clone.
 #[derive(Clone)]
 pub struct QueryEngine {
-    ctx: SessionContext,
+    /// The configured session every statement's own session is cloned from; never given to a
+    /// client.
+    base: SessionContext,
     limits: SqlLimits,
     runtime: Arc<SqlRuntime>,
 }
+
+/// A statement's result: its schema and its batches, ended early by an error.
+pub type ResultStream = futures::stream::BoxStream<'static, Result<RecordBatch, QueryError>>;
 
 impl QueryEngine {
     pub fn new(window: &Window) -> QueryEngine {
@@ -117,6 +144,7 @@ impl QueryEngine {
             }))
             .build();
         let ctx = SessionContext::new_with_state(state);
+        super::capped::install(&ctx, limits.max_value_bytes as u64, (limits.memory_limit / 4) as u64);
         ctx.register_table("audit_events", window.audit.clone())
             .expect("fresh catalog");
         ctx.register_table("metrics", window.metrics.clone())
@@ -133,19 +161,30 @@ impl QueryEngine {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(limits.threads.max(1))
             .thread_name("auditflow-sql")
+            .thread_stack_size(SQL_THREAD_STACK)
             .enable_all()
             .build()
             .expect("a tokio runtime for queries");
         QueryEngine {
-            ctx,
+            base: ctx,
             limits,
             runtime: Arc::new(SqlRuntime(Some(runtime))),
         }
     }
 
-    /// The session, for the Postgres front end (which applies its own read-only check).
-    pub fn session(&self) -> &SessionContext {
-        &self.ctx
+    /// A session of its own for one statement (or one Postgres connection): the configured
+    /// tables, functions and limits, sharing only the memory pool.
+    pub fn session(&self) -> SessionContext {
+        SessionContext::new_with_state(self.base.state())
+    }
+
+    /// Adds `pg_catalog` and the Postgres functions clients call on connect (`version()`,
+    /// `current_database()`, ...) to the configured session, for the Postgres front end.
+    pub fn install_pg_catalog(&self) -> Result<(), QueryError> {
+        use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+        datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog(&self.base, "auditflow", EmptyContextProvider)
+            .map(|_| ())
+            .map_err(|e| QueryError::Sql(format!("setting up pg_catalog: {e}")))
     }
 
     pub fn limits(&self) -> &SqlLimits {
@@ -154,33 +193,82 @@ impl QueryEngine {
 
     /// Plans a read-only statement without running it (validation of SQL rules).
     pub async fn plan(&self, sql: &str) -> Result<(), QueryError> {
-        self.ctx
-            .sql_with_options(sql, read_only())
-            .await
-            .map(|_| ())
-            .map_err(|e| QueryError::Sql(e.to_string()))
-    }
-
-    /// Runs one read-only statement on the SQL runtime and streams its result back; the
-    /// session's [`LimitsExec`](super::limits::LimitsExec) ends it with an error past the row
-    /// limit or the timeout.
-    pub async fn stream(
-        &self,
-        sql: &str,
-    ) -> Result<
-        (
-            SchemaRef,
-            futures::stream::BoxStream<'static, Result<RecordBatch, QueryError>>,
-        ),
-        QueryError,
-    > {
         let engine = self.clone();
         let sql = sql.to_owned();
+        self.runtime
+            .handle()
+            .spawn(async move {
+                let state = engine.session().state();
+                let statement = gate::parse(&state, &sql, &engine.limits.gate)?;
+                gate::plan(&state, statement, &engine.limits.gate).await.map(|_| ())
+            })
+            .await
+            .map_err(|e| QueryError::Sql(format!("the planning task failed: {e}")))?
+    }
+
+    /// Runs one read-only statement on the SQL runtime and streams its result back. The
+    /// statement has `server.sql_timeout` from now for planning and running; past it the query
+    /// is cancelled (and its memory freed) whether or not anybody reads the result. The
+    /// session's [`LimitsExec`](super::limits::LimitsExec) ends it past the row limit.
+    pub async fn stream(&self, sql: &str) -> Result<(SchemaRef, ResultStream), QueryError> {
+        let engine = self.clone();
+        let sql = sql.to_owned();
+        self.start(move |deadline| async move {
+            let ctx = engine.session();
+            let state = ctx.state();
+            let planned = tokio::time::timeout_at(deadline, async {
+                let statement = gate::parse(&state, &sql, &engine.limits.gate)?;
+                let plan = gate::plan(&state, statement, &engine.limits.gate).await?;
+                let df = ctx.execute_logical_plan(plan).await?;
+                let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+                Ok::<_, QueryError>((schema, df.execute_stream().await?))
+            })
+            .await;
+            planned.unwrap_or(Err(QueryError::Timeout(engine.limits.timeout)))
+        })
+        .await
+    }
+
+    /// Runs a plan the gate already checked (`gate::plan`, the Postgres extended protocol's
+    /// Parse step) in `ctx`, as [`stream`](Self::stream) does.
+    pub async fn stream_plan(
+        &self,
+        ctx: SessionContext,
+        plan: datafusion::logical_expr::LogicalPlan,
+    ) -> Result<(SchemaRef, ResultStream), QueryError> {
+        let timeout = self.limits.timeout;
+        self.start(move |deadline| async move {
+            let started = tokio::time::timeout_at(deadline, async {
+                let df = ctx.execute_logical_plan(plan).await?;
+                let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+                Ok::<_, QueryError>((schema, df.execute_stream().await?))
+            })
+            .await;
+            started.unwrap_or(Err(QueryError::Timeout(timeout)))
+        })
+        .await
+    }
+
+    /// Starts `begin` on the SQL runtime with a deadline and pumps its batches into a channel
+    /// until the deadline, the end, an error, or the reader going away.
+    async fn start<F, Fut>(&self, begin: F) -> Result<(SchemaRef, ResultStream), QueryError>
+    where
+        F: FnOnce(tokio::time::Instant) -> Fut + Send + 'static,
+        Fut: std::future::Future<
+                Output = Result<(SchemaRef, datafusion::physical_plan::SendableRecordBatchStream), QueryError>,
+            > + Send,
+    {
+        let timeout = self.limits.timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         let (schema_tx, schema_rx) = tokio::sync::oneshot::channel();
         // A couple of batches in hand: the query runs ahead of a slow client only that far.
         let (tx, rx) = tokio::sync::mpsc::channel(2);
+        // Why the query ended early when the channel had no room to say so: the reader finds
+        // it after the last batch, so a cut result never reads as a whole one.
+        let failure: Arc<std::sync::Mutex<Option<QueryError>>> = Arc::default();
+        let failed = failure.clone();
         self.runtime.handle().spawn(async move {
-            let mut stream = match engine.execute(&sql).await {
+            let mut stream = match begin(deadline).await {
                 Ok((schema, stream)) => {
                     let _ = schema_tx.send(Ok(schema));
                     stream
@@ -190,44 +278,46 @@ impl QueryEngine {
                     return;
                 }
             };
-            while let Some(batch) = stream.next().await {
-                let failed = batch.is_err();
-                // The client went away: dropping the stream cancels the query.
-                if tx.send(batch.map_err(QueryError::from)).await.is_err() || failed {
-                    return;
+            let pumped = tokio::time::timeout_at(deadline, async {
+                while let Some(batch) = stream.next().await {
+                    let failed = batch.is_err();
+                    // The client went away: dropping the stream cancels the query.
+                    if tx.send(batch.map_err(QueryError::from)).await.is_err() || failed {
+                        return;
+                    }
                 }
+            })
+            .await;
+            if pumped.is_err() {
+                // Past the deadline, even with nobody reading: the query is dropped here (its
+                // memory with it); a reader still there is told why, if it takes it soon.
+                drop(stream);
+                *failed.lock().expect("failure slot") = Some(QueryError::Timeout(timeout));
+                let _ = tx.try_send(Err(QueryError::Timeout(timeout)));
             }
         });
         let schema = schema_rx
             .await
             .map_err(|_| QueryError::Sql("the query task stopped before answering".into()))??;
-        Ok((schema, tokio_stream::wrappers::ReceiverStream::new(rx).boxed()))
+        let batches = futures::stream::unfold(Some(rx), move |rx| {
+            let failure = failure.clone();
+            async move {
+                let mut rx = rx?;
+                match rx.recv().await {
+                    Some(Err(e)) => Some((Err(e), None)),
+                    Some(ok) => Some((ok, Some(rx))),
+                    None => failure.lock().expect("failure slot").take().map(|e| (Err(e), None)),
+                }
+            }
+        });
+        Ok((schema, batches.boxed()))
     }
 
     /// Runs one read-only statement (on the SQL runtime) and collects its result.
     pub async fn query(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
-        let engine = self.clone();
-        let sql = sql.to_owned();
-        self.runtime
-            .handle()
-            .spawn(async move {
-                let (schema, stream) = engine.execute(&sql).await?;
-                let batches: Vec<RecordBatch> = stream.try_collect().await?;
-                Ok((schema, batches))
-            })
-            .await
-            .map_err(|e| QueryError::Sql(format!("the query task failed: {e}")))?
-    }
-
-    /// Plans one read-only statement and starts it, here.
-    async fn execute(
-        &self,
-        sql: &str,
-    ) -> Result<(SchemaRef, datafusion::physical_plan::SendableRecordBatchStream), QueryError> {
-        let df = self.ctx.sql_with_options(sql, read_only()).await?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let stream = df.execute_stream().await?;
-        Ok((schema, stream))
+        let (schema, stream) = self.stream(sql).await?;
+        let batches: Vec<RecordBatch> = stream.try_collect().await?;
+        Ok((schema, batches))
     }
 
     /// Where the Postgres endpoint serves its connections (their queries run where they are
@@ -235,12 +325,4 @@ impl QueryEngine {
     pub fn runtime(&self) -> &tokio::runtime::Handle {
         self.runtime.handle()
     }
-}
-
-/// Queries only: no DDL, no DML, no `SET` of engine options.
-fn read_only() -> SQLOptions {
-    SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false)
 }

@@ -1,7 +1,12 @@
 //! SQL over recent windows: Arrow tables (`tables`), the window store (`window`), the DataFusion
-//! engine (`engine`) with its query limits (`limits`), and the HTTP (`http`) and PostgreSQL wire protocol (`pg`) front ends.
+//! engine (`engine`) with its statement gate (`gate`), query limits (`limits`) and capped
+//! functions (`capped`), and the HTTP (`http`) and PostgreSQL wire protocol (`pg`) front ends,
+//! whose connections `conn` bounds.
 
+pub mod capped;
+pub mod conn;
 pub mod engine;
+pub mod gate;
 pub mod http;
 pub mod limits;
 pub mod pg;

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::{SinkError, SinkItem, backoff};
-use crate::config::{ConfigError, Secret, duration, expand_env};
+use crate::config::{ConfigError, Secret, duration, expand_env, redact_url};
 use crate::event::{Alert, AlertStatus, AuditRow, Batch, MetricKind, MetricSample, now_us};
 use crate::source::dead_letter::DeadLetters;
 use crate::telemetry::{SinkLabel, Telemetry};
@@ -100,7 +100,7 @@ impl OtlpSinkConfig {
         if !(self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://")) {
             return Err(invalid(
                 "endpoint",
-                format!("`{}` is not an http:// or https:// URL", self.endpoint),
+                format!("`{}` is not an http:// or https:// URL", redact_url(&self.endpoint)),
             ));
         }
         for (k, v) in self.headers.iter_mut() {
@@ -117,7 +117,10 @@ impl OtlpSinkConfig {
         if has_tls && !self.endpoint.starts_with("https://") {
             return Err(invalid(
                 "tls",
-                format!("TLS settings need an https:// endpoint, not `{}`", self.endpoint),
+                format!(
+                    "TLS settings need an https:// endpoint, not `{}`",
+                    redact_url(&self.endpoint)
+                ),
             ));
         }
         Ok(self)

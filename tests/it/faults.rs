@@ -77,6 +77,22 @@ pub(crate) async fn stop(
     assert_eq!(committed_total(bootstrap, group).await, Some(expected));
 }
 
+/// Waits until `group` has committed `expected` audit records.
+async fn committed_eventually(bootstrap: &str, group: &'static str, expected: i64, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let committed = committed_total(bootstrap, group).await;
+        if committed == Some(expected) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {expected} committed (have {committed:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn committed_total(bootstrap: &str, group: &'static str) -> Option<i64> {
     let b = bootstrap.to_owned();
     let offsets = tokio::task::spawn_blocking(move || committed(&b, group, AUDIT, 2))
@@ -306,31 +322,53 @@ async fn hec_acknowledgements_late_and_lost() {
         hec.audit_ids().len() == 60
     })
     .await;
-    // The first request's ackId never comes: nothing can be committed before its resend.
-    assert_eq!(committed_total(&s.bootstrap, group).await, None);
-    eventually(Duration::from_secs(30), "the unacknowledged batch sent again", || {
-        running.telemetry.hec_resent_events.get() > 0
-    })
-    .await;
-    eventually(
-        Duration::from_secs(30),
-        "all batches acknowledged and committed",
-        || {
-            let st = hec.state.lock().unwrap();
-            st.num_ack_polls > 0
-                && st
-                    .pending_acks
-                    .iter()
-                    .filter(|((_, id), polls)| !st.never_ack.contains(id) && **polls <= st.ack_after_polls)
-                    .count()
-                    == 0
-        },
-    )
-    .await;
+    // The first request's ackId never comes: nothing can be committed before its copy reached
+    // HEC. The resend counter moves only once HEC holds the copy, so it is read first.
+    if running.telemetry.hec_resent_events.get() == 0 {
+        assert_eq!(committed_total(&s.bootstrap, group).await, None);
+    }
+    committed_eventually(&s.bootstrap, group, 60, Duration::from_secs(60)).await;
+    // Everything is acknowledged and committed: no send is in flight, so the counter and the
+    // receiver are read at rest.
     let resent = running.telemetry.hec_resent_events.get() as usize;
+    assert!(resent > 0, "the unacknowledged batch was sent again");
     let all = hec.of_sourcetype("confluent:audit").len();
     assert_eq!(all, 60 + resent, "duplicates are exactly the resent events");
     stop(running, shutdown, &s.bootstrap, group, 60).await;
+    drop(s.cluster);
+}
+
+/// An acknowledgement that comes after `ack_timeout` still counts: the batch was sent again
+/// meanwhile, but the late ack of the first send completes it, so resending stops (before,
+/// every copy's ack was dropped at its own timeout and an indexer slower than `ack_timeout`
+/// received copies forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hec_acknowledgement_after_the_timeout_completes_the_batch() {
+    let s = setup(30).await;
+    let hec = HecReceiver::start(TOKEN).await;
+    {
+        let mut st = hec.state.lock().unwrap();
+        st.acks_enabled = true;
+        // 25 polls 200 ms apart: every ackId comes at least 5 s after its send, past the 3 s
+        // ack_timeout.
+        st.ack_after_polls = 25;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let group = "Tech00-faults-late-acks";
+    let text = default_text(&s.bootstrap, group, &hec, &dir).replace(
+        "index = \"kafka_audit\"\n",
+        "index = \"kafka_audit\"\nacknowledgements = true\nack_timeout = \"3s\"\nack_poll_interval = \"200ms\"\n",
+    );
+    assert!(text.contains("acknowledgements = true"));
+    let (running, shutdown) = start(&text).await;
+    committed_eventually(&s.bootstrap, group, 30, Duration::from_secs(60)).await;
+    let resent = running.telemetry.hec_resent_events.get() as usize;
+    assert!(
+        resent >= 30,
+        "every ack came after the timeout, so every batch was sent again"
+    );
+    assert_eq!(hec.of_sourcetype("confluent:audit").len(), 30 + resent);
+    stop(running, shutdown, &s.bootstrap, group, 30).await;
     drop(s.cluster);
 }
 

@@ -10,4 +10,6 @@ mod e2e_tansu;
 mod faults;
 mod otlp_transports;
 mod sql_frontends;
+mod sql_security;
 mod support;
+mod teardown;

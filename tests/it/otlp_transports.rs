@@ -83,7 +83,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 /// A private CA and a server certificate for `localhost` and 127.0.0.1 signed by it.
-fn make_certificates(dir: &Path) {
+pub(crate) fn make_certificates(dir: &Path) {
     openssl(
         dir,
         &[

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, Secret, duration, expand_env};
+use crate::config::{ConfigError, Secret, duration, expand_env, redact_url};
 
 /// `[sinks.splunk_hec]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -118,7 +118,10 @@ impl HecSinkConfig {
         }
         for e in &self.endpoints {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
-                return Err(invalid("endpoints", format!("`{e}` is not an http:// or https:// URL")));
+                return Err(invalid(
+                    "endpoints",
+                    format!("`{}` is not an http:// or https:// URL", redact_url(e)),
+                ));
             }
         }
         self.token = Secret::new(expand_env(self.token.expose()).map_err(|m| invalid("token", m))?);

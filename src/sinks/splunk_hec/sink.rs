@@ -21,6 +21,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::config::HecSinkConfig;
 use super::encoder::{Body, Encoder, gzip};
+use crate::config::redact_url;
 use crate::event::{Alert, AlertStatus, now_us};
 use crate::sinks::{SinkError, SinkItem, backoff};
 use crate::source::dead_letter::DeadLetters;
@@ -67,6 +68,20 @@ struct AwaitingAck {
     endpoint: usize,
     ack_id: u64,
     sent: Instant,
+    /// `(endpoint, ackId)` of earlier sends of this body that timed out. Their acknowledgement
+    /// may still come (a loaded indexer answers late); any one of them completes the body, so a
+    /// late ack ends the resending instead of causing another copy.
+    earlier: Vec<(usize, u64)>,
+}
+
+/// How many timed-out sends of one body are still polled for: enough for an indexer a few
+/// `ack_timeout`s behind, bounded so a body HEC never acknowledges keeps a fixed size.
+const MAX_EARLIER_SENDS: usize = 4;
+
+impl AwaitingAck {
+    fn ids(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        std::iter::once((self.endpoint, self.ack_id)).chain(self.earlier.iter().copied())
+    }
 }
 
 /// Sink items sent together, and the request bodies they were encoded into.
@@ -265,7 +280,7 @@ impl Connection {
                     Some(group) => {
                         let mut awaiting = Vec::new();
                         for body in group.bodies {
-                            self.deliver(body, &mut awaiting).await;
+                            self.deliver(body, Vec::new(), &mut awaiting).await;
                         }
                         let group = PendingGroup { items: group.items, num_events: group.num_events, awaiting };
                         if group.awaiting.is_empty() {
@@ -307,8 +322,9 @@ impl Connection {
             let ids: Vec<u64> = pending
                 .iter()
                 .flat_map(|g| g.awaiting.iter())
-                .filter(|a| a.endpoint == endpoint)
-                .map(|a| a.ack_id)
+                .flat_map(AwaitingAck::ids)
+                .filter(|(e, _)| *e == endpoint)
+                .map(|(_, id)| id)
                 .collect();
             if ids.is_empty() {
                 continue;
@@ -317,7 +333,7 @@ impl Connection {
             for group in pending.iter_mut() {
                 group
                     .awaiting
-                    .retain(|a| a.endpoint != endpoint || !acked.contains(&a.ack_id));
+                    .retain(|a| !a.ids().any(|(e, id)| e == endpoint && acked.contains(&id)));
             }
         }
         for group in pending.iter_mut() {
@@ -334,8 +350,13 @@ impl Connection {
                 );
                 let telemetry = &self.shared.telemetry;
                 telemetry.sink_retries.get_or_create(&self.shared.label).inc();
-                telemetry.hec_resent_events.inc_by(a.body.num_events() as u64);
-                self.deliver(a.body, &mut group.awaiting).await;
+                let num_events = a.body.num_events() as u64;
+                let mut earlier: Vec<(usize, u64)> = a.ids().collect();
+                earlier.truncate(MAX_EARLIER_SENDS);
+                self.deliver(a.body, earlier, &mut group.awaiting).await;
+                // Counted once HEC has the copy (deliver returns when it is accepted or dead-
+                // lettered), so the figure is what reached the indexer, not what was planned.
+                telemetry.hec_resent_events.inc_by(num_events);
             }
         }
     }
@@ -358,7 +379,7 @@ impl Connection {
                     let healthy = self.healthy(i).await;
                     let mut state = self.shared.endpoints.lock().expect("endpoint state");
                     if healthy {
-                        tracing::info!(endpoint = %self.shared.config.endpoints[i], "HEC endpoint healthy again");
+                        tracing::info!(endpoint = %redact_url(&self.shared.config.endpoints[i]), "HEC endpoint healthy again");
                         state.unhealthy[i] = None;
                         state.current = i;
                         return i;
@@ -403,11 +424,11 @@ impl Connection {
                     .collect()
             }
             Ok(r) => {
-                tracing::warn!(endpoint = %base, status = r.status().as_u16(), "HEC ack poll refused; polling again");
+                tracing::warn!(endpoint = %redact_url(base), status = r.status().as_u16(), "HEC ack poll refused; polling again");
                 Default::default()
             }
             Err(e) => {
-                tracing::warn!(endpoint = %base, error = %e, "HEC ack poll failed; polling again");
+                tracing::warn!(endpoint = %redact_url(base), error = %e, "HEC ack poll failed; polling again");
                 Default::default()
             }
         }
@@ -415,7 +436,8 @@ impl Connection {
 
     /// Delivers a body; events rejected for their content are isolated and dead-lettered.
     /// With acknowledgements on, accepted bodies join `awaiting`.
-    async fn deliver(&self, body: Body, awaiting: &mut Vec<AwaitingAck>) {
+    /// `earlier` are the ackIds of previous sends of `body` (see [`AwaitingAck::earlier`]).
+    async fn deliver(&self, body: Body, earlier: Vec<(usize, u64)>, awaiting: &mut Vec<AwaitingAck>) {
         let acknowledgements = self.shared.config.acknowledgements;
         let mut stack = vec![body];
         while let Some(body) = stack.pop() {
@@ -432,6 +454,7 @@ impl Connection {
                         endpoint,
                         ack_id,
                         sent: Instant::now(),
+                        earlier: earlier.clone(),
                     });
                 }
                 Outcome::Delivered { ack_id, .. } => {
@@ -486,7 +509,7 @@ impl Connection {
             }
             let (retry_cap, failover) = match request.body(payload.clone()).send().await {
                 Err(e) => {
-                    tracing::warn!(endpoint = %base, error = %e, attempt, "HEC request failed; retrying");
+                    tracing::warn!(endpoint = %redact_url(base), error = %e, attempt, "HEC request failed; retrying");
                     (Duration::from_secs(10), true)
                 }
                 Ok(response) => {
@@ -514,13 +537,13 @@ impl Connection {
                         // bounded channel (and pauses), and delivery resumes once the token is
                         // fixed.
                         tracing::error!(
-                            endpoint = %base, status = status.as_u16(), code, text = %parsed.text,
+                            endpoint = %redact_url(base), status = status.as_u16(), code, text = %parsed.text,
                             "HEC refused the token or configuration; holding data and retrying"
                         );
                         self.refused_firing(endpoint, status.as_u16(), code, &parsed.text);
                         (Duration::from_secs(30), false)
                     } else {
-                        tracing::warn!(endpoint = %base, status = status.as_u16(), code, text = %parsed.text, attempt, "HEC busy or failing; retrying");
+                        tracing::warn!(endpoint = %redact_url(base), status = status.as_u16(), code, text = %parsed.text, attempt, "HEC busy or failing; retrying");
                         (Duration::from_secs(10), true)
                     }
                 }
@@ -559,10 +582,10 @@ impl Connection {
         };
         let summary = format!(
             "Splunk HEC {} refused the token or configuration (HTTP {status}, code {code}: {text}); auditflow holds the data and has paused consumption",
-            self.shared.config.endpoints[endpoint]
+            redact_url(&self.shared.config.endpoints[endpoint])
         );
         self.publish(refused_alert(
-            &self.shared.config.endpoints[endpoint],
+            &redact_url(&self.shared.config.endpoints[endpoint]),
             now,
             None,
             summary,
