@@ -1,6 +1,7 @@
-//! A failing test ends with its failure. Before, a test that panicked while a pipeline ran hung
-//! its whole process: unwinding dropped the mock cluster first, and tearing down the runtime
-//! then waited forever in librdkafka's consumer close against a broker that was gone.
+//! A failing test ends with its failure, even one that fails while a pipeline runs against a
+//! mock cluster that is already gone: tearing down its runtime closes the consumer, and that
+//! close must not wait forever for a broker (the last report saw it hang CI). The probe test
+//! runs in a child process, so a hang fails this test at its limit instead of hanging the run.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -58,10 +59,15 @@ async fn fails_while_a_pipeline_runs() {
     let s = setup(5).await;
     let hec = HecReceiver::start(TOKEN).await;
     let dir = tempfile::tempdir().unwrap();
-    let (_running, _shutdown) = start(&default_text(&s.bootstrap, "Tech00-teardown", &hec, &dir)).await;
+    let (running, shutdown) = start(&default_text(&s.bootstrap, "Tech00-teardown", &hec, &dir)).await;
     eventually(Duration::from_secs(30), "the events at HEC", || {
         hec.audit_ids().len() == 5
     })
     .await;
+    // The case named in the last report: the mock cluster gone while the pipeline still runs
+    // (so librdkafka's consumer close, at teardown, cannot reach a broker).
+    drop(s.cluster);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _still_running = (running, shutdown);
     panic!("the deliberate failure");
 }
