@@ -2,44 +2,15 @@
 //! client and a Rust driver (simple and extended protocol, catalog queries, views, read-only),
 //! a password, the HTTP endpoint's bearer token, and the row limit on both.
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::faults::{default_text, setup, start, stop};
 use crate::support::eventually;
 use crate::support::hec::HecReceiver;
+use crate::support::psql::{psql, stdout};
 
 const TOKEN: &str = crate::faults::TOKEN;
-
-fn psql(port: u16, password: Option<&str>, sql: &str) -> Output {
-    let mut command = Command::new("psql");
-    command
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "grafana",
-            "-d",
-            "auditflow",
-        ])
-        .args(["-w", "-X", "-A", "-t", "-c", sql])
-        .env_remove("PGPASSWORD");
-    if let Some(p) = password {
-        command.env("PGPASSWORD", p);
-    }
-    command.output().expect("psql (Debian package postgresql-client)")
-}
-
-fn stdout(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "psql failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_and_a_postgres_driver_query_the_window() {

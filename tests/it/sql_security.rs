@@ -5,12 +5,13 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::faults::{TOKEN, default_text, setup, start, stop};
 use crate::support::eventually;
 use crate::support::hec::HecReceiver;
+use crate::support::psql::{psql_with as psql, stderr, stdout};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -18,34 +19,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// `psql -c sql` against 127.0.0.1:`port` (`extra` connection options, e.g. `sslmode=require`).
-fn psql(port: u16, password: Option<&str>, extra: &str, sql: &str) -> Output {
-    let mut command = Command::new("psql");
-    command
-        .arg(format!(
-            "host=127.0.0.1 port={port} user=attacker dbname=auditflow connect_timeout=10 {extra}"
-        ))
-        .args(["-w", "-X", "-A", "-t", "-c", sql])
-        .env_remove("PGPASSWORD")
-        .env("PGSSLMODE", "disable");
-    if extra.contains("sslmode") {
-        command.env_remove("PGSSLMODE");
-    }
-    if let Some(p) = password {
-        command.env("PGPASSWORD", p);
-    }
-    command.output().expect("psql (Debian package postgresql-client)")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    assert!(o.status.success(), "psql failed: {}", stderr(o));
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
 }
 
 /// The demo binary, killed when the test ends.

@@ -183,8 +183,9 @@ fn error(status: StatusCode, message: String) -> Response {
         .into_response()
 }
 
-/// With a token set: whether the request carries it (a failure is logged, counted and, when
-/// repeated, answered late). Without one: whether `Host` names this server.
+/// Why a request may not go on, if it may not. With a token set: it does not carry it (a
+/// failure is logged, counted and, when repeated, answered late). Without one: its `Host` does
+/// not name this server.
 async fn refusal(state: &AppState, headers: &HeaderMap, peer: IpAddr) -> Option<Response> {
     let Some(token) = &state.token else {
         return host_allowed(state, headers).err().map(|why| {
@@ -347,7 +348,10 @@ async fn metrics(
     Extension(Peer(peer)): Extension<Peer>,
     headers: HeaderMap,
 ) -> Response {
-    if (state.token.is_none() || state.metrics_require_token)
+    // Read-only counters: the token guards them when set (and asked for); without one they are
+    // open to scrapers under any name (a Service, a pod IP), unlike `POST /v1/sql`.
+    if state.token.is_some()
+        && state.metrics_require_token
         && let Some(refused) = refusal(&state, &headers, peer.ip()).await
     {
         return refused;

@@ -3,6 +3,7 @@
 pub mod hec;
 pub mod kafka;
 pub mod otlp;
+pub mod psql;
 
 use std::time::Duration;
 
