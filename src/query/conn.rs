@@ -39,7 +39,7 @@ pub struct Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut open = self.gate.open.lock().expect("connection table");
+        let mut open = lock(&self.gate.open);
         if let Some(n) = open.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -64,7 +64,7 @@ impl ConnectionGate {
 
     /// A slot for a connection from `ip`, or `None` (counted and logged) when full.
     pub fn admit(&self, ip: IpAddr) -> Option<Admitted> {
-        let mut open = self.open.lock().expect("connection table");
+        let mut open = lock(&self.open);
         let total = self.total.load(std::sync::atomic::Ordering::Relaxed);
         let from_ip = open.get(&ip).copied().unwrap_or(0);
         if total >= self.max || from_ip >= self.per_ip {
@@ -122,7 +122,7 @@ impl FailedLogins {
                 endpoint: self.endpoint,
             })
             .inc();
-        let mut recent = self.recent.lock().expect("failed-login table");
+        let mut recent = lock(&self.recent);
         let now = Instant::now();
         // Bounded: an address space sweep cannot grow the table past this.
         if recent.len() > 10_000 {
@@ -146,7 +146,7 @@ impl FailedLogins {
 
     /// A successful login clears the address's count.
     pub fn succeeded(&self, ip: IpAddr) {
-        self.recent.lock().expect("failed-login table").remove(&ip);
+        lock(&self.recent).remove(&ip);
     }
 }
 
@@ -302,7 +302,7 @@ impl FrameCap {
                 continue;
             }
             let at = if self.typed { 1 } else { 0 };
-            let len = u32::from_be_bytes(self.header[at..at + 4].try_into().expect("4 bytes")) as usize;
+            let len = be_u32(&self.header, at) as usize;
             if len < 4 || len > self.max {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -316,13 +316,23 @@ impl FrameCap {
             if self.typed {
                 self.remaining = len - 4;
             } else {
-                let code = u32::from_be_bytes(self.header[4..8].try_into().expect("4 bytes"));
+                let code = be_u32(&self.header, 4);
                 self.remaining = len.saturating_sub(8);
                 self.typed = !(len == 8 && ENCRYPTION_REQUESTS.contains(&code));
             }
         }
         Ok(())
     }
+}
+
+fn be_u32(bytes: &[u8; 9], at: usize) -> u32 {
+    u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+/// A table behind a mutex; a panic elsewhere while holding it leaves counts that are still
+/// usable, so a poisoned lock is taken as it is rather than failing every later connection.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The server's TLS configuration from `server.tls_cert_file` and `server.tls_key_file`.

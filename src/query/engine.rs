@@ -88,6 +88,16 @@ impl Drop for SqlRuntime {
     }
 }
 
+/// Starts a checked plan in `ctx`: its schema and its batches.
+async fn execute(
+    ctx: &SessionContext,
+    plan: datafusion::logical_expr::LogicalPlan,
+) -> Result<(SchemaRef, datafusion::physical_plan::SendableRecordBatchStream), QueryError> {
+    let df = ctx.execute_logical_plan(plan).await?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    Ok((schema, df.execute_stream().await?))
+}
+
 /// Convenience views over the tables (documented in the README).
 pub const VIEWS: [(&str, &str); 2] = [
     (
@@ -213,18 +223,12 @@ impl QueryEngine {
     pub async fn stream(&self, sql: &str) -> Result<(SchemaRef, ResultStream), QueryError> {
         let engine = self.clone();
         let sql = sql.to_owned();
-        self.start(move |deadline| async move {
+        self.start(async move {
             let ctx = engine.session();
             let state = ctx.state();
-            let planned = tokio::time::timeout_at(deadline, async {
-                let statement = gate::parse(&state, &sql, &engine.limits.gate)?;
-                let plan = gate::plan(&state, statement, &engine.limits.gate).await?;
-                let df = ctx.execute_logical_plan(plan).await?;
-                let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-                Ok::<_, QueryError>((schema, df.execute_stream().await?))
-            })
-            .await;
-            planned.unwrap_or(Err(QueryError::Timeout(engine.limits.timeout)))
+            let statement = gate::parse(&state, &sql, &engine.limits.gate)?;
+            let plan = gate::plan(&state, statement, &engine.limits.gate).await?;
+            execute(&ctx, plan).await
         })
         .await
     }
@@ -236,27 +240,18 @@ impl QueryEngine {
         ctx: SessionContext,
         plan: datafusion::logical_expr::LogicalPlan,
     ) -> Result<(SchemaRef, ResultStream), QueryError> {
-        let timeout = self.limits.timeout;
-        self.start(move |deadline| async move {
-            let started = tokio::time::timeout_at(deadline, async {
-                let df = ctx.execute_logical_plan(plan).await?;
-                let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-                Ok::<_, QueryError>((schema, df.execute_stream().await?))
-            })
-            .await;
-            started.unwrap_or(Err(QueryError::Timeout(timeout)))
-        })
-        .await
+        self.start(async move { execute(&ctx, plan).await }).await
     }
 
-    /// Starts `begin` on the SQL runtime with a deadline and pumps its batches into a channel
-    /// until the deadline, the end, an error, or the reader going away.
-    async fn start<F, Fut>(&self, begin: F) -> Result<(SchemaRef, ResultStream), QueryError>
+    /// Starts `begin` (planning and starting a query) on the SQL runtime within the deadline,
+    /// and pumps its batches into a channel until the deadline, the end, an error, or the
+    /// reader going away.
+    async fn start<F>(&self, begin: F) -> Result<(SchemaRef, ResultStream), QueryError>
     where
-        F: FnOnce(tokio::time::Instant) -> Fut + Send + 'static,
-        Fut: std::future::Future<
+        F: std::future::Future<
                 Output = Result<(SchemaRef, datafusion::physical_plan::SendableRecordBatchStream), QueryError>,
-            > + Send,
+            > + Send
+            + 'static,
     {
         let timeout = self.limits.timeout;
         let deadline = tokio::time::Instant::now() + timeout;
@@ -268,7 +263,10 @@ impl QueryEngine {
         let failure: Arc<std::sync::Mutex<Option<QueryError>>> = Arc::default();
         let failed = failure.clone();
         self.runtime.handle().spawn(async move {
-            let mut stream = match begin(deadline).await {
+            let begun = tokio::time::timeout_at(deadline, begin)
+                .await
+                .unwrap_or(Err(QueryError::Timeout(timeout)));
+            let mut stream = match begun {
                 Ok((schema, stream)) => {
                     let _ = schema_tx.send(Ok(schema));
                     stream
@@ -292,7 +290,7 @@ impl QueryEngine {
                 // Past the deadline, even with nobody reading: the query is dropped here (its
                 // memory with it); a reader still there is told why, if it takes it soon.
                 drop(stream);
-                *failed.lock().expect("failure slot") = Some(QueryError::Timeout(timeout));
+                *failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(QueryError::Timeout(timeout));
                 let _ = tx.try_send(Err(QueryError::Timeout(timeout)));
             }
         });
@@ -306,7 +304,11 @@ impl QueryEngine {
                 match rx.recv().await {
                     Some(Err(e)) => Some((Err(e), None)),
                     Some(ok) => Some((ok, Some(rx))),
-                    None => failure.lock().expect("failure slot").take().map(|e| (Err(e), None)),
+                    None => failure
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .take()
+                        .map(|e| (Err(e), None)),
                 }
             }
         });

@@ -55,6 +55,13 @@ pub(crate) fn default_text(bootstrap: &str, group: &str, hec: &HecReceiver, dir:
     config_text(bootstrap, group, &hec.url(), None, &dir.path().join("o.jsonl"))
 }
 
+/// `text` with more `[server]` settings (one per line) after `http_listen`.
+pub(crate) fn with_server(text: &str, settings: &str) -> String {
+    let listen = "http_listen = \"127.0.0.1:0\"";
+    assert!(text.contains(listen), "the config has a [server] http_listen");
+    text.replace(listen, &format!("{listen}\n{settings}"))
+}
+
 /// Starts a pipeline from config text.
 pub(crate) async fn start(text: &str) -> (auditflow::pipeline::RunningPipeline, CancellationToken) {
     crate::support::logs();

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::faults::{default_text, setup, start, stop};
+use crate::faults::{default_text, setup, start, stop, with_server};
 use crate::support::eventually;
 use crate::support::hec::HecReceiver;
 use crate::support::psql::{psql, stdout};
@@ -18,9 +18,9 @@ async fn psql_and_a_postgres_driver_query_the_window() {
     let hec = HecReceiver::start(TOKEN).await;
     let dir = tempfile::tempdir().unwrap();
     let group = "Tech00-sql-pg";
-    let text = default_text(&s.bootstrap, group, &hec, &dir).replace(
-        "http_listen = \"127.0.0.1:0\"",
-        "http_listen = \"127.0.0.1:0\"\npg_listen = \"127.0.0.1:0\"",
+    let text = with_server(
+        &default_text(&s.bootstrap, group, &hec, &dir),
+        "pg_listen = \"127.0.0.1:0\"",
     );
     assert!(text.contains("pg_listen"));
     let (running, shutdown) = start(&text).await;
@@ -166,9 +166,9 @@ async fn password_token_and_row_limit() {
     let hec = HecReceiver::start(TOKEN).await;
     let dir = tempfile::tempdir().unwrap();
     let group = "Tech00-sql-auth";
-    let text = default_text(&s.bootstrap, group, &hec, &dir).replace(
-        "http_listen = \"127.0.0.1:0\"",
-        "http_listen = \"127.0.0.1:0\"\npg_listen = \"127.0.0.1:0\"\ntoken = \"t-sql\"\npg_password = \"p-sql\"\nsql_max_rows = 5",
+    let text = with_server(
+        &default_text(&s.bootstrap, group, &hec, &dir),
+        "pg_listen = \"127.0.0.1:0\"\ntoken = \"t-sql\"\npg_password = \"p-sql\"\nsql_max_rows = 5",
     );
     let (running, shutdown) = start(&text).await;
     let port = running.pg_addr.unwrap().port();

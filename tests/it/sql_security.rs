@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::faults::{TOKEN, default_text, setup, start, stop};
+use crate::faults::{TOKEN, default_text, setup, start, stop, with_server};
 use crate::support::eventually;
 use crate::support::hec::HecReceiver;
 use crate::support::psql::{psql_with as psql, stderr, stdout};
@@ -355,10 +355,10 @@ async fn passwords_by_scram_tls_and_failed_logins() {
     let dir = tempfile::tempdir().unwrap();
     crate::otlp_transports::make_certificates(dir.path());
     let group = "Tech00-sql-security-auth";
-    let text = default_text(&s.bootstrap, group, &hec, &dir).replace(
-        "http_listen = \"127.0.0.1:0\"",
+    let text = with_server(
+        &default_text(&s.bootstrap, group, &hec, &dir),
         &format!(
-            "http_listen = \"127.0.0.1:0\"\npg_listen = \"127.0.0.1:0\"\ntoken = \"t-sec\"\npg_password = \"p-sec\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+            "pg_listen = \"127.0.0.1:0\"\ntoken = \"t-sec\"\npg_password = \"p-sec\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
             dir.path().join("server.pem").display(),
             dir.path().join("server.key").display()
         ),
@@ -525,9 +525,9 @@ async fn connections_are_capped_and_slow_clients_timed_out() {
     let hec = HecReceiver::start(TOKEN).await;
     let dir = tempfile::tempdir().unwrap();
     let group = "Tech00-sql-security-conns";
-    let text = default_text(&s.bootstrap, group, &hec, &dir).replace(
-        "http_listen = \"127.0.0.1:0\"",
-        "http_listen = \"127.0.0.1:0\"\npg_listen = \"127.0.0.1:0\"\nmax_connections = 16\nclient_timeout = \"2s\"\nidle_timeout = \"10s\"\nsql_timeout = \"3s\"",
+    let text = with_server(
+        &default_text(&s.bootstrap, group, &hec, &dir),
+        "pg_listen = \"127.0.0.1:0\"\nmax_connections = 16\nclient_timeout = \"2s\"\nidle_timeout = \"10s\"\nsql_timeout = \"3s\"",
     );
     let (running, shutdown) = start(&text).await;
     let http = running.http_addr.unwrap();

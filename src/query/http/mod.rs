@@ -222,12 +222,11 @@ async fn refusal(state: &AppState, headers: &HeaderMap, peer: IpAddr) -> Option<
 /// on an all-interfaces listener, or a name in `server.allowed_hosts`; and its port the
 /// listen port.
 fn host_allowed(state: &AppState, headers: &HeaderMap) -> Result<(), String> {
-    let refuse = |why: &str| Err(why.to_owned());
     let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
-        return refuse("no Host header");
+        return Err("no Host header".into());
     };
     let Ok(authority) = host.parse::<axum::http::uri::Authority>() else {
-        return refuse("the Host header is not a host and port");
+        return Err("the Host header is not a host and port".into());
     };
     let port = authority.port_u16().unwrap_or(80);
     let name = authority
@@ -236,7 +235,7 @@ fn host_allowed(state: &AppState, headers: &HeaderMap) -> Result<(), String> {
         .trim_end_matches(']')
         .to_ascii_lowercase();
     if port != state.listen.port() {
-        return refuse(&format!("Host names port {port}, not this server's"));
+        return Err(format!("Host names port {port}, not this server's"));
     }
     let listen_ip = state.listen.ip();
     let allowed = match name.parse::<IpAddr>() {
@@ -246,7 +245,7 @@ fn host_allowed(state: &AppState, headers: &HeaderMap) -> Result<(), String> {
     if allowed {
         Ok(())
     } else {
-        refuse(&format!("Host `{name}` is not this server"))
+        Err(format!("Host `{name}` is not this server"))
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{Expr, ObjectName, Set, Statement, Value};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
@@ -93,12 +94,11 @@ impl PgParser {
             .map_err(|e| user_error(QueryError::Sql(format!("SQL error: {e}"))))
     }
 
-    /// Classifies and (for queries) plans one statement, in a session of its own.
-    async fn prepare(&self, statement: Statement) -> PgWireResult<Prepared> {
+    /// Classifies and (for queries) plans one statement in `ctx`, a session of its own.
+    async fn prepare(&self, ctx: &SessionContext, statement: Statement) -> PgWireResult<Prepared> {
         if let Some(p) = answered_here(&statement)? {
             return Ok(p);
         }
-        let ctx = self.engine.session();
         let state = ctx.state();
         let limits = &self.engine.limits().gate;
         let plan = gate::plan(&state, DfStatement::Statement(Box::new(statement)), limits)
@@ -109,10 +109,11 @@ impl PgParser {
 }
 
 impl PgHandler {
-    /// Runs a prepared statement for `client`, rows formatted as `format` asks.
+    /// Runs a prepared statement for `client` in `ctx`, rows formatted as `format` asks.
     async fn execute<C: ClientInfo>(
         &self,
         client: &mut C,
+        ctx: SessionContext,
         prepared: Prepared,
         format: &Format,
     ) -> PgWireResult<Response> {
@@ -137,7 +138,7 @@ impl PgHandler {
             Prepared::Plan(plan) => {
                 let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
                 let engine = &self.parser.engine;
-                let (schema, batches) = engine.stream_plan(engine.session(), plan).await.map_err(user_error)?;
+                let (schema, batches) = engine.stream_plan(ctx, plan).await.map_err(user_error)?;
                 let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, Some(options))?);
                 let encode_fields = fields.clone();
                 let rows = batches
@@ -337,8 +338,10 @@ impl SimpleQueryHandler for PgHandler {
         }
         let mut responses = Vec::with_capacity(statements.len());
         for statement in statements {
-            let prepared = self.parser.prepare(statement).await?;
-            responses.push(self.execute(client, prepared, &Format::UnifiedText).await?);
+            // Planned and run in one session of its own.
+            let ctx = self.parser.engine.session();
+            let prepared = self.parser.prepare(&ctx, statement).await?;
+            responses.push(self.execute(client, ctx, prepared, &Format::UnifiedText).await?);
         }
         Ok(responses)
     }
@@ -364,7 +367,8 @@ impl QueryParser for PgParser {
         let Some(statement) = statements.pop() else {
             return Ok(None);
         };
-        Ok(Some((sql.to_owned(), self.prepare(statement).await?)))
+        let ctx = self.engine.session();
+        Ok(Some((sql.to_owned(), self.prepare(&ctx, statement).await?)))
     }
 
     fn get_parameter_types(&self, stmt: &PgStatement) -> PgWireResult<Vec<Type>> {
@@ -443,7 +447,8 @@ impl ExtendedQueryHandler for PgHandler {
             }
             other => other.clone(),
         };
-        self.execute(client, prepared, &portal.result_column_format).await
+        let ctx = self.parser.engine.session();
+        self.execute(client, ctx, prepared, &portal.result_column_format).await
     }
 }
 
@@ -455,7 +460,8 @@ mod tests {
     async fn prepare(parser: &PgParser, sql: &str) -> Result<Vec<Prepared>, String> {
         let mut out = Vec::new();
         for statement in parser.parse(sql).map_err(|e| e.to_string())? {
-            out.push(parser.prepare(statement).await.map_err(|e| format!("{e:?}"))?);
+            let ctx = parser.engine.session();
+            out.push(parser.prepare(&ctx, statement).await.map_err(|e| format!("{e:?}"))?);
         }
         Ok(out)
     }

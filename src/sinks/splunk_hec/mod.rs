@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod encoder;
+pub mod refused;
 pub mod sink;
 
 pub use config::HecSinkConfig;

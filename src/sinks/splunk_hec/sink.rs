@@ -21,8 +21,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::config::HecSinkConfig;
 use super::encoder::{Body, Encoder, gzip};
+use super::refused;
 use crate::config::redact_url;
-use crate::event::{Alert, AlertStatus, now_us};
+use crate::event::{Alert, now_us};
 use crate::sinks::{SinkError, SinkItem, backoff};
 use crate::source::dead_letter::DeadLetters;
 use crate::telemetry::{SinkLabel, Telemetry};
@@ -32,7 +33,7 @@ const EVENT_REJECTED: [u64; 5] = [6, 7, 12, 13, 15];
 /// HEC status codes that blame the token or the endpoint's configuration: hold and alert.
 const CONFIG_REJECTED: [u64; 6] = [1, 2, 3, 4, 14, 16];
 /// Rule id of the alert raised while HEC refuses the token or configuration.
-pub const REFUSED_RULE_ID: &str = "auditflow-hec-refused";
+pub use super::refused::REFUSED_RULE_ID;
 
 #[derive(Deserialize, Default)]
 struct HecResponse {
@@ -575,20 +576,12 @@ impl Connection {
             return;
         }
         self.shared.telemetry.hec_refused.set(1);
-        let code = if code == u64::MAX {
-            "none".to_owned()
-        } else {
-            code.to_string()
-        };
-        let summary = format!(
-            "Splunk HEC {} refused the token or configuration (HTTP {status}, code {code}: {text}); auditflow holds the data and has paused consumption",
-            redact_url(&self.shared.config.endpoints[endpoint])
-        );
-        self.publish(refused_alert(
-            &redact_url(&self.shared.config.endpoints[endpoint]),
+        self.publish(refused::firing(
+            &self.shared.config.endpoints[endpoint],
             now,
-            None,
-            summary,
+            status,
+            code,
+            text,
         ));
     }
 
@@ -598,15 +591,10 @@ impl Connection {
             return;
         }
         self.shared.telemetry.hec_refused.set(0);
-        let summary = format!(
-            "Splunk HEC {} accepts data again; held data is being delivered",
-            self.shared.config.endpoints[endpoint]
-        );
-        self.publish(refused_alert(
+        self.publish(refused::resolved(
             &self.shared.config.endpoints[endpoint],
             since,
-            Some(now_us()),
-            summary,
+            now_us(),
         ));
     }
 
@@ -616,36 +604,6 @@ impl Connection {
         {
             tracing::warn!("the HEC refused-token alert could not be queued");
         }
-    }
-}
-
-/// The alert raised while HEC refuses the token: one incident for the sink, whichever endpoint.
-fn refused_alert(endpoint: &str, started_at_us: i64, resolved_at_us: Option<i64>, summary: String) -> Alert {
-    Alert {
-        id: crate::rules::alert::alert_id(REFUSED_RULE_ID, &["splunk_hec".to_owned()]),
-        rule_id: REFUSED_RULE_ID.to_owned(),
-        severity: "critical".into(),
-        status: if resolved_at_us.is_some() {
-            AlertStatus::Resolved
-        } else {
-            AlertStatus::Firing
-        },
-        started_at_us,
-        resolved_at_us,
-        time_us: resolved_at_us.unwrap_or(started_at_us),
-        labels: [
-            ("sink".to_owned(), "splunk_hec".to_owned()),
-            ("endpoint".to_owned(), endpoint.to_owned()),
-        ]
-        .into(),
-        value: 1.0,
-        threshold: None,
-        summary,
-        description: Some(
-            "HEC answered 401/403 or a token/configuration code (1-4, 14, 16). Nothing is lost: events are held, offsets are not committed, and delivery resumes by itself once the token or HEC configuration is fixed.".into(),
-        ),
-        runbook: Some("Check the HEC token in [sinks.splunk_hec] token (and that it is enabled in Splunk), then watch auditflow_hec_refused drop to 0.".into()),
-        evidence: Vec::new(),
     }
 }
 
