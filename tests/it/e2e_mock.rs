@@ -268,7 +268,10 @@ async fn mock_cluster_to_hec_otlp_sql() {
     let metrics = hec.of_sourcetype("auditflow:metric");
     assert!(metrics.iter().any(|m| m["event"] == "metric"
         && m["fields"]["metric_name:io.confluent.kafka.server/sent_bytes"].as_f64() == Some(12.0e9)));
-    assert_eq!(hec.state.lock().unwrap().channels.len(), 1);
+    // A channel GUID per sending connection (default concurrency 2, one endpoint): how many
+    // of them took a batch depends on timing, but never more than there are connections.
+    let channels = hec.state.lock().unwrap().channels.len();
+    assert!((1..=2).contains(&channels), "{channels} channels for 2 connections");
 
     // OTLP.
     eventually(Duration::from_secs(30), "OTLP logs and metrics", || {

@@ -316,15 +316,22 @@ async fn hec_busy_for_30s_keeps_memory_bounded_and_loses_nothing() {
     std::fs::write(&file, text).unwrap();
     // AUDITFLOW_BIN measures another build (e.g. target/release/auditflow) with the same test.
     let binary = std::env::var("AUDITFLOW_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_auditflow").to_owned());
+    // The service's log goes to a file, shown if the test fails.
+    let log = dir.path().join("auditflow.log");
     let mut child = Process(
         Command::new(&binary)
             .args(["run", "--config", file.to_str().unwrap()])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),
     );
     let pid = child.0.id();
+    let log_tail = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    };
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -401,10 +408,40 @@ async fn hec_busy_for_30s_keeps_memory_bounded_and_loses_nothing() {
 
     hec.set_busy(false);
     // Counting is cheap; the ids are checked once everything is there.
-    eventually(Duration::from_secs(240), "the whole backlog at HEC", || {
-        hec.state.lock().unwrap().events.len() >= N
-    })
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let (at_hec, refused) = {
+            let s = hec.state.lock().unwrap();
+            (s.events.len(), s.num_refused)
+        };
+        if at_hec >= N {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let metrics = match client.get(format!("{base}/metrics")).send().await {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(e) => e.to_string(),
+            };
+            let wanted: Vec<&str> = metrics
+                .lines()
+                .filter(|l| !l.starts_with('#') && (l.contains("records_in") || l.contains("sink_") || l.contains("lag")))
+                .collect();
+            // What the broker itself holds, read back by a fresh consumer.
+            let in_topic = tokio::task::spawn_blocking({
+                let b = bootstrap.clone();
+                move || read_all(&b, "confluent-audit-log-events", 2, N, Duration::from_secs(30)).len()
+            })
+            .await
+            .unwrap();
+            panic!(
+                "after 240 s HEC has {at_hec} of {N} events ({refused} requests refused while busy); \
+                 a fresh consumer reads {in_topic} from the topic\nmetrics:\n{}\nlog tail:\n{}",
+                wanted.join("\n"),
+                log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let delivered = hec.audit_ids();
     assert!(ids.iter().all(|id| delivered.contains(id)));
     // SIGTERM: drain, commit, exit 0.
