@@ -115,8 +115,8 @@ fn bench(c: &mut Criterion) {
     });
 
     let rows: Vec<_> = payloads.iter().map(|p| decoder.decode(p).unwrap()).collect();
-    let hec: auditflow::sinks::splunk_hec::HecSinkConfig =
-        toml::from_str("endpoints = [\"http://x\"]\ntoken = \"t\"\n").unwrap();
+    let hec: auditflow::config::RawHecSink = toml::from_str("endpoints = [\"http://x\"]\ntoken = \"t\"\n").unwrap();
+    let hec = hec.validate(auditflow::config::Check { origin: "bench" }).unwrap();
     group.bench_function("hec_encode_gzip", |b| {
         b.iter(|| {
             let mut e = Encoder::new(&hec);
@@ -144,7 +144,7 @@ fn rss_bytes() -> usize {
 /// series: events per second through all of them, and memory per series.
 fn bench_rules(c: &mut Criterion) {
     use auditflow::event::AuditRow;
-    use auditflow::query::tables::audit_batch;
+    use auditflow::event::arrow::audit_batch;
     use auditflow::rules::{Source, parse_rules};
 
     const SERIES: usize = 100_000;

@@ -1,4 +1,4 @@
-//! SQL over a full window (PRODUCT 9): 10 million audit rows and 10 million metric samples over
+//! SQL over a full window (docs/PRODUCT.md §9): 10 million audit rows and 10 million metric samples over
 //! the last hour, queried through the service's own engine (window `TableProvider`, limits,
 //! views) on two cores: p50/p99 of a per-minute GROUP BY over the last 15 minutes, the top 10
 //! principals by failures over the hour, and a point lookup by event id; and the window's bytes
@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use auditflow::event::arrow::{audit_batch, metrics_batch};
 use auditflow::event::{AuditRow, AuthzVia, MetricKind, MetricSample, PrincipalType, now_us};
 use auditflow::query::engine::QueryEngine;
-use auditflow::query::tables::{audit_batch, metrics_batch};
 use auditflow::query::window::{Window, WindowTable};
 
 const BATCH: usize = 2000;

@@ -13,10 +13,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::FileSinkConfig;
 use crate::config::{Config, RawConfig};
 use crate::event::now_us;
 use crate::pipeline;
-use crate::sinks::file::FileSinkConfig;
 
 pub const AUDIT_TOPIC: &str = "confluent-audit-log-events";
 pub const METRICS_TOPIC: &str = "confluent-metrics";

@@ -4,14 +4,16 @@
 //!  Kafka (audit, metrics topics)
 //!    │  source::kafka     poll a batch; offsets stored only when finalised (see its docs)
 //!    ▼
-//!  decode::{audit, metrics}   typed rows; failures -> source::dead_letter (Connect-style headers)
+//!  decode::{audit, metrics}   typed rows; failures -> sinks::dead_letter (Connect-style headers)
 //!    ▼
-//!  enrich::{dedupe, ownership}   drop repeated ids; resource_app / principal_app / cross_namespace
+//!  enrich::{dedupe, ownership, directory}   drop repeated ids; who owns what, who is who
 //!    ▼
-//!  query::tables      one Arrow RecordBatch per batch ──► rules (DataFusion predicates) ─► alerts
+//!  event::arrow       one Arrow RecordBatch per batch ──► rules (DataFusion predicates) ─► alerts
 //!    │                                               └──► query::window (SQL over the last hour)
 //!    ▼
-//!  sinks::{splunk_hec, otlp, file}   bounded channels; each accepts (acks) the batch when durable
+//!  pipeline::dispatch   the batch, alerts included, to every sink with one Ack each
+//!    ▼
+//!  sinks::{splunk_hec, otlp, file, kafka_alerts}   bounded channels; each acks when durable
 //!    ▼
 //!  source::kafka::run_committer   stores offsets per partition, in poll order, once every sink acked
 //! ```
@@ -19,17 +21,34 @@
 //! Delivery guarantee: at least once. An offset is stored for commit only after every enabled
 //! sink has accepted every record at or below it (or the record is in the dead-letter topic);
 //! channels are bounded, so a slow or failing sink pauses consumption instead of growing memory;
-//! duplicates re-delivered after a restart are removed by `enrich::dedupe`.
+//! duplicates re-delivered after a restart are removed by `enrich::dedupe`. Imports run one way,
+//! down this list (checked by `tests/it/architecture.rs`); `docs/ARCHITECTURE.md` has the rest.
 
+// Layer 0, the leaves: settings, the event model (and its Arrow form), retry verdicts and
+// backoff, the service's own metrics.
 pub mod config;
-pub mod decode;
-pub mod demo;
-pub mod enrich;
 pub mod event;
-pub mod pipeline;
+pub mod retry;
+pub mod telemetry;
+
+// Layer 1: records to rows; ownership, directory and dedupe.
+pub mod decode;
+pub mod enrich;
+
+// Layer 2: the SQL engine, window and front ends; detection rules, one file per kind.
 pub mod query;
-pub mod reload;
 pub mod rules;
+
+// Layer 3: every output (HEC, OTLP, file, alerts topic, dead letters); the Kafka consumer and
+// committer.
 pub mod sinks;
 pub mod source;
-pub mod telemetry;
+
+// Layer 4: re-reads rule and enrichment files.
+pub mod reload;
+
+// Layer 5: wires the stages.
+pub mod pipeline;
+
+// Layer 6: the one-command demo (the CLI, `main.rs`, sits on top).
+pub mod demo;

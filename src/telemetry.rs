@@ -12,8 +12,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::query::window::Window;
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StreamLabel {
     pub stream: &'static str,
@@ -237,21 +235,14 @@ impl Telemetry {
         .sum()
     }
 
-    /// Prometheus text exposition, with the window and latency gauges refreshed.
-    pub fn render(&self, window: Option<&Window>) -> String {
-        if let Some(w) = window {
-            for (name, table) in [
-                ("audit_events", &w.audit),
-                ("metrics", &w.metrics),
-                ("alerts", &w.alerts),
-            ] {
-                let l = TableLabel { table: name };
-                self.window_rows.get_or_create(&l).set(table.num_rows() as i64);
-                self.window_bytes.get_or_create(&l).set(table.num_bytes() as i64);
-                self.window_evicted
-                    .get_or_create(&l)
-                    .set(table.num_evicted_rows() as i64);
-            }
+    /// Prometheus text exposition, with the window's gauges set from `tables` (read by the
+    /// caller when scraped) and the latency gauges refreshed.
+    pub fn render(&self, tables: &[TableStats]) -> String {
+        for t in tables {
+            let l = TableLabel { table: t.table };
+            self.window_rows.get_or_create(&l).set(t.rows as i64);
+            self.window_bytes.get_or_create(&l).set(t.bytes as i64);
+            self.window_evicted.get_or_create(&l).set(t.evicted_rows as i64);
         }
         for (label, q) in [("0.5", 0.5), ("0.9", 0.9), ("0.99", 0.99), ("0.999", 0.999)] {
             self.latency_ms
@@ -262,4 +253,13 @@ impl Telemetry {
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
+}
+
+/// What one SQL window table holds when scraped.
+#[derive(Debug, Clone, Copy)]
+pub struct TableStats {
+    pub table: &'static str,
+    pub rows: usize,
+    pub bytes: usize,
+    pub evicted_rows: usize,
 }

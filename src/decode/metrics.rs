@@ -1,5 +1,5 @@
 //! Metric records to [`MetricSample`]s. Three encodings, detected per record unless fixed in
-//! config (PRODUCT 1.2):
+//! config (docs/PRODUCT.md §1.2):
 //! 1. canonical JSON samples, one or many per record (JSON lines, concatenated, or an array);
 //! 2. a Metrics API query response body (`{"data": [...]}`), the metric and resource named by
 //!    record headers (`metric`, `resource.kafka.id`) or config;

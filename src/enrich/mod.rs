@@ -1,6 +1,5 @@
-//! Enrichment: who owns what (namespace prefixes), duplicate removal, and the Splunk CIM fields.
+//! Enrichment: who owns what (namespace prefixes and the directory) and duplicate removal.
 
-pub mod cim;
 pub mod dedupe;
 pub mod directory;
 pub mod ownership;

@@ -1,4 +1,4 @@
-//! Ownership by namespace prefix (PRODUCT 1.4). Shared clusters give each application a private
+//! Ownership by namespace prefix (docs/PRODUCT.md §1.4). Shared clusters give each application a private
 //! prefix (`Tech01-` owns `Tech01-orders`, `Tech01-Consumer-Group-01`, ...); principals belong to
 //! the application that lists them. The longest matching prefix wins.
 

@@ -17,7 +17,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use futures::{StreamExt, TryStreamExt};
 
-use super::gate::{self, GateLimits};
+use super::gate;
 use super::limits::LimitedPlanner;
 use super::window::Window;
 
@@ -34,35 +34,7 @@ pub enum QueryError {
     TooManyRows(usize),
 }
 
-/// Query limits (`[server] sql_timeout`, `sql_max_rows`, `sql_memory_limit`, `sql_threads`).
-#[derive(Debug, Clone)]
-pub struct SqlLimits {
-    pub timeout: Duration,
-    pub max_rows: usize,
-    /// Bytes all running queries may hold together (sorts, joins, aggregations).
-    pub memory_limit: usize,
-    /// Threads of the runtime queries run on, apart from the pipeline's.
-    pub threads: usize,
-    /// Bytes one value built by a function (`repeat`, `lpad`, `range`, ...) may take
-    /// (`server.sql_max_value_bytes`); one call's whole output may take a quarter of
-    /// `memory_limit`.
-    pub max_value_bytes: usize,
-    /// What the statement gate lets through (`server.sql_max_query_bytes` and fixed bounds).
-    pub gate: GateLimits,
-}
-
-impl Default for SqlLimits {
-    fn default() -> Self {
-        SqlLimits {
-            timeout: Duration::from_secs(30),
-            max_rows: 1_000_000,
-            memory_limit: 1 << 30,
-            threads: 2,
-            max_value_bytes: 16 << 20,
-            gate: GateLimits::default(),
-        }
-    }
-}
+pub use crate::config::SqlLimits;
 
 /// Stack of each SQL thread. Parsing and planning recurse per nesting level; the gate bounds
 /// the nesting (tokens before parsing, depth after), and this holds the deepest it lets

@@ -26,29 +26,7 @@ use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 use super::engine::QueryError;
 
-/// What the gate lets through.
-#[derive(Debug, Clone)]
-pub struct GateLimits {
-    /// Bytes of SQL text (`server.sql_max_query_bytes`).
-    pub max_query_bytes: usize,
-    /// Tokens of SQL text: an upper bound of any nesting, checked without recursion.
-    pub max_tokens: usize,
-    /// Nesting of expressions and subqueries in the parsed statement.
-    pub max_depth: usize,
-    /// Nodes of the logical plan, counted as a tree.
-    pub max_plan_nodes: usize,
-}
-
-impl Default for GateLimits {
-    fn default() -> Self {
-        GateLimits {
-            max_query_bytes: 256 * 1024,
-            max_tokens: 10_000,
-            max_depth: 200,
-            max_plan_nodes: 20_000,
-        }
-    }
-}
+pub use crate::config::GateLimits;
 
 /// Queries only: no DDL, no DML, no statements (`SET`, transactions, prepared statements).
 pub fn read_only() -> SQLOptions {

@@ -10,5 +10,4 @@ pub mod gate;
 pub mod http;
 pub mod limits;
 pub mod pg;
-pub mod tables;
 pub mod window;

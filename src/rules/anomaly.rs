@@ -13,8 +13,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use datafusion::arrow::array::{Array, Float64Array};
 
 use super::RuleMeta;
+use super::Source;
 use super::alert::{Lifecycle, Observation};
 use super::engine::{BatchView, labels_of};
+use super::load::Fields;
 use super::predicate::Predicate;
 use crate::event::Alert;
 
@@ -179,5 +181,41 @@ impl AnomalyRule {
             }
         }
         Ok(alerts)
+    }
+}
+
+impl AnomalyRule {
+    /// On `metrics`, `metric` (required); elsewhere `where`. `window` is the bucket (default
+    /// 1m), `baseline`, `sigma`, `min_value`, `min_samples`, `for`, `group_by`.
+    pub(super) fn validate(f: &Fields<'_>) -> Result<AnomalyRule, super::RulesError> {
+        let sql = match (f.source, &f.raw.metric, &f.raw.where_) {
+            (Source::Metrics, Some(metric), w) => {
+                let m = format!("name = '{}'", metric.replace('\'', "''"));
+                w.as_ref().map_or(m.clone(), |w| format!("{m} AND ({w})"))
+            }
+            (Source::Metrics, None, _) => {
+                return Err(f.err("metric", "an anomaly rule on metrics needs `metric`"));
+            }
+            (_, _, w) => w.clone().unwrap_or_else(|| "true".into()),
+        };
+        let sigma = f.raw.sigma.unwrap_or(4.0);
+        if sigma <= 0.0 {
+            return Err(f.err("sigma", "must be positive"));
+        }
+        let settings = AnomalySettings {
+            bucket_us: f.window_us.unwrap_or(60_000_000),
+            baseline_us: f.duration_us("baseline", &f.raw.baseline)?.unwrap_or(3_600_000_000),
+            sigma,
+            min_value: f.raw.min_value.unwrap_or(0.0),
+            min_samples: f.raw.min_samples.unwrap_or(10),
+            for_us: f.duration_us("for", &f.raw.for_)?.unwrap_or(0),
+            max_series: f.max_series,
+        };
+        Ok(AnomalyRule::new(
+            f.predicate(&sql)?,
+            f.raw.group_by.clone(),
+            f.source == Source::Metrics,
+            settings,
+        ))
     }
 }

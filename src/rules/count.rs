@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use super::RuleMeta;
 use super::alert::{Lifecycle, Observation};
 use super::engine::{BatchView, labels_of};
+use super::load::Fields;
 use super::predicate::Predicate;
 use crate::event::Alert;
 
@@ -135,5 +136,21 @@ impl CountRule {
             self.series.retain(|k, s| s.newest > cutoff || lifecycle.is_firing(k));
         }
         Ok(alerts)
+    }
+}
+
+impl CountRule {
+    /// `window` and `threshold` (required), `where`, `group_by`, `distinct`.
+    pub(super) fn validate(f: &Fields<'_>) -> Result<CountRule, super::RulesError> {
+        let window_us = f.required("window", &f.window_us)?;
+        let threshold = f.required("threshold", &f.raw.threshold)?;
+        Ok(CountRule::new(
+            f.predicate(f.where_or_all())?,
+            f.raw.group_by.clone(),
+            f.raw.distinct.clone(),
+            window_us,
+            threshold,
+            f.max_series,
+        ))
     }
 }

@@ -217,7 +217,7 @@ mod tests {
 
     use super::*;
     use crate::event::AuditRow;
-    use crate::query::tables::audit_batch;
+    use crate::event::arrow::audit_batch;
 
     const PACK: &str = "groups:\n  - name: g\n    rules:\n      - id: burst\n        kind: count\n        where: \"granted = false\"\n        window: 5m\n        threshold: 3\n        severity: low\n        summary: s\n      - id: other\n        kind: match\n        where: \"granted = true\"\n        severity: low\n        summary: s\n";
 
@@ -266,7 +266,7 @@ mod lateness_tests {
 
     use super::*;
     use crate::event::AuditRow;
-    use crate::query::tables::audit_batch;
+    use crate::event::arrow::audit_batch;
 
     fn denied(t_s: i64) -> AuditRow {
         AuditRow {

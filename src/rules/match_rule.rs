@@ -4,6 +4,7 @@
 use super::RuleMeta;
 use super::alert::{Lifecycle, Observation};
 use super::engine::{BatchView, labels_of};
+use super::load::Fields;
 use super::predicate::Predicate;
 use crate::event::Alert;
 
@@ -55,5 +56,13 @@ impl MatchRule {
         // Match alerts do not resolve; forget them once they can no longer suppress a repeat.
         self.lifecycle.forget_before(now - meta.repeat_interval_us);
         Ok(alerts)
+    }
+}
+
+impl MatchRule {
+    /// `where` (required) and `group_by`.
+    pub(super) fn validate(f: &Fields<'_>) -> Result<MatchRule, super::RulesError> {
+        let sql = f.required("where", &f.raw.where_)?;
+        Ok(MatchRule::new(f.predicate(&sql)?, f.raw.group_by.clone()))
     }
 }

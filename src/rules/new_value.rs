@@ -8,6 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use super::RuleMeta;
 use super::alert::{Lifecycle, Observation};
 use super::engine::{BatchView, labels_of};
+use super::load::Fields;
 use super::predicate::Predicate;
 use crate::event::Alert;
 
@@ -106,5 +107,20 @@ impl NewValueRule {
         }
         self.lifecycle.forget_before(now - meta.repeat_interval_us);
         Ok(alerts)
+    }
+}
+
+impl NewValueRule {
+    /// `field` (required), `learn` (default 24h), `where`, `group_by`.
+    pub(super) fn validate(f: &Fields<'_>) -> Result<NewValueRule, super::RulesError> {
+        let field = f.required("field", &f.raw.field)?;
+        let learn_us = f.duration_us("learn", &f.raw.learn)?.unwrap_or(86_400_000_000);
+        Ok(NewValueRule::new(
+            f.predicate(f.where_or_all())?,
+            f.raw.group_by.clone(),
+            field,
+            learn_us,
+            f.max_series,
+        ))
     }
 }

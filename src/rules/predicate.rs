@@ -65,7 +65,7 @@ fn clean(message: String) -> String {
 mod tests {
     use super::*;
     use crate::event::AuditRow;
-    use crate::query::tables::{AUDIT_SCHEMA, audit_batch};
+    use crate::event::arrow::{AUDIT_SCHEMA, audit_batch};
 
     fn rows() -> RecordBatch {
         let base = AuditRow {

@@ -12,10 +12,27 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::array_value_to_string;
 
+use std::sync::LazyLock;
+use std::time::Duration;
+
 use super::RuleMeta;
 use super::alert::{Lifecycle, Observation};
+use super::load::Fields;
+use crate::config::SqlLimits;
 use crate::event::Alert;
 use crate::query::engine::QueryEngine;
+use crate::query::window::Window;
+
+/// Plans `sql` rules at load and reload against the (empty) tables, so unknown tables and
+/// columns fail there. One per process, built on first use: planning in-memory tables does no
+/// IO, and one small runtime serves every load instead of a new one each time.
+static PLANNER: LazyLock<QueryEngine> = LazyLock::new(|| {
+    let limits = SqlLimits {
+        threads: 1,
+        ..SqlLimits::default()
+    };
+    QueryEngine::with_limits(&Window::new(Duration::from_secs(60)), limits)
+});
 
 pub struct SqlRule {
     pub query: String,
@@ -32,6 +49,15 @@ impl SqlRule {
             last_run_us: None,
             lifecycle: Lifecycle::default(),
         }
+    }
+
+    /// `query` (required, planned now) and `every` (default 1m).
+    pub(super) fn validate(f: &Fields<'_>) -> Result<SqlRule, super::RulesError> {
+        let query = f.required("query", &f.raw.query)?;
+        // A plain executor serves, from sync and async callers alike: planning does no IO.
+        futures::executor::block_on(PLANNER.plan(&query)).map_err(|e| f.err("query", e.to_string()))?;
+        let every_us = f.duration_us("every", &f.raw.every)?.unwrap_or(60_000_000);
+        Ok(SqlRule::new(query, every_us))
     }
 
     pub fn is_due(&self, now_us: i64) -> bool {

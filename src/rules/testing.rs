@@ -26,8 +26,8 @@ use datafusion::execution::context::SessionContext;
 use serde::Deserialize;
 
 use super::{RuleEngine, RulesError, Source, parse_rules};
+use crate::event::arrow as tables;
 use crate::event::{Alert, AuditRow, AuthzVia, MetricKind, MetricSample, PrincipalType};
-use crate::query::tables;
 
 /// Test time zero: 2026-01-01T00:00:00Z.
 const BASE_US: i64 = 1_767_225_600_000_000;

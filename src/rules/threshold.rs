@@ -6,8 +6,10 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use datafusion::arrow::array::{Array, Float64Array};
 
 use super::RuleMeta;
+use super::Source;
 use super::alert::{Lifecycle, Observation};
 use super::engine::{BatchView, labels_of};
+use super::load::Fields;
 use super::predicate::Predicate;
 use crate::event::Alert;
 
@@ -186,5 +188,36 @@ impl ThresholdRule {
             self.series.remove(&key);
         }
         Ok(alerts)
+    }
+}
+
+impl ThresholdRule {
+    /// On `metrics`: `metric`, `window` and `value` (required), `aggregate`, `op`, `for`,
+    /// `where`, `group_by`.
+    pub(super) fn validate(f: &Fields<'_>) -> Result<ThresholdRule, super::RulesError> {
+        if f.source != Source::Metrics {
+            return Err(f.err("source", "a threshold rule reads `metrics`"));
+        }
+        let metric = f.required("metric", &f.raw.metric)?;
+        let window_us = f.required("window", &f.window_us)?;
+        let value = f.required("value", &f.raw.value)?;
+        let aggregate =
+            Aggregate::parse(f.raw.aggregate.as_deref().unwrap_or("sum")).map_err(|m| f.err("aggregate", m))?;
+        let comparison = Comparison::parse(f.raw.op.as_deref().unwrap_or(">")).map_err(|m| f.err("op", m))?;
+        let for_us = f.duration_us("for", &f.raw.for_)?.unwrap_or(0);
+        let escaped = metric.replace('\'', "''");
+        let sql = match &f.raw.where_ {
+            Some(w) => format!("name = '{escaped}' AND ({w})"),
+            None => format!("name = '{escaped}'"),
+        };
+        let settings = ThresholdSettings {
+            window_us,
+            aggregate,
+            comparison,
+            value,
+            for_us,
+            max_series: f.max_series,
+        };
+        Ok(ThresholdRule::new(f.predicate(&sql)?, f.raw.group_by.clone(), settings))
     }
 }

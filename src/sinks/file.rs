@@ -1,35 +1,14 @@
 //! File sink: JSON lines, one object per audit event, metric sample and alert. For the demo and
 //! air-gapped sites. A batch is acknowledged after its lines are written and synced to disk.
 
-use std::path::PathBuf;
-
-use serde::Deserialize;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::{SinkItem, alert_json, audit_fields, fields_object, time_value};
+use crate::config::FileSinkConfig;
 use crate::event::Batch;
 use crate::telemetry::{SinkLabel, Telemetry};
-
-/// `[sinks.file]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileSinkConfig {
-    /// Output file; parent directories are created. Default `out/events.jsonl`.
-    #[serde(default = "default_path")]
-    pub path: PathBuf,
-}
-
-impl Default for FileSinkConfig {
-    fn default() -> Self {
-        FileSinkConfig { path: default_path() }
-    }
-}
-
-fn default_path() -> PathBuf {
-    PathBuf::from("out/events.jsonl")
-}
 
 /// Encodes a batch as JSON lines.
 pub fn encode(batch: &Batch, out: &mut Vec<u8>) {
@@ -108,7 +87,7 @@ pub async fn run(
                     // A full disk or a read-only mount: retry, holding the batch (nothing lost).
                     tracing::error!(path = %config.path.display(), error = %e, "file sink cannot write; retrying");
                     telemetry.sink_retries.get_or_create(&label).inc();
-                    tokio::time::sleep(super::backoff(attempt, std::time::Duration::from_secs(10))).await;
+                    tokio::time::sleep(crate::retry::backoff(attempt, crate::retry::RETRY_CAP)).await;
                     attempt += 1;
                 }
             }

@@ -6,16 +6,17 @@
 
 use std::borrow::Cow;
 
+pub mod cim;
+pub mod dead_letter;
 pub mod file;
+pub mod kafka_alerts;
 pub mod otlp;
 pub mod splunk_hec;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use crate::enrich::cim;
 use crate::event::{Ack, Alert, AuditRow, Batch, epoch_seconds};
 
 /// What a sink task receives.
@@ -24,27 +25,12 @@ pub struct SinkItem {
     pub ack: Ack,
 }
 
-/// Whether a failure is worth retrying; every sink error says so.
+/// A sink that cannot be started (bad TLS file, unusable endpoint). Failures while running are
+/// never errors: each sink turns an answer into a [`crate::retry::Verdict`] and acts on it.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("{sink}: {message}")]
-    Retriable { sink: &'static str, message: String },
-    #[error("{sink}: {message}")]
     Rejected { sink: &'static str, message: String },
-}
-
-impl SinkError {
-    pub fn is_retriable(&self) -> bool {
-        matches!(self, SinkError::Retriable { .. })
-    }
-}
-
-/// Exponential backoff with full jitter: 100 ms doubling to `cap`.
-pub fn backoff(attempt: u32, cap: Duration) -> Duration {
-    let base = Duration::from_millis(100).saturating_mul(1u32 << attempt.min(16));
-    let ceiling = base.min(cap);
-    let jitter = rand::random_range(0.5..=1.0);
-    ceiling.mul_f64(jitter)
 }
 
 /// Enrichment and CIM fields of an audit event, flat strings (HEC indexed fields, file sink).

@@ -74,7 +74,7 @@ pub fn consumer(config: &Config) -> KafkaResult<KafkaConsumer> {
         // (an idle partition, librdkafka's mock cluster), which bounds added latency.
         .set("fetch.wait.max.ms", "100")
         // Bound what librdkafka prefetches per partition: memory stays flat while draining a
-        // backlog (PRODUCT 9), and throughput is still set by our batch size.
+        // backlog (docs/PRODUCT.md §9), and throughput is still set by our batch size.
         .set("queued.max.messages.kbytes", "16384");
     for (k, v) in &config.kafka.client_properties {
         client.set(k, v.expose());
@@ -320,7 +320,7 @@ pub async fn run_committer(
             let mut attempt = 0;
             while let Err(e) = store.append(&pending.ids, crate::event::now_us()) {
                 tracing::error!(error = %e, attempt, "cannot write the dedupe store; retrying before committing");
-                tokio::time::sleep(crate::sinks::backoff(attempt, Duration::from_secs(10))).await;
+                tokio::time::sleep(crate::retry::backoff(attempt, crate::retry::RETRY_CAP)).await;
                 attempt += 1;
             }
         }

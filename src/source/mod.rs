@@ -1,7 +1,5 @@
-//! Sources: where records come from. `kafka` is the real one (consumer, offsets, rebalances);
-//! `dead_letter` parks records that cannot be processed, Kafka Connect style.
+//! Sources: where records come from. `kafka` is the real one (consumer, offsets, rebalances).
 
-pub mod dead_letter;
 pub mod kafka;
 
 use std::sync::Arc;

@@ -88,6 +88,8 @@ async fn create_topics(bootstrap: &str) {
         NewTopic::new("confluent-audit-log-events", 2, TopicReplication::Fixed(1)),
         NewTopic::new("confluent-metrics", 1, TopicReplication::Fixed(1)),
         NewTopic::new("auditflow-dead-letter", 1, TopicReplication::Fixed(1)),
+        // The config names an alerts topic: a sink, so the pipeline waits for it to exist.
+        NewTopic::new("auditflow-alerts", 1, TopicReplication::Fixed(1)),
     ];
     for r in admin.create_topics(&topics, &AdminOptions::new()).await.unwrap() {
         r.unwrap();
@@ -290,7 +292,7 @@ fn metric_sum(text: &str, metric: &str) -> f64 {
 
 /// HEC answers 503 code 9 for 30 s while 40 MB of audit events arrive: the consumer pauses, so
 /// only a bounded part is read and the process's anonymous resident memory minus the SQL
-/// window's own bytes stays under a stated bound (PRODUCT 9: 150 MB); then HEC recovers, every event arrives,
+/// window's own bytes stays under a stated bound (docs/PRODUCT.md §9: 150 MB); then HEC recovers, every event arrives,
 /// and SIGTERM drains, commits and exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hec_busy_for_30s_keeps_memory_bounded_and_loses_nothing() {
@@ -424,7 +426,9 @@ async fn hec_busy_for_30s_keeps_memory_bounded_and_loses_nothing() {
             };
             let wanted: Vec<&str> = metrics
                 .lines()
-                .filter(|l| !l.starts_with('#') && (l.contains("records_in") || l.contains("sink_") || l.contains("lag")))
+                .filter(|l| {
+                    !l.starts_with('#') && (l.contains("records_in") || l.contains("sink_") || l.contains("lag"))
+                })
                 .collect();
             // What the broker itself holds, read back by a fresh consumer.
             let in_topic = tokio::task::spawn_blocking({

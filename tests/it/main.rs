@@ -1,6 +1,8 @@
 //! One integration-test binary (link once): end to end against librdkafka's mock cluster and a
 //! tansu broker process, a strict Splunk HEC receiver and real OTLP receivers (gRPC, TLS, HTTP).
 
+mod alert_sinks;
+mod architecture;
 mod config_examples;
 mod dashboards;
 mod dead_letters;

@@ -355,6 +355,6 @@ async fn metrics(
     {
         return refused;
     }
-    let text = state.telemetry.render(Some(&state.window));
+    let text = state.telemetry.render(&state.window.stats());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -9,7 +9,7 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde_json::{Map, Value, json};
 
-use super::config::HecSinkConfig;
+use crate::config::HecSinkConfig;
 use crate::event::epoch_seconds;
 use crate::event::{Alert, AuditRow, MetricSample};
 use crate::sinks::{alert_json, audit_fields};
@@ -188,8 +188,10 @@ mod tests {
     use crate::decode::audit::AuditDecoder;
 
     fn config() -> HecSinkConfig {
-        toml::from_str("endpoints = [\"http://x\"]\ntoken = \"t\"\nindex = \"audit\"\nbatch_max_bytes = 4096\n")
-            .unwrap()
+        let raw: crate::config::RawHecSink =
+            toml::from_str("endpoints = [\"http://x\"]\ntoken = \"t\"\nindex = \"audit\"\nbatch_max_bytes = 4096\n")
+                .unwrap();
+        raw.validate(crate::config::Check { origin: "test" }).unwrap()
     }
 
     #[test]

@@ -14,53 +14,27 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use reqwest::StatusCode;
-use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::config::HecSinkConfig;
 use super::encoder::{Body, Encoder, gzip};
 use super::refused;
-use crate::config::redact_url;
+use super::response::{AckResponse, HecResponse, classify, classify_transport, retry_after};
+use crate::config::{HecSinkConfig, redact_url};
 use crate::event::{Alert, now_us};
-use crate::sinks::{SinkError, SinkItem, backoff};
-use crate::source::dead_letter::DeadLetters;
+use crate::retry::{Verdict, wait_after};
+use crate::sinks::dead_letter::DeadLetters;
+use crate::sinks::{SinkError, SinkItem};
 use crate::telemetry::{SinkLabel, Telemetry};
 
-/// HEC status codes that blame an event's content: isolate and dead-letter it.
-const EVENT_REJECTED: [u64; 5] = [6, 7, 12, 13, 15];
-/// HEC status codes that blame the token or the endpoint's configuration: hold and alert.
-const CONFIG_REJECTED: [u64; 6] = [1, 2, 3, 4, 14, 16];
 /// Rule id of the alert raised while HEC refuses the token or configuration.
 pub use super::refused::REFUSED_RULE_ID;
 
-#[derive(Deserialize, Default)]
-struct HecResponse {
-    #[serde(default)]
-    text: String,
-    #[serde(default)]
-    code: Option<u64>,
-    #[serde(default, rename = "ackId")]
-    ack_id: Option<u64>,
-}
-
-#[derive(Deserialize, Default)]
-struct AckResponse {
-    #[serde(default)]
-    acks: std::collections::HashMap<String, bool>,
-}
-
 enum Outcome {
     /// Accepted by `endpoint`; with acknowledgements on, under `ack_id`.
-    Delivered {
-        endpoint: usize,
-        ack_id: Option<u64>,
-    },
-    EventRejected {
-        code: u64,
-        text: String,
-    },
+    Delivered { endpoint: usize, ack_id: Option<u64> },
+    /// HEC refused an event of the body for its content.
+    EventRejected { reason: String },
 }
 
 /// A body HEC accepted whose indexer acknowledgement is outstanding.
@@ -131,7 +105,7 @@ fn http_client(config: &HecSinkConfig) -> Result<reqwest::Client, SinkError> {
         message,
     };
     let mut builder = reqwest::Client::builder()
-        .timeout(config.timeout())
+        .timeout(config.request_timeout)
         .connect_timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(1)
@@ -197,7 +171,7 @@ impl HecSink {
             };
             connections.push(tokio::spawn(connection.run(groups_rx.clone())));
         }
-        let linger = config.linger();
+        let linger = config.batch_linger;
         while let Some(first) = rx.recv().await {
             let mut items = vec![first];
             let mut num_events = items[0].batch.len();
@@ -267,7 +241,7 @@ impl Connection {
     async fn run(self, groups: Arc<tokio::sync::Mutex<mpsc::Receiver<Group>>>) {
         let config = &self.shared.config;
         let mut pending: Vec<PendingGroup> = Vec::new();
-        let mut poll = tokio::time::interval(config.ack_poll_interval());
+        let mut poll = tokio::time::interval(config.ack_poll_interval);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut closed = false;
         loop {
@@ -318,7 +292,7 @@ impl Connection {
     /// again the bodies whose acknowledgement did not come within `ack_timeout` (the receiver
     /// may then index them twice: at least once).
     async fn poll_pending(&self, pending: &mut [PendingGroup]) {
-        let timeout = self.shared.config.ack_timeout();
+        let timeout = self.shared.config.ack_timeout;
         for endpoint in 0..self.shared.config.endpoints.len() {
             let ids: Vec<u64> = pending
                 .iter()
@@ -465,12 +439,11 @@ impl Connection {
                         );
                     }
                 }
-                Outcome::EventRejected { code, text } if body.num_events() == 1 => {
-                    let message = format!("HEC code {code}: {text}");
-                    tracing::warn!(code, text = %text, "HEC rejected an event; sending it to the dead-letter topic");
+                Outcome::EventRejected { reason } if body.num_events() == 1 => {
+                    tracing::warn!(%reason, "HEC rejected an event; sending it to the dead-letter topic");
                     self.shared
                         .dead_letters
-                        .send_until_done(body.event(0), "HecRejected", &message, None)
+                        .send_until_done(body.event(0), "HecRejected", &reason, None)
                         .await;
                 }
                 Outcome::EventRejected { .. } => {
@@ -508,58 +481,62 @@ impl Connection {
             if config.compression {
                 request = request.header("Content-Encoding", "gzip");
             }
-            let (retry_cap, failover) = match request.body(payload.clone()).send().await {
-                Err(e) => {
-                    tracing::warn!(endpoint = %redact_url(base), error = %e, attempt, "HEC request failed; retrying");
-                    (Duration::from_secs(10), true)
-                }
+            let verdict = match request.body(payload.clone()).send().await {
+                Err(e) => classify_transport(&e),
                 Ok(response) => {
-                    let status = response.status();
-                    let body = response.bytes().await.unwrap_or_default();
-                    let parsed: HecResponse = serde_json::from_slice(&body).unwrap_or_default();
-                    let code = parsed.code.unwrap_or(u64::MAX);
-                    if status == StatusCode::OK {
-                        self.refused_resolved(endpoint);
-                        return Outcome::Delivered {
-                            endpoint,
-                            ack_id: parsed.ack_id,
-                        };
-                    }
-                    if status == StatusCode::BAD_REQUEST && EVENT_REJECTED.contains(&code) {
-                        return Outcome::EventRejected {
-                            code,
-                            text: parsed.text,
-                        };
-                    }
-                    if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
-                        || CONFIG_REJECTED.contains(&code)
-                    {
+                    let status = response.status().as_u16();
+                    let after = retry_after(
+                        response
+                            .headers()
+                            .get(reqwest::header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok()),
+                    );
+                    let body = HecResponse::parse(&response.bytes().await.unwrap_or_default());
+                    let verdict = classify(status, after, &body);
+                    match &verdict {
+                        Verdict::Delivered => {
+                            self.refused_resolved(endpoint);
+                            return Outcome::Delivered {
+                                endpoint,
+                                ack_id: body.ack_id,
+                            };
+                        }
+                        Verdict::DeadLetter { reason } => {
+                            return Outcome::EventRejected { reason: reason.clone() };
+                        }
                         // Nothing is lost: the batch is held, the consumer backs up behind the
                         // bounded channel (and pauses), and delivery resumes once the token is
                         // fixed.
-                        tracing::error!(
-                            endpoint = %redact_url(base), status = status.as_u16(), code, text = %parsed.text,
-                            "HEC refused the token or configuration; holding data and retrying"
-                        );
-                        self.refused_firing(endpoint, status.as_u16(), code, &parsed.text);
-                        (Duration::from_secs(30), false)
-                    } else {
-                        tracing::warn!(endpoint = %redact_url(base), status = status.as_u16(), code, text = %parsed.text, attempt, "HEC busy or failing; retrying");
-                        (Duration::from_secs(10), true)
+                        Verdict::Hold { .. } => {
+                            self.refused_firing(endpoint, status, body.code.unwrap_or(u64::MAX), &body.text)
+                        }
+                        Verdict::Retry { .. } => {}
                     }
+                    verdict
                 }
             };
+            match &verdict {
+                Verdict::Hold { reason } => tracing::error!(
+                    endpoint = %redact_url(base), %reason, "HEC refused the token or configuration; holding data and retrying"
+                ),
+                Verdict::Retry { reason, .. } => {
+                    tracing::warn!(endpoint = %redact_url(base), %reason, attempt, "HEC request failed; retrying");
+                    if config.endpoints.len() > 1 {
+                        let mut state = self.shared.endpoints.lock().expect("endpoint state");
+                        state.unhealthy[endpoint] = Some(Instant::now());
+                        state.current = state.current.wrapping_add(1);
+                    }
+                }
+                Verdict::Delivered | Verdict::DeadLetter { .. } => {}
+            }
             self.shared
                 .telemetry
                 .sink_retries
                 .get_or_create(&self.shared.label)
                 .inc();
-            if failover && config.endpoints.len() > 1 {
-                let mut state = self.shared.endpoints.lock().expect("endpoint state");
-                state.unhealthy[endpoint] = Some(Instant::now());
-                state.current = state.current.wrapping_add(1);
+            if let Some(wait) = wait_after(&verdict, attempt) {
+                tokio::time::sleep(wait).await;
             }
-            tokio::time::sleep(backoff(attempt, retry_cap)).await;
             attempt = attempt.saturating_add(1);
         }
     }

@@ -44,6 +44,7 @@ pub async fn produce(
 /// A record read back, with its headers.
 #[derive(Debug, Clone)]
 pub struct ReadRecord {
+    pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub headers: BTreeMap<String, String>,
 }
@@ -82,6 +83,7 @@ pub fn read_all(bootstrap: &str, topic: &str, partitions: i32, expected: usize, 
                 })
                 .unwrap_or_default();
             out.push(ReadRecord {
+                key: m.key().map(<[u8]>::to_vec),
                 payload: m.payload().unwrap_or_default().to_vec(),
                 headers,
             });

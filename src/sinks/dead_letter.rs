@@ -165,7 +165,7 @@ impl DeadLetters {
                 }
                 Err(e) => {
                     tracing::error!(topic = %self.topic, error = %e, attempt, "cannot produce to the dead-letter topic; retrying");
-                    tokio::time::sleep(crate::sinks::backoff(attempt, Duration::from_secs(10))).await;
+                    tokio::time::sleep(crate::retry::backoff(attempt, crate::retry::RETRY_CAP)).await;
                     attempt += 1;
                 }
             }

@@ -1,15 +1,5 @@
-//! The window store: the last `window.retention` of event time per table, held as Arrow record
-//! batches and served to DataFusion through [`WindowTable`], a `TableProvider`.
-//!
-//! Each batch the pipeline appends (one per Kafka poll) is cut by event-time minute into
-//! buckets, with repetitive strings dictionary-encoded and each piece tagged with its oldest and
-//! newest event time; a quiet stream's many small pieces are concatenated within their bucket.
-//! Whole buckets are evicted once they fall out of the retention, and the oldest batches go
-//! first once the table is over its share of `window.max_memory`. Retention is measured against
-//! the newest event time seen (never more than five minutes ahead of the wall clock), so a
-//! replayed backlog stays queryable instead of expiring on arrival. A scan visits only the
-//! buckets its filter on `time` allows, skips the batches whose id filter rules out a point
-//! lookup, and reads only the projected columns.
+//! One table of the window: minute buckets of Arrow batches, appended, sealed, evicted, and
+//! scanned by DataFusion.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -21,49 +11,17 @@ use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, TimestampMicrosecon
 use datafusion::arrow::compute::{cast, concat, max, min, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::ScalarValue;
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::Result as DfResult;
-use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 
+use super::pruning::{IdFilter, Pruning, pruning};
 use crate::event::now_us;
 
 /// Most an event may run ahead of the wall clock before it stops moving the window forward.
 const MAX_CLOCK_SKEW_US: i64 = 5 * 60 * 1_000_000;
-
-/// Columns of repetitive strings, stored dictionary-encoded (a 4-byte key per row instead of
-/// the string): PRODUCT 9's memory targets.
-pub const AUDIT_DICTIONARY_COLUMNS: &[&str] = &[
-    "type",
-    "method",
-    "service",
-    "organization",
-    "environment",
-    "cluster_id",
-    "resource_type",
-    "resource_name",
-    "principal",
-    "principal_type",
-    "auth_mechanism",
-    "auth_identifier",
-    "operation",
-    "authz_via",
-    "role",
-    "result_status",
-    "result_message",
-    "client_ip",
-    "client_id",
-    "resource_app",
-    "principal_app",
-    "principal_name",
-    "principal_team",
-    "environment_name",
-    "region",
-    "cloud",
-];
-pub const METRICS_DICTIONARY_COLUMNS: &[&str] = &["name", "kind", "cluster_id", "topic", "resource_app"];
 
 fn dictionary_type() -> DataType {
     DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
@@ -95,52 +53,6 @@ impl Stored {
             batch: self.batch.clone(),
             seq: self.seq,
         }
-    }
-}
-
-/// A Bloom filter over a batch's ids: 16 bits per id and 3 probes (about 0.2% false
-/// positives), 2 bytes of memory per row.
-#[derive(Debug)]
-struct IdFilter {
-    bits: Vec<u64>,
-}
-
-impl IdFilter {
-    fn probes(id: &str, num_bits: usize) -> [usize; 3] {
-        use std::hash::{BuildHasher, Hasher};
-        // A fixed-key hasher: the filter must answer the same for the same id at query time.
-        let mut h =
-            std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().build_hasher();
-        h.write(id.as_bytes());
-        let x = h.finish();
-        let (a, b) = (x as u32 as usize, (x >> 32) as usize | 1);
-        [
-            a % num_bits,
-            a.wrapping_add(b) % num_bits,
-            a.wrapping_add(b.wrapping_mul(2)) % num_bits,
-        ]
-    }
-
-    fn build(ids: &datafusion::arrow::array::StringArray) -> IdFilter {
-        let num_bits = (ids.len() * 16).max(64).next_power_of_two();
-        let mut bits = vec![0u64; num_bits / 64];
-        for id in ids.iter().flatten() {
-            for p in IdFilter::probes(id, num_bits) {
-                bits[p / 64] |= 1 << (p % 64);
-            }
-        }
-        IdFilter { bits }
-    }
-
-    fn may_contain(&self, id: &str) -> bool {
-        let num_bits = self.bits.len() * 64;
-        IdFilter::probes(id, num_bits)
-            .iter()
-            .all(|p| self.bits[p / 64] & (1 << (p % 64)) != 0)
-    }
-
-    fn num_bytes(&self) -> usize {
-        self.bits.len() * 8
     }
 }
 
@@ -473,153 +385,6 @@ impl WindowTable {
 }
 
 /// A timestamp literal in microseconds since the epoch.
-fn timestamp_us(expr: &Expr) -> Option<i64> {
-    let Expr::Literal(value, _) = expr else { return None };
-    match value {
-        ScalarValue::TimestampMicrosecond(Some(v), _) => Some(*v),
-        ScalarValue::TimestampNanosecond(Some(v), _) => Some(v.div_euclid(1000)),
-        ScalarValue::TimestampMillisecond(Some(v), _) => v.checked_mul(1000),
-        ScalarValue::TimestampSecond(Some(v), _) => v.checked_mul(1_000_000),
-        _ => None,
-    }
-}
-
-fn is_time_column(expr: &Expr) -> bool {
-    matches!(expr, Expr::Column(c) if c.name == "time")
-}
-
-/// What a scan's filters allow: an event-time range and, for point lookups, a set of ids.
-#[derive(Debug)]
-struct Pruning {
-    from_us: i64,
-    to_us: i64,
-    ids: Option<Vec<String>>,
-}
-
-impl Default for Pruning {
-    fn default() -> Self {
-        Pruning {
-            from_us: i64::MIN,
-            to_us: i64::MAX,
-            ids: None,
-        }
-    }
-}
-
-fn string_literal(expr: &Expr) -> Option<&str> {
-    match expr {
-        Expr::Literal(
-            ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)),
-            _,
-        ) => Some(s),
-        _ => None,
-    }
-}
-
-fn is_id_column(expr: &Expr) -> bool {
-    matches!(expr, Expr::Column(c) if c.name == "id")
-}
-
-/// The ids a top-level conjunct `id = '...'` or `id IN ('...', ...)` pins the scan to.
-fn id_lookup(filters: &[Expr]) -> Option<Vec<String>> {
-    let mut stack: Vec<&Expr> = filters.iter().collect();
-    while let Some(e) = stack.pop() {
-        match e {
-            Expr::BinaryExpr(BinaryExpr {
-                left,
-                op: Operator::And,
-                right,
-            }) => {
-                stack.push(left);
-                stack.push(right);
-            }
-            Expr::BinaryExpr(BinaryExpr {
-                left,
-                op: Operator::Eq,
-                right,
-            }) => {
-                if is_id_column(left)
-                    && let Some(v) = string_literal(right)
-                {
-                    return Some(vec![v.to_owned()]);
-                }
-                if is_id_column(right)
-                    && let Some(v) = string_literal(left)
-                {
-                    return Some(vec![v.to_owned()]);
-                }
-            }
-            Expr::InList(list) if !list.negated && is_id_column(&list.expr) => {
-                let ids: Option<Vec<String>> = list.list.iter().map(|e| string_literal(e).map(str::to_owned)).collect();
-                if ids.is_some() {
-                    return ids;
-                }
-            }
-            _ => {}
-        }
-    }
-    None
-}
-
-fn pruning(filters: &[Expr]) -> Pruning {
-    let (from_us, to_us) = time_bounds(filters);
-    Pruning {
-        from_us,
-        to_us,
-        ids: id_lookup(filters),
-    }
-}
-
-/// The event-time range `[from, to]` (µs) the filters allow: conjuncts comparing `time` with
-/// a timestamp literal (`now() - INTERVAL ...` is folded to one before it gets here).
-fn time_bounds(filters: &[Expr]) -> (i64, i64) {
-    let (mut from, mut to) = (i64::MIN, i64::MAX);
-    let mut apply = |op: Operator, v: i64| match op {
-        Operator::Gt | Operator::GtEq => from = from.max(v),
-        Operator::Lt | Operator::LtEq => to = to.min(v),
-        Operator::Eq => {
-            from = from.max(v);
-            to = to.min(v);
-        }
-        _ => {}
-    };
-    let mut stack: Vec<&Expr> = filters.iter().collect();
-    while let Some(e) = stack.pop() {
-        match e {
-            Expr::BinaryExpr(BinaryExpr {
-                left,
-                op: Operator::And,
-                right,
-            }) => {
-                stack.push(left);
-                stack.push(right);
-            }
-            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-                if is_time_column(left)
-                    && let Some(v) = timestamp_us(right)
-                {
-                    apply(*op, v);
-                } else if is_time_column(right)
-                    && let Some(v) = timestamp_us(left)
-                    && let Some(swapped) = op.swap()
-                {
-                    apply(swapped, v);
-                }
-            }
-            Expr::Between(b) if !b.negated && is_time_column(&b.expr) => {
-                if let Some(v) = timestamp_us(&b.low) {
-                    apply(Operator::GtEq, v);
-                }
-                if let Some(v) = timestamp_us(&b.high) {
-                    apply(Operator::LtEq, v);
-                }
-            }
-            _ => {}
-        }
-    }
-    (from, to)
-}
-
 #[async_trait]
 impl TableProvider for WindowTable {
     fn schema(&self) -> SchemaRef {
@@ -654,54 +419,13 @@ impl TableProvider for WindowTable {
     }
 }
 
-/// The three tables of the window.
-#[derive(Debug, Clone)]
-pub struct Window {
-    pub audit: Arc<WindowTable>,
-    pub metrics: Arc<WindowTable>,
-    pub alerts: Arc<WindowTable>,
-}
-
-impl Window {
-    pub fn new(retention: Duration) -> Window {
-        Window::with_max_memory(retention, usize::MAX)
-    }
-
-    /// A window holding at most `max_memory` bytes: 70% for audit events, 25% for metrics, 5%
-    /// for alerts; each table evicts its oldest batches beyond its share.
-    pub fn with_max_memory(retention: Duration, max_memory: usize) -> Window {
-        use super::tables::{ALERTS_SCHEMA, AUDIT_SCHEMA, METRICS_SCHEMA};
-        let share = |percent: usize| max_memory / 100 * percent;
-        Window {
-            audit: Arc::new(WindowTable::with_options(
-                AUDIT_SCHEMA.clone(),
-                retention,
-                AUDIT_DICTIONARY_COLUMNS,
-                share(70),
-            )),
-            metrics: Arc::new(WindowTable::with_options(
-                METRICS_SCHEMA.clone(),
-                retention,
-                METRICS_DICTIONARY_COLUMNS,
-                share(25),
-            )),
-            alerts: Arc::new(WindowTable::with_options(
-                ALERTS_SCHEMA.clone(),
-                retention,
-                &[],
-                share(5),
-            )),
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::event::MetricSample;
-    use crate::query::tables::{METRICS_SCHEMA, metrics_batch};
+    use crate::event::arrow::{METRICS_SCHEMA, metrics_batch};
 
-    fn sample(time_us: i64) -> MetricSample {
+    pub fn sample(time_us: i64) -> MetricSample {
         MetricSample {
             time_us,
             name: "m".into(),
@@ -735,7 +459,7 @@ mod tests {
         let t = WindowTable::with_options(
             METRICS_SCHEMA.clone(),
             Duration::from_secs(3600),
-            super::METRICS_DICTIONARY_COLUMNS,
+            crate::query::window::METRICS_DICTIONARY_COLUMNS,
             one * 5 / 2,
         );
         for i in 0..10 {
@@ -790,7 +514,7 @@ mod tests {
         let t = WindowTable::with_options(
             METRICS_SCHEMA.clone(),
             Duration::from_secs(3600),
-            super::METRICS_DICTIONARY_COLUMNS,
+            crate::query::window::METRICS_DICTIONARY_COLUMNS,
             usize::MAX,
         );
         for i in 0..10 {
@@ -821,7 +545,7 @@ mod tests {
         let t = WindowTable::with_options(
             METRICS_SCHEMA.clone(),
             Duration::from_secs(3600),
-            super::METRICS_DICTIONARY_COLUMNS,
+            crate::query::window::METRICS_DICTIONARY_COLUMNS,
             usize::MAX,
         );
         let mut separate_bytes = 0;
@@ -856,77 +580,5 @@ mod tests {
             .unwrap();
         assert_eq!(times.value(0), base);
         assert_eq!(times.value(31), base + 15);
-    }
-
-    #[test]
-    fn time_filters_bound_the_scan() {
-        use datafusion::prelude::{col, lit};
-        let ts = |v: i64| lit(ScalarValue::TimestampMicrosecond(Some(v), Some("UTC".into())));
-        assert_eq!(time_bounds(&[col("time").gt_eq(ts(100))]), (100, i64::MAX));
-        assert_eq!(time_bounds(&[ts(100).gt(col("time"))]), (i64::MIN, 100));
-        assert_eq!(
-            time_bounds(&[
-                col("time").gt(ts(100)).and(col("time").lt(ts(200))),
-                col("name").eq(lit("x"))
-            ]),
-            (100, 200)
-        );
-        assert_eq!(time_bounds(&[col("time").between(ts(5), ts(9))]), (5, 9));
-        assert_eq!(
-            time_bounds(&[col("time").gt(ts(1)).or(col("time").lt(ts(0)))]),
-            (i64::MIN, i64::MAX)
-        );
-    }
-
-    #[test]
-    fn id_filters_answer_maybe_for_every_member() {
-        let ids: Vec<String> = (0..2000).map(|i| format!("id-{i}")).collect();
-        let filter = IdFilter::build(&datafusion::arrow::array::StringArray::from(ids.clone()));
-        assert!(ids.iter().all(|id| filter.may_contain(id)));
-        let false_positives = (0..10_000)
-            .filter(|i| filter.may_contain(&format!("other-{i}")))
-            .count();
-        assert!(false_positives < 100, "{false_positives} false positives in 10000");
-        use datafusion::prelude::{col, lit};
-        assert_eq!(id_lookup(&[col("id").eq(lit("a"))]), Some(vec!["a".to_owned()]));
-        assert_eq!(
-            id_lookup(&[col("id").in_list(vec![lit("a"), lit("b")], false)]),
-            Some(vec!["a".to_owned(), "b".to_owned()])
-        );
-        assert_eq!(
-            id_lookup(&[col("id").eq(lit("a")).or(col("principal").eq(lit("b")))]),
-            None
-        );
-    }
-
-    #[tokio::test]
-    async fn a_query_reads_only_the_batches_in_its_time_range() {
-        let window = Window::new(Duration::from_secs(3600));
-        let base = now_us() - 30 * 60 * 1_000_000 + 30_000_000;
-        for minute in 0..30 {
-            let t = base + minute * 60_000_000;
-            window.metrics.append(metrics_batch(&[sample(t), sample(t + 1)]), t + 1);
-        }
-        let engine = crate::query::engine::QueryEngine::new(&window);
-        let (_, batches) = engine
-            .query("SELECT count(*) AS n FROM metrics WHERE time > now() - INTERVAL '10 minutes'")
-            .await
-            .unwrap();
-        let n = batches[0]
-            .column(0)
-            .as_any()
-            .downcast_ref::<datafusion::arrow::array::Int64Array>()
-            .unwrap()
-            .value(0);
-        assert_eq!(n, 20);
-        let (_, plan) = engine
-            .query("EXPLAIN SELECT count(*) FROM metrics WHERE time > now() - INTERVAL '10 minutes'")
-            .await
-            .unwrap();
-        let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
-            .unwrap()
-            .to_string();
-        // 10 of the 30 batches are scanned (5 per partition).
-        assert!(text.contains("partitions=2, partition_sizes=[5, 5]"), "{text}");
     }
 }

@@ -4,13 +4,15 @@
 //! the Kafka positions they came from and one [`Ack`] per enabled sink. A batch's offsets are
 //! stored for commit only when every sink has accepted it (see `source::kafka`).
 
+pub mod arrow;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-/// One normalised audit event: the `audit_events` row of PRODUCT 1.1.
+/// One normalised audit event: the `audit_events` row of docs/PRODUCT.md §1.1.
 ///
 /// Strings are owned because the row outlives the Kafka message it came from (it is held by the
 /// sinks until they are acknowledged). `raw` keeps the original JSON bytes, so sinks forward the
@@ -41,7 +43,7 @@ pub struct AuditRow {
     pub client_ip: Option<String>,
     pub client_port: Option<u16>,
     pub client_id: Option<String>,
-    // Enrichment (PRODUCT 1.4).
+    // Enrichment (docs/PRODUCT.md §1.4).
     pub resource_app: Option<String>,
     pub principal_app: Option<String>,
     pub cross_namespace: Option<bool>,
@@ -120,7 +122,7 @@ impl MetricKind {
     }
 }
 
-/// One metric sample: the `metrics` row of PRODUCT 1.2.
+/// One metric sample: the `metrics` row of docs/PRODUCT.md §1.2.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricSample {
     pub time_us: i64,
@@ -153,7 +155,7 @@ impl AlertStatus {
     }
 }
 
-/// An alert raised by a rule (PRODUCT 2).
+/// An alert raised by a rule (docs/PRODUCT.md §2).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Alert {
     /// Stable per rule and group key: the same incident keeps its id from firing to resolved.

@@ -9,7 +9,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-use crate::event::{Alert, AuditRow, MetricSample};
+use super::{Alert, AuditRow, MetricSample};
 
 fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
@@ -24,7 +24,7 @@ fn utf8(name: &str) -> Field {
     Field::new(name, DataType::Utf8, true)
 }
 
-/// `audit_events`: PRODUCT 1.1's normalised row, enrichment, and `raw`.
+/// `audit_events`: docs/PRODUCT.md §1.1's normalised row, enrichment, and `raw`.
 pub static AUDIT_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         Field::new("time", ts(), false),
@@ -62,7 +62,7 @@ pub static AUDIT_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
-/// `metrics`: PRODUCT 1.2.
+/// `metrics`: docs/PRODUCT.md §1.2.
 pub static METRICS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         Field::new("time", ts(), false),

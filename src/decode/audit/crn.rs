@@ -1,0 +1,106 @@
+//! Confluent resource names (`crn://confluent.cloud/organization=.../kafka=...`) and the
+//! client address shapes audit events carry.
+
+/// `/172.21.0.1`, `/10.0.0.4:53422`, `/[::1]:9092` or `::1` to (ip, port).
+pub fn parse_client_address(text: &str) -> (Option<String>, Option<u16>) {
+    let text = text.trim().trim_start_matches('/');
+    if text.is_empty() {
+        return (None, None);
+    }
+    if let Some(rest) = text.strip_prefix('[') {
+        // Bracketed IPv6, maybe with a port.
+        if let Some((ip, tail)) = rest.split_once(']') {
+            let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
+            return (Some(ip.to_owned()), port);
+        }
+    }
+    match text.rsplit_once(':') {
+        // One colon: IPv4 or host name with a port. More colons: a bare IPv6 address.
+        Some((ip, port)) if !ip.contains(':') => match port.parse() {
+            Ok(port) => (Some(ip.to_owned()), Some(port)),
+            Err(_) => (Some(text.to_owned()), None),
+        },
+        _ => (Some(text.to_owned()), None),
+    }
+}
+
+/// A Confluent Resource Name: `crn://confluent.cloud/organization=O/environment=E/.../topic=T`
+/// or `crn:///kafka=ID/topic=T`.
+#[derive(Debug, Default, PartialEq)]
+pub struct Crn<'a> {
+    pub segments: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> Crn<'a> {
+    pub fn parse(text: &'a str) -> Crn<'a> {
+        let Some(rest) = text.strip_prefix("crn://") else {
+            return Crn::default();
+        };
+        // Skip the authority (may be empty, as in `crn:///kafka=...`).
+        let path = rest.split_once('/').map_or("", |(_, p)| p);
+        let segments = path
+            .split('/')
+            .filter_map(|seg| seg.split_once('='))
+            .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+            .collect();
+        Crn { segments }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&'a str> {
+        self.segments.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+
+    /// The resource the CRN names: its last segment, typed as Kafka's authoriser names it.
+    pub fn resource(&self) -> (Option<&'static str>, Option<&'a str>) {
+        let Some((key, value)) = self.segments.last() else {
+            return (None, None);
+        };
+        let kind = match *key {
+            "topic" => "Topic",
+            "group" => "Group",
+            "transactional-id" => "TransactionalId",
+            "kafka" | "cloud-cluster" => "Cluster",
+            "environment" => "Environment",
+            "organization" => "Organization",
+            "ksql" => "KsqlCluster",
+            "schema-registry" => "SchemaRegistry",
+            "subject" => "Subject",
+            "connector" => "Connector",
+            "service-account" => "ServiceAccount",
+            "api-key" => "ApiKey",
+            _ => "Other",
+        };
+        (Some(kind), Some(value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_addresses() {
+        assert_eq!(parse_client_address("/172.21.0.1"), (Some("172.21.0.1".into()), None));
+        assert_eq!(
+            parse_client_address("/10.0.0.4:53422"),
+            (Some("10.0.0.4".into()), Some(53422))
+        );
+        assert_eq!(parse_client_address("/[::1]:9092"), (Some("::1".into()), Some(9092)));
+        assert_eq!(parse_client_address("fe80::1"), (Some("fe80::1".into()), None));
+        assert_eq!(parse_client_address(""), (None, None));
+    }
+
+    #[test]
+    fn crns() {
+        let c = Crn::parse(
+            "crn://confluent.cloud/organization=o/environment=env-x/cloud-cluster=lkc-y/kafka=lkc-y/topic=T",
+        );
+        assert_eq!(c.get("organization"), Some("o"));
+        assert_eq!(c.get("kafka"), Some("lkc-y"));
+        assert_eq!(c.resource(), (Some("Topic"), Some("T")));
+        let c = Crn::parse("crn:///kafka=ID/transactional-id=Tech01-Transaction-ID1");
+        assert_eq!(c.get("kafka"), Some("ID"));
+        assert_eq!(c.resource(), (Some("TransactionalId"), Some("Tech01-Transaction-ID1")));
+        assert_eq!(Crn::parse("not a crn"), Crn::default());
+    }
+}

@@ -1,0 +1,309 @@
+//! Wires the stages: Kafka source -> decode -> dedupe -> enrich -> {rules, window, sinks} ->
+//! committer, with bounded channels between tasks, and shuts them down in order.
+//!
+//! [`processor`] turns a poll's records into a batch (and its alerts); [`dispatch`] hands each
+//! batch to every sink and the committer, and publishes the alerts raised outside the batch
+//! path the same way; this file starts it all and runs the poll loop.
+
+mod dispatch;
+mod processor;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::enrich::dedupe::{Dedupe, DedupeStore};
+use crate::enrich::directory::Directory;
+use crate::enrich::ownership::Ownership;
+use crate::event::{Alert, Positions, now_us};
+use crate::query::engine::QueryEngine;
+use crate::query::window::Window;
+use crate::rules::{self, RuleEngine};
+use crate::sinks::dead_letter::{DeadLetters, Origin};
+use crate::sinks::kafka_alerts::KafkaAlertsSink;
+use crate::sinks::otlp::OtlpSink;
+use crate::sinks::splunk_hec::sink::HecSink;
+use crate::source::kafka;
+use crate::telemetry::Telemetry;
+use dispatch::{AlertPublisher, Dispatcher, run_sql_rules, run_system_alerts};
+pub use processor::{Processed, Processor};
+
+/// Batches queued per sink before the poll loop waits.
+const SINK_QUEUE: usize = 8;
+/// Batches awaiting acknowledgement before the poll loop waits.
+const COMMIT_QUEUE: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("{0}")]
+    Enrich(#[from] crate::enrich::EnrichError),
+    #[error("{0}")]
+    Rules(#[from] crate::rules::RulesError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("{0}")]
+    Sink(#[from] crate::sinks::SinkError),
+    #[error("http server on {addr}: {source}")]
+    Http { addr: SocketAddr, source: std::io::Error },
+    #[error("a pipeline task failed: {0}")]
+    Task(String),
+}
+
+/// A running pipeline and the handles to look inside it.
+pub struct RunningPipeline {
+    pub query: QueryEngine,
+    pub window: Window,
+    pub telemetry: Telemetry,
+    pub alerts: broadcast::Sender<Alert>,
+    pub http_addr: Option<SocketAddr>,
+    pub pg_addr: Option<SocketAddr>,
+    pub num_rules: usize,
+    shutdown: CancellationToken,
+    source: JoinHandle<Result<(), PipelineError>>,
+    drain: Vec<JoinHandle<()>>,
+    consumer: Arc<kafka::KafkaConsumer>,
+}
+
+impl RunningPipeline {
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits for the pipeline to stop (after the shutdown token is cancelled, or on a fatal
+    /// error), drains the sinks within `drain_timeout`, and commits what was delivered.
+    pub async fn wait(self, drain_timeout: Duration) -> Result<(), PipelineError> {
+        let result = match self.source.await {
+            Ok(r) => r,
+            Err(e) => Err(PipelineError::Task(e.to_string())),
+        };
+        // However the source stopped, every other task stops too (they hold sink senders).
+        self.shutdown.cancel();
+        let drained = tokio::time::timeout(drain_timeout, futures::future::join_all(self.drain)).await;
+        if drained.is_err() {
+            tracing::warn!(
+                ?drain_timeout,
+                "sinks did not drain in time; undelivered records will be re-read on restart"
+            );
+        }
+        let consumer = self.consumer.clone();
+        tokio::task::spawn_blocking(move || kafka::commit_now(&consumer))
+            .await
+            .ok();
+        self.shutdown.cancel();
+        result
+    }
+}
+
+/// Starts every stage. Fails fast on a bad rule file, namespace file or client setting.
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<RunningPipeline, PipelineError> {
+    let ownership = match &config.enrich.namespaces {
+        Some(path) => Ownership::load(path)?,
+        None => Ownership::default(),
+    };
+    let directory = Arc::new(match &config.enrich.directory {
+        Some(path) => Directory::load(path)?,
+        None => Directory::default(),
+    });
+    let rules = rules::load_dirs(&config.rule_dirs)?;
+    let num_rules = rules.len();
+    let telemetry = Telemetry::new();
+    let window = Window::with_max_memory(config.window_retention, config.window_max_memory);
+    let query = QueryEngine::with_limits(&window, config.server.limits.clone());
+    let (alerts_tx, _) = broadcast::channel(1024);
+
+    let consumer = Arc::new(kafka::consumer(&config)?);
+    let dead_letters = DeadLetters::new(
+        &config.kafka.client_properties,
+        &config.topics.dead_letter,
+        telemetry.clone(),
+    )?;
+
+    // Sinks. Alerts about the pipeline itself (HEC refusing its token) come back on
+    // `system_alerts` and are published like rule alerts.
+    let (system_alerts_tx, system_alerts_rx) = mpsc::channel::<Alert>(16);
+    let mut sinks = Vec::new();
+    let mut drain = Vec::new();
+    if let Some(hec) = config.sinks.splunk_hec.clone() {
+        let (tx, rx) = mpsc::channel(SINK_QUEUE);
+        let sink =
+            HecSink::new(hec, dead_letters.clone(), telemetry.clone())?.with_system_alerts(system_alerts_tx.clone());
+        drain.push(tokio::spawn(sink.run(rx)));
+        sinks.push(tx);
+    }
+    if let Some(otlp) = config.sinks.otlp.clone() {
+        let (tx, rx) = mpsc::channel(SINK_QUEUE);
+        let sink = OtlpSink::new(otlp, dead_letters.clone(), telemetry.clone())?;
+        drain.push(tokio::spawn(sink.run(rx)));
+        sinks.push(tx);
+    }
+    if let Some(topic) = &config.topics.alerts {
+        let (tx, rx) = mpsc::channel(SINK_QUEUE);
+        let sink = KafkaAlertsSink::new(topic, dead_letters.clone(), telemetry.clone());
+        drain.push(tokio::spawn(sink.run(rx)));
+        sinks.push(tx);
+    }
+    if let Some(file) = config.sinks.file.clone() {
+        let (tx, rx) = mpsc::channel(SINK_QUEUE);
+        let t = telemetry.clone();
+        drain.push(tokio::spawn(async move {
+            if let Err(e) = crate::sinks::file::run(file, rx, t).await {
+                tracing::error!(error = %e, "file sink stopped");
+            }
+        }));
+        sinks.push(tx);
+    }
+
+    let store = match &config.enrich.dedupe_dir {
+        Some(dir) => Some(
+            DedupeStore::open(dir, config.enrich.dedupe_horizon)
+                .map_err(|e| PipelineError::Task(format!("opening the dedupe store {}: {e}", dir.display())))?,
+        ),
+        None => None,
+    };
+    let mut dedupe = Dedupe::new(config.enrich.dedupe_horizon, config.enrich.dedupe_capacity);
+    if let Some(store) = &store {
+        let n = store
+            .load_into(&mut dedupe, now_us())
+            .map_err(|e| PipelineError::Task(format!("reading the dedupe store: {e}")))?;
+        tracing::info!(ids = n, "dedupe store loaded");
+    }
+    let record_ids = store.is_some();
+    let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
+    drain.push(tokio::spawn(kafka::run_committer(
+        consumer.clone(),
+        commit_rx,
+        telemetry.clone(),
+        store,
+    )));
+    let inflight_kib = (config.kafka.max_inflight_bytes / 1024).min(u32::MAX as usize / 2) as u32;
+    let dispatcher = Dispatcher {
+        record_ids,
+        inflight: Arc::new(tokio::sync::Semaphore::new(inflight_kib as usize)),
+        inflight_kib,
+        sinks,
+        committer: commit_tx,
+    };
+
+    let http_addr = match config.http_listen {
+        Some(addr) => Some(
+            crate::query::http::serve(
+                addr,
+                query.clone(),
+                telemetry.clone(),
+                window.clone(),
+                &config.server,
+                shutdown.clone(),
+            )
+            .await
+            .map_err(|source| PipelineError::Http { addr, source })?,
+        ),
+        None => None,
+    };
+
+    let pg_addr = match config.server.pg_listen {
+        Some(addr) => Some(
+            crate::query::pg::serve(addr, &query, &config.server, telemetry.clone(), shutdown.clone())
+                .await
+                .map_err(|e| PipelineError::Task(e.to_string()))?,
+        ),
+        None => None,
+    };
+
+    let mut engine = RuleEngine::new(rules).with_allowed_lateness(config.allowed_lateness);
+    let sql_rules = engine.take_sql_rules();
+    let processor = Processor::new(
+        &config,
+        ownership,
+        directory,
+        engine,
+        window.clone(),
+        telemetry.clone(),
+        alerts_tx.clone(),
+    );
+    let (reload_tx, reload_rx) = mpsc::channel(4);
+    tokio::spawn(crate::reload::run(
+        crate::reload::Watcher::new(&config),
+        reload_tx,
+        shutdown.clone(),
+    ));
+    let (sql_tx, sql_rx) = mpsc::channel(4);
+    let processor = processor.with_reloads(reload_rx, sql_tx).with_dedupe(dedupe);
+    let publisher = AlertPublisher {
+        window: window.clone(),
+        telemetry: telemetry.clone(),
+        alerts: alerts_tx.clone(),
+        dispatcher: dispatcher.clone(),
+    };
+    tokio::spawn(run_system_alerts(system_alerts_rx, publisher.clone(), shutdown.clone()));
+    tokio::spawn(run_sql_rules(
+        sql_rules,
+        sql_rx,
+        query.clone(),
+        publisher,
+        shutdown.clone(),
+    ));
+    let source = tokio::spawn(run_source(
+        config,
+        consumer.clone(),
+        processor,
+        dead_letters,
+        dispatcher,
+        shutdown.clone(),
+    ));
+    Ok(RunningPipeline {
+        query,
+        window,
+        telemetry,
+        alerts: alerts_tx,
+        http_addr,
+        pg_addr,
+        num_rules,
+        shutdown,
+        source,
+        drain,
+        consumer,
+    })
+}
+
+async fn run_source(
+    config: Config,
+    consumer: Arc<kafka::KafkaConsumer>,
+    mut processor: Processor,
+    dead_letters: DeadLetters,
+    dispatcher: Dispatcher,
+    shutdown: CancellationToken,
+) -> Result<(), PipelineError> {
+    let max = config.kafka.batch_max_records;
+    let linger = config.kafka.batch_linger;
+    let mut carried = Vec::new();
+    let mut backpressure = kafka::Backpressure::new();
+    while let Some(records) = kafka::poll_batch(&consumer, &config.topics, max, linger, &shutdown, &mut carried).await {
+        let mut positions = Positions::default();
+        for r in &records {
+            positions.record(&r.topic, r.partition, r.offset, r.timestamp_ms);
+        }
+        let processed = processor.process(&records);
+        // Dead letters first: the batch's offsets must not be stored before they are in Kafka.
+        let parked = processed.rejected.iter().map(|(i, error)| {
+            let r = &records[*i];
+            tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, class = error.class(), error = %error, "sent to dead-letter topic");
+            let origin = Origin { topic: &r.topic, partition: r.partition, offset: r.offset, key: r.key.as_deref() };
+            let message = error.to_string();
+            let dl = &dead_letters;
+            async move { dl.send_until_done(r.payload.as_deref().unwrap_or_default(), error.class(), &message, Some(origin)).await }
+        });
+        futures::future::join_all(parked).await;
+        let bytes = records.iter().map(|r| r.payload.as_ref().map_or(0, |p| p.len())).sum();
+        let handoff = dispatcher.dispatch(processed.batch, positions, bytes);
+        backpressure
+            .wait(&consumer, &config.topics, &mut carried, handoff)
+            .await?;
+    }
+    tracing::info!("stopped fetching; draining");
+    Ok(())
+}

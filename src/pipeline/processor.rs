@@ -1,0 +1,224 @@
+//! One poll's records to one batch: decode, drop repeats, enrich, evaluate the rules (alerts
+//! over alerts included) and fill the window.
+
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc};
+
+use crate::config::Config;
+use crate::decode::DecodeError;
+use crate::decode::audit::AuditDecoder;
+use crate::decode::metrics::{MetricHeaders, MetricsDecoder};
+use crate::enrich::dedupe::Dedupe;
+use crate::enrich::directory::Directory;
+use crate::enrich::ownership::Ownership;
+use crate::event::arrow as tables;
+use crate::event::{Alert, Batch, now_us};
+use crate::query::window::Window;
+use crate::rules::{self, RuleEngine, Source};
+use crate::source::{Record, Stream};
+use crate::telemetry::{RuleLabel, StreamLabel, Telemetry};
+
+/// Decode, dedupe, enrich, evaluate rules and fill the window, one batch at a time.
+pub struct Processor {
+    audit: AuditDecoder,
+    metrics: MetricsDecoder,
+    ownership: Ownership,
+    directory: Arc<Directory>,
+    dedupe: Dedupe,
+    rules: RuleEngine,
+    window: Window,
+    telemetry: Telemetry,
+    alerts_tx: broadcast::Sender<Alert>,
+    reloads: Option<mpsc::Receiver<crate::reload::Reloaded>>,
+    /// Reloaded `sql` rules go to their own task.
+    sql_updates: Option<mpsc::Sender<Vec<rules::Rule>>>,
+    seq: u64,
+}
+
+/// The outcome of processing a batch of records.
+pub struct Processed {
+    pub batch: Batch,
+    /// Records that could not be decoded, by index into the input, with why.
+    pub rejected: Vec<(usize, DecodeError)>,
+}
+
+impl Processor {
+    pub fn new(
+        config: &Config,
+        ownership: Ownership,
+        directory: Arc<Directory>,
+        mut rules: RuleEngine,
+        window: Window,
+        telemetry: Telemetry,
+        alerts_tx: broadcast::Sender<Alert>,
+    ) -> Processor {
+        if !directory.is_empty() {
+            rules.set_directory(directory.clone());
+        }
+        Processor {
+            audit: AuditDecoder::new(config.decode.validate_schema, config.decode.max_record_bytes),
+            metrics: MetricsDecoder::new(config.decode.clone()),
+            ownership,
+            directory,
+            dedupe: Dedupe::new(config.enrich.dedupe_horizon, config.enrich.dedupe_capacity),
+            rules,
+            window,
+            telemetry,
+            alerts_tx,
+            reloads: None,
+            sql_updates: None,
+            seq: 0,
+        }
+    }
+
+    /// Starts from a dedupe memory loaded from the on-disk store.
+    pub fn with_dedupe(mut self, dedupe: Dedupe) -> Processor {
+        self.dedupe = dedupe;
+        self
+    }
+
+    /// Applies reloaded rules and enrichment files between batches; reloaded `sql` rules are
+    /// passed on to `sql_updates`.
+    pub fn with_reloads(
+        mut self,
+        rx: mpsc::Receiver<crate::reload::Reloaded>,
+        sql_updates: mpsc::Sender<Vec<rules::Rule>>,
+    ) -> Processor {
+        self.reloads = Some(rx);
+        self.sql_updates = Some(sql_updates);
+        self
+    }
+
+    fn apply_reloads(&mut self) {
+        let Some(rx) = self.reloads.as_mut() else { return };
+        while let Ok(r) = rx.try_recv() {
+            if let Some(o) = r.ownership {
+                self.ownership = o;
+                tracing::info!("namespace file reloaded");
+            }
+            if let Some(d) = r.directory {
+                self.directory = d.clone();
+                self.rules.set_directory(d);
+                tracing::info!("directory reloaded");
+            }
+            if let Some(rules) = r.rules {
+                let (sql, rules): (Vec<rules::Rule>, Vec<rules::Rule>) = rules
+                    .into_iter()
+                    .partition(|r| matches!(r.kind, rules::RuleKind::Sql(_)));
+                if let Some(tx) = &self.sql_updates
+                    && tx.try_send(sql).is_err()
+                {
+                    tracing::warn!("sql rules not reloaded: their task is busy or stopped");
+                }
+                let (kept, fresh, removed) = self.rules.replace(rules);
+                tracing::info!(kept, new_or_changed = fresh, removed, "rules swapped in");
+            }
+        }
+    }
+
+    pub fn process(&mut self, records: &[Record]) -> Processed {
+        self.apply_reloads();
+        let mut batch = Batch::default();
+        let mut rejected = Vec::new();
+        let now = now_us();
+        for (i, record) in records.iter().enumerate() {
+            self.telemetry
+                .records_in
+                .get_or_create(&StreamLabel {
+                    stream: record.stream.as_str(),
+                })
+                .inc();
+            let payload = record.payload.as_deref().unwrap_or_default();
+            match record.stream {
+                Stream::Audit => match self.audit.decode(payload) {
+                    Ok(mut row) => {
+                        if self.dedupe.insert(&row.id, now) {
+                            self.ownership.enrich_audit(&mut row);
+                            if self.directory.enrich_audit(&mut row) {
+                                crate::enrich::ownership::set_cross_namespace(&mut row);
+                            }
+                            batch.audit.push(row);
+                        } else {
+                            self.telemetry.duplicates.inc();
+                        }
+                    }
+                    Err(e) => rejected.push((i, e)),
+                },
+                Stream::Metrics => {
+                    let headers = MetricHeaders {
+                        content_type: record.header("content-type").map(str::to_owned),
+                        metric: record.header("metric").map(str::to_owned),
+                        cluster_id: record.header("resource.kafka.id").map(str::to_owned),
+                    };
+                    match self.metrics.decode(payload, &headers) {
+                        Ok(samples) => {
+                            for mut s in samples {
+                                self.ownership.enrich_metric(&mut s);
+                                batch.metrics.push(s);
+                            }
+                        }
+                        Err(e) => rejected.push((i, e)),
+                    }
+                }
+            }
+        }
+        self.telemetry
+            .rows_decoded
+            .get_or_create(&StreamLabel { stream: "audit" })
+            .inc_by(batch.audit.len() as u64);
+        self.telemetry
+            .rows_decoded
+            .get_or_create(&StreamLabel { stream: "metrics" })
+            .inc_by(batch.metrics.len() as u64);
+
+        let mut alerts = Vec::new();
+        if !batch.audit.is_empty() {
+            let arrow = tables::audit_batch(&batch.audit);
+            let (mut raised, micros) = self.rules.evaluate(Source::Audit, &arrow);
+            self.telemetry.rule_eval_micros.inc_by(micros);
+            alerts.append(&mut raised);
+            let newest = batch.audit.iter().map(|r| r.time_us).max().unwrap_or(now);
+            self.window.audit.append(arrow, newest);
+        }
+        if !batch.metrics.is_empty() {
+            let arrow = tables::metrics_batch(&batch.metrics);
+            let (mut raised, micros) = self.rules.evaluate(Source::Metrics, &arrow);
+            self.telemetry.rule_eval_micros.inc_by(micros);
+            alerts.append(&mut raised);
+            let newest = batch.metrics.iter().map(|m| m.time_us).max().unwrap_or(now);
+            self.window.metrics.append(arrow, newest);
+        }
+        if !alerts.is_empty() {
+            let arrow = tables::alerts_batch(&alerts);
+            // Rules over alerts see first-order alerts only, so they cannot feed themselves.
+            let (mut raised, _) = self.rules.evaluate(Source::Alerts, &arrow);
+            let arrow = if raised.is_empty() {
+                arrow
+            } else {
+                alerts.append(&mut raised);
+                tables::alerts_batch(&alerts)
+            };
+            let newest = alerts.iter().map(|a| a.time_us).max().unwrap_or(now);
+            self.window.alerts.append(arrow, newest);
+            for a in &alerts {
+                self.telemetry
+                    .alerts
+                    .get_or_create(&RuleLabel {
+                        rule: a.rule_id.clone(),
+                    })
+                    .inc();
+                let _ = self.alerts_tx.send(a.clone());
+            }
+        }
+        batch.alerts = alerts;
+        self.telemetry.rule_series_shed.set(self.rules.num_series_shed() as i64);
+        self.seq += 1;
+        batch.seq = self.seq;
+        Processed { batch, rejected }
+    }
+
+    pub fn rules(&self) -> &RuleEngine {
+        &self.rules
+    }
+}
