@@ -16,7 +16,7 @@ use crate::query::window::Window;
 use crate::rules;
 use crate::sinks::SinkItem;
 use crate::source::kafka::Pending;
-use crate::telemetry::{RuleLabel, Telemetry};
+use crate::telemetry::Telemetry;
 
 /// Hands batches to the sinks and the committer.
 #[derive(Clone)]
@@ -94,15 +94,7 @@ impl AlertPublisher {
         }
         let newest = alerts.iter().map(|a| a.time_us).max().unwrap_or_else(now_us);
         self.window.alerts.append(tables::alerts_batch(&alerts), newest);
-        for a in &alerts {
-            self.telemetry
-                .alerts
-                .get_or_create(&RuleLabel {
-                    rule: a.rule_id.clone(),
-                })
-                .inc();
-            let _ = self.alerts.send(a.clone());
-        }
+        super::processor::announce(&self.telemetry, &self.alerts, &alerts);
         let batch = Batch {
             alerts,
             ..Batch::default()

@@ -201,15 +201,7 @@ impl Processor {
             };
             let newest = alerts.iter().map(|a| a.time_us).max().unwrap_or(now);
             self.window.alerts.append(arrow, newest);
-            for a in &alerts {
-                self.telemetry
-                    .alerts
-                    .get_or_create(&RuleLabel {
-                        rule: a.rule_id.clone(),
-                    })
-                    .inc();
-                let _ = self.alerts_tx.send(a.clone());
-            }
+            announce(&self.telemetry, &self.alerts_tx, &alerts);
         }
         batch.alerts = alerts;
         self.telemetry.rule_series_shed.set(self.rules.num_series_shed() as i64);
@@ -220,5 +212,19 @@ impl Processor {
 
     pub fn rules(&self) -> &RuleEngine {
         &self.rules
+    }
+}
+
+/// Counts each alert by rule and tells the subscribers (`RunningPipeline::alerts`).
+pub(super) fn announce(telemetry: &Telemetry, subscribers: &broadcast::Sender<Alert>, alerts: &[Alert]) {
+    for a in alerts {
+        telemetry
+            .alerts
+            .get_or_create(&RuleLabel {
+                rule: a.rule_id.clone(),
+            })
+            .inc();
+        // No subscriber is not an error: the alert goes on to the sinks regardless.
+        let _ = subscribers.send(a.clone());
     }
 }

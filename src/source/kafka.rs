@@ -55,7 +55,38 @@ impl ConsumerContext for SourceContext {
     }
 }
 
-pub type KafkaConsumer = StreamConsumer<SourceContext>;
+/// The group consumer. Dropping it closes it (leave the group, commit on revoke) with a bound:
+/// rdkafka's own drop polls until librdkafka says closed, with no limit, so a broker that is gone
+/// (a test's mock cluster dropped first, a network cut at shutdown) would hang the process at
+/// exit. The close runs on a thread of its own and is waited for at most [`CLOSE_TIMEOUT`];
+/// past it the process goes on (and may exit) without it.
+pub struct KafkaConsumer(Option<StreamConsumer<SourceContext>>);
+
+/// How long dropping the consumer waits for librdkafka to close it.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl std::ops::Deref for KafkaConsumer {
+    type Target = StreamConsumer<SourceContext>;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for KafkaConsumer {
+    fn drop(&mut self) {
+        let Some(inner) = self.0.take() else { return };
+        let (closed_tx, closed_rx) = std::sync::mpsc::channel::<()>();
+        let closing = std::thread::Builder::new().name("kafka-close".into()).spawn(move || {
+            drop(inner);
+            let _ = closed_tx.send(());
+        });
+        // If no thread could be started, the closure (and the consumer in it) was dropped here.
+        if closing.is_ok() && closed_rx.recv_timeout(CLOSE_TIMEOUT).is_err() {
+            tracing::warn!(timeout = ?CLOSE_TIMEOUT, "the Kafka consumer did not close in time; going on without it");
+        }
+    }
+}
 
 /// A batch closes when no record arrived for this long (or at `kafka.batch_linger`).
 const BATCH_IDLE: Duration = Duration::from_millis(5);
@@ -81,7 +112,7 @@ pub fn consumer(config: &Config) -> KafkaResult<KafkaConsumer> {
     }
     // At-least-once depends on these two; a pass-through property may not undo them.
     client.set("enable.auto.offset.store", "false");
-    let consumer: KafkaConsumer = client.create_with_context(SourceContext)?;
+    let consumer: StreamConsumer<SourceContext> = client.create_with_context(SourceContext)?;
     let topics: Vec<&str> = config
         .topics
         .audit
@@ -90,7 +121,7 @@ pub fn consumer(config: &Config) -> KafkaResult<KafkaConsumer> {
         .map(String::as_str)
         .collect();
     consumer.subscribe(&topics)?;
-    Ok(consumer)
+    Ok(KafkaConsumer(Some(consumer)))
 }
 
 /// Reads up to `max` records, waiting at most `linger` after the first.
@@ -351,5 +382,51 @@ pub fn commit_now(consumer: &KafkaConsumer) {
         Ok(()) => tracing::info!("final offsets committed"),
         // Nothing stored since the last auto-commit is not an error worth alarming about.
         Err(e) => tracing::debug!(error = %e, "final commit"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    /// The consumer closes within its bound even when the cluster went away first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_the_consumer_is_bounded_with_the_cluster_gone() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("confluent-audit-log-events", 1, 1).unwrap();
+        cluster.create_topic("confluent-metrics", 1, 1).unwrap();
+        let bootstrap = cluster.bootstrap_servers();
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .unwrap();
+        producer
+            .send(
+                FutureRecord::<(), [u8]>::to("confluent-audit-log-events").payload(b"x"),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        let text = format!(
+            "[kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"close-test\"\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n"
+        );
+        let config = Config::parse(&text, "t.toml").unwrap();
+        let consumer = consumer(&config).unwrap();
+        // In the group, with a partition assigned and a record read.
+        tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("a record within 30 s")
+            .unwrap();
+        drop(producer);
+        drop(cluster);
+        let started = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || drop(consumer)).await.unwrap();
+        assert!(
+            started.elapsed() < CLOSE_TIMEOUT + Duration::from_secs(5),
+            "closing took {:?}",
+            started.elapsed()
+        );
     }
 }

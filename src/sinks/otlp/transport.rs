@@ -91,14 +91,9 @@ impl Transport {
                     ..
                 },
                 Signal::Logs(m),
-            ) => {
-                let body = http_post(client, logs_url, headers, m.encode_to_vec()).await?;
-                let response =
-                    ExportLogsServiceResponse::decode(body.as_ref()).map_err(|e| undecodable(logs_url, e))?;
-                Ok(response
-                    .partial_success
-                    .map(|p| (p.rejected_log_records, p.error_message)))
-            }
+            ) => http_export::<ExportLogsServiceResponse>(client, logs_url, headers, m.encode_to_vec())
+                .await
+                .map(|r| r.partial_success.map(|p| (p.rejected_log_records, p.error_message))),
             (
                 Transport::HttpProtobuf {
                     client,
@@ -107,16 +102,22 @@ impl Transport {
                     ..
                 },
                 Signal::Metrics(m),
-            ) => {
-                let body = http_post(client, metrics_url, headers, m.encode_to_vec()).await?;
-                let response =
-                    ExportMetricsServiceResponse::decode(body.as_ref()).map_err(|e| undecodable(metrics_url, e))?;
-                Ok(response
-                    .partial_success
-                    .map(|p| (p.rejected_data_points, p.error_message)))
-            }
+            ) => http_export::<ExportMetricsServiceResponse>(client, metrics_url, headers, m.encode_to_vec())
+                .await
+                .map(|r| r.partial_success.map(|p| (p.rejected_data_points, p.error_message))),
         }
     }
+}
+
+/// One OTLP/HTTP export: the decoded response on 2xx, else the verdict.
+async fn http_export<R: Message + Default>(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &BTreeMap<String, Secret>,
+    body: Vec<u8>,
+) -> Result<R, Verdict> {
+    let body = http_post(client, url, headers, body).await?;
+    R::decode(body.as_ref()).map_err(|e| undecodable(url, e))
 }
 
 /// A 200 whose body is not an export response: the receiver is not an OTLP collector, and
