@@ -336,23 +336,32 @@ impl Connection {
         }
     }
 
+    /// The shared endpoint state. A connection that panicked while holding it left plain
+    /// indices behind, still usable, so a poisoned lock is taken over rather than spread.
+    fn endpoint_state(&self) -> std::sync::MutexGuard<'_, Endpoints> {
+        self.shared
+            .endpoints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The endpoint to send to: the current one if healthy, else the next healthy one; an
     /// unhealthy endpoint is probed on `/services/collector/health` at most every 5 s and comes
     /// back when it answers 200. With none healthy, the current one is tried (with backoff).
     async fn pick_endpoint(&self) -> usize {
         let n = self.shared.config.endpoints.len();
-        let start = self.shared.endpoints.lock().expect("endpoint state").current;
+        let start = self.endpoint_state().current;
         for step in 0..n {
             let i = (start + step) % n;
-            let since = self.shared.endpoints.lock().expect("endpoint state").unhealthy[i];
+            let since = self.endpoint_state().unhealthy[i];
             match since {
                 None => {
-                    self.shared.endpoints.lock().expect("endpoint state").current = i;
+                    self.endpoint_state().current = i;
                     return i;
                 }
                 Some(since) if since.elapsed() >= Duration::from_secs(5) => {
                     let healthy = self.healthy(i).await;
-                    let mut state = self.shared.endpoints.lock().expect("endpoint state");
+                    let mut state = self.endpoint_state();
                     if healthy {
                         tracing::info!(endpoint = %redact_url(&self.shared.config.endpoints[i]), "HEC endpoint healthy again");
                         state.unhealthy[i] = None;
@@ -481,8 +490,8 @@ impl Connection {
             if config.compression {
                 request = request.header("Content-Encoding", "gzip");
             }
-            let verdict = match request.body(payload.clone()).send().await {
-                Err(e) => classify_transport(&e),
+            let (verdict, answer) = match request.body(payload.clone()).send().await {
+                Err(e) => (classify_transport(&e), None),
                 Ok(response) => {
                     let status = response.status().as_u16();
                     let after = retry_after(
@@ -492,42 +501,36 @@ impl Connection {
                             .and_then(|v| v.to_str().ok()),
                     );
                     let body = HecResponse::parse(&response.bytes().await.unwrap_or_default());
-                    let verdict = classify(status, after, &body);
-                    match &verdict {
-                        Verdict::Delivered => {
-                            self.refused_resolved(endpoint);
-                            return Outcome::Delivered {
-                                endpoint,
-                                ack_id: body.ack_id,
-                            };
-                        }
-                        Verdict::DeadLetter { reason } => {
-                            return Outcome::EventRejected { reason: reason.clone() };
-                        }
-                        // Nothing is lost: the batch is held, the consumer backs up behind the
-                        // bounded channel (and pauses), and delivery resumes once the token is
-                        // fixed.
-                        Verdict::Hold { .. } => {
-                            self.refused_firing(endpoint, status, body.code.unwrap_or(u64::MAX), &body.text)
-                        }
-                        Verdict::Retry { .. } => {}
-                    }
-                    verdict
+                    (classify(status, after, &body), Some((status, body)))
                 }
             };
             match &verdict {
-                Verdict::Hold { reason } => tracing::error!(
-                    endpoint = %redact_url(base), %reason, "HEC refused the token or configuration; holding data and retrying"
-                ),
+                Verdict::Delivered => {
+                    self.refused_resolved(endpoint);
+                    return Outcome::Delivered {
+                        endpoint,
+                        ack_id: answer.and_then(|(_, body)| body.ack_id),
+                    };
+                }
+                Verdict::DeadLetter { reason } => return Outcome::EventRejected { reason: reason.clone() },
+                // Nothing is lost: the batch is held, the consumer backs up behind the bounded
+                // channel (and pauses), and delivery resumes once the token is fixed.
+                Verdict::Hold { reason } => {
+                    tracing::error!(
+                        endpoint = %redact_url(base), %reason, "HEC refused the token or configuration; holding data and retrying"
+                    );
+                    if let Some((status, body)) = &answer {
+                        self.refused_firing(endpoint, *status, body.code.unwrap_or(u64::MAX), &body.text);
+                    }
+                }
                 Verdict::Retry { reason, .. } => {
                     tracing::warn!(endpoint = %redact_url(base), %reason, attempt, "HEC request failed; retrying");
                     if config.endpoints.len() > 1 {
-                        let mut state = self.shared.endpoints.lock().expect("endpoint state");
+                        let mut state = self.endpoint_state();
                         state.unhealthy[endpoint] = Some(Instant::now());
                         state.current = state.current.wrapping_add(1);
                     }
                 }
-                Verdict::Delivered | Verdict::DeadLetter { .. } => {}
             }
             self.shared
                 .telemetry
