@@ -106,9 +106,9 @@ fn bench(c: &mut Criterion) {
             },
             |batch| {
                 let out = p.process(&batch);
-                assert!(out.rejected.is_empty());
-                assert_eq!(out.batch.audit.len(), BATCH, "no event may be dropped as a repeat");
-                out.batch.audit.len()
+                assert!(out.dead_letters.is_empty());
+                assert_eq!(out.audit.len(), BATCH, "no event may be dropped as a repeat");
+                out.audit.len()
             },
             criterion::BatchSize::LargeInput,
         )

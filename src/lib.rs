@@ -4,7 +4,7 @@
 //!  Kafka (audit, metrics topics)
 //!    │  source::kafka     poll a batch; offsets stored only when finalised (see its docs)
 //!    ▼
-//!  decode::{audit, metrics}   typed rows; failures -> sinks::dead_letter (Connect-style headers)
+//!  decode::{audit, metrics}   typed rows; failures ride the batch as event::DeadLetter
 //!    ▼
 //!  enrich::{dedupe, ownership, directory}   drop repeated ids; who owns what, who is who
 //!    ▼
@@ -13,9 +13,9 @@
 //!    ▼
 //!  pipeline::dispatch   the batch, alerts included, to every sink with one Ack each
 //!    ▼
-//!  sinks::{splunk_hec, otlp, file, kafka_alerts}   bounded channels; each acks when durable
+//!  sinks::{splunk_hec, otlp, file, kafka_alerts, dead_letter}   bounded channels; each acks when durable
 //!    ▼
-//!  source::kafka::run_committer   stores offsets per partition, in poll order, once every sink acked
+//!  source::committer   stores offsets per partition, in poll order, once every sink acked
 //! ```
 //!
 //! Delivery guarantee: at least once. An offset is stored for commit only after every enabled

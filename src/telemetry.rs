@@ -78,6 +78,10 @@ pub struct Telemetry {
     pub rule_eval_micros: Counter,
     /// New rule series refused because a rule reached `max_series`.
     pub rule_series_shed: Gauge,
+    /// Rows waiting for their table's event-time clock before the rules see them.
+    pub rule_rows_waiting: Gauge,
+    /// Times a full reorder buffer was handed to the rules whole, ahead of the clock.
+    pub rule_reorder_forced: Gauge,
     /// Failed logins (wrong token or password), by SQL endpoint.
     pub auth_failures: Family<EndpointLabel, Counter>,
     /// Connections refused or closed by a connection limit or timeout, by SQL endpoint.
@@ -114,6 +118,8 @@ impl Telemetry {
             otlp_partial_rejections: Counter::default(),
             rule_eval_micros: Counter::default(),
             rule_series_shed: Gauge::default(),
+            rule_rows_waiting: Gauge::default(),
+            rule_reorder_forced: Gauge::default(),
             auth_failures: Family::default(),
             connections_refused: Family::default(),
             window_rows: Family::default(),
@@ -157,6 +163,16 @@ impl Telemetry {
             "rule_series_shed",
             "Rule series refused because a rule reached max_series",
             t.rule_series_shed.clone(),
+        );
+        registry.register(
+            "rule_rows_waiting",
+            "Audit and metrics rows waiting for their table's event-time clock (the slowest active partition)",
+            t.rule_rows_waiting.clone(),
+        );
+        registry.register(
+            "rule_reorder_forced",
+            "Times the rules' reorder buffer was full and released whole, ahead of the clock",
+            t.rule_reorder_forced.clone(),
         );
         registry.register(
             "hec_resent_events",

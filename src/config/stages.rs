@@ -58,10 +58,19 @@ pub struct RawRules {
     /// the newest event time seen, e.g. `30s`. Default `0s` (evaluate at the newest event).
     #[serde(default = "default_lateness")]
     pub allowed_lateness: String,
+    /// A partition that delivered nothing for this long (wall time) stops holding its table's
+    /// event-time clock back, e.g. `10s`. It is also the longest a lone event in a quiet stream
+    /// waits for the rules. Default `10s`.
+    #[serde(default = "default_idle_partition_timeout")]
+    pub idle_partition_timeout: String,
 }
 
 fn default_lateness() -> String {
     "0s".into()
+}
+
+fn default_idle_partition_timeout() -> String {
+    "10s".into()
 }
 
 impl Default for RawRules {
@@ -69,6 +78,7 @@ impl Default for RawRules {
         RawRules {
             dirs: default_rule_dirs(),
             allowed_lateness: default_lateness(),
+            idle_partition_timeout: default_idle_partition_timeout(),
         }
     }
 }
@@ -122,6 +132,7 @@ pub struct EnrichConfig {
 pub struct RulesConfig {
     pub dirs: Vec<PathBuf>,
     pub allowed_lateness: Duration,
+    pub idle_partition_timeout: Duration,
 }
 
 /// `[window]`, validated.
@@ -147,6 +158,7 @@ impl RawRules {
     pub(super) fn validate(self, check: Check<'_>) -> Result<RulesConfig, ConfigError> {
         Ok(RulesConfig {
             allowed_lateness: check.duration("rules.allowed_lateness", &self.allowed_lateness)?,
+            idle_partition_timeout: check.duration("rules.idle_partition_timeout", &self.idle_partition_timeout)?,
             dirs: self.dirs,
         })
     }

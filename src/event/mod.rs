@@ -220,7 +220,22 @@ impl Ack {
     }
 }
 
-/// What a sink receives: the decoded, enriched rows of one poll and the alerts they raised.
+/// A record that could not be decoded: kept whole, with where it came from and why, for the
+/// dead-letter sink.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    /// Error class (`NotJson`, `SchemaViolation`, ...): the Connect class-name header.
+    pub class: &'static str,
+    pub message: String,
+}
+
+/// What a sink receives: the decoded, enriched rows of one poll, the alerts they raised, and the
+/// records that could not be decoded (for the dead-letter sink; the others ignore them).
 #[derive(Debug, Default)]
 pub struct Batch {
     /// Monotonic sequence number, for logs.
@@ -228,13 +243,16 @@ pub struct Batch {
     pub audit: Vec<AuditRow>,
     pub metrics: Vec<MetricSample>,
     pub alerts: Vec<Alert>,
+    pub dead_letters: Vec<DeadLetter>,
 }
 
 impl Batch {
+    /// No event to deliver (dead letters aside).
     pub fn is_empty(&self) -> bool {
         self.audit.is_empty() && self.metrics.is_empty() && self.alerts.is_empty()
     }
 
+    /// Events to deliver: audit rows, metric samples and alerts (dead letters aside).
     pub fn len(&self) -> usize {
         self.audit.len() + self.metrics.len() + self.alerts.len()
     }

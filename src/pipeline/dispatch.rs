@@ -15,7 +15,7 @@ use crate::query::engine::QueryEngine;
 use crate::query::window::Window;
 use crate::rules;
 use crate::sinks::SinkItem;
-use crate::source::kafka::Pending;
+use crate::source::committer::Pending;
 use crate::telemetry::Telemetry;
 
 /// Hands batches to the sinks and the committer.
@@ -49,7 +49,7 @@ impl Dispatcher {
         } else {
             Vec::new()
         };
-        if !batch.is_empty() {
+        if !batch.is_empty() || !batch.dead_letters.is_empty() {
             let batch = Arc::new(batch);
             // Concurrently: a sink that is holding data (HEC refusing its token) must not keep
             // the batch, or an alert about it, from the others.

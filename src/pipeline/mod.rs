@@ -24,14 +24,15 @@ use crate::event::{Alert, Positions, now_us};
 use crate::query::engine::QueryEngine;
 use crate::query::window::Window;
 use crate::rules::{self, RuleEngine};
-use crate::sinks::dead_letter::{DeadLetters, Origin};
+use crate::sinks::dead_letter::{DeadLetterSink, DeadLetters};
 use crate::sinks::kafka_alerts::KafkaAlertsSink;
 use crate::sinks::otlp::OtlpSink;
 use crate::sinks::splunk_hec::sink::HecSink;
+use crate::source::committer::{self, RememberDelivered};
 use crate::source::kafka;
 use crate::telemetry::Telemetry;
 use dispatch::{AlertPublisher, Dispatcher, run_sql_rules, run_system_alerts};
-pub use processor::{Processed, Processor};
+pub use processor::Processor;
 
 /// Batches queued per sink before the poll loop waits.
 const SINK_QUEUE: usize = 8;
@@ -128,6 +129,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let (system_alerts_tx, system_alerts_rx) = mpsc::channel::<Alert>(16);
     let mut sinks = Vec::new();
     let mut drain = Vec::new();
+    {
+        let (tx, rx) = mpsc::channel(SINK_QUEUE);
+        drain.push(tokio::spawn(DeadLetterSink::new(dead_letters.clone()).run(rx)));
+        sinks.push(tx);
+    }
     if let Some(hec) = config.sinks.splunk_hec.clone() {
         let (tx, rx) = mpsc::channel(SINK_QUEUE);
         let sink =
@@ -174,11 +180,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     }
     let record_ids = store.is_some();
     let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
-    drain.push(tokio::spawn(kafka::run_committer(
+    // Delivered ids are remembered before the offsets move, so a crash after the commit cannot
+    // make them look new, and a crash before it finds them remembered.
+    let remember = store.map(|store| -> RememberDelivered { Box::new(move |ids| store.append(ids, now_us())) });
+    drain.push(tokio::spawn(committer::run_committer(
         consumer.clone(),
         commit_rx,
         telemetry.clone(),
-        store,
+        remember,
     )));
     let inflight_kib = (config.kafka.max_inflight_bytes / 1024).min(u32::MAX as usize / 2) as u32;
     let dispatcher = Dispatcher {
@@ -251,7 +260,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         config,
         consumer.clone(),
         processor,
-        dead_letters,
         dispatcher,
         shutdown.clone(),
     ));
@@ -274,7 +282,6 @@ async fn run_source(
     config: Config,
     consumer: Arc<kafka::KafkaConsumer>,
     mut processor: Processor,
-    dead_letters: DeadLetters,
     dispatcher: Dispatcher,
     shutdown: CancellationToken,
 ) -> Result<(), PipelineError> {
@@ -282,24 +289,24 @@ async fn run_source(
     let linger = config.kafka.batch_linger;
     let mut carried = Vec::new();
     let mut backpressure = kafka::Backpressure::new();
+    let mut assignment = Vec::new();
     while let Some(records) = kafka::poll_batch(&consumer, &config.topics, max, linger, &shutdown, &mut carried).await {
         let mut positions = Positions::default();
         for r in &records {
             positions.record(&r.topic, r.partition, r.offset, r.timestamp_ms);
         }
-        let processed = processor.process(&records);
-        // Dead letters first: the batch's offsets must not be stored before they are in Kafka.
-        let parked = processed.rejected.iter().map(|(i, error)| {
-            let r = &records[*i];
-            tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, class = error.class(), error = %error, "sent to dead-letter topic");
-            let origin = Origin { topic: &r.topic, partition: r.partition, offset: r.offset, key: r.key.as_deref() };
-            let message = error.to_string();
-            let dl = &dead_letters;
-            async move { dl.send_until_done(r.payload.as_deref().unwrap_or_default(), error.class(), &message, Some(origin)).await }
-        });
-        futures::future::join_all(parked).await;
+        if let Some(assigned) = kafka::assigned_partitions(&consumer, &config.topics)
+            && assigned != assignment
+        {
+            processor.set_assignment(&assigned);
+            assignment = assigned;
+        }
+        let batch = processor.process(&records);
+        if records.is_empty() && batch.is_empty() {
+            continue; // an idle tick that released nothing
+        }
         let bytes = records.iter().map(|r| r.payload.as_ref().map_or(0, |p| p.len())).sum();
-        let handoff = dispatcher.dispatch(processed.batch, positions, bytes);
+        let handoff = dispatcher.dispatch(batch, positions, bytes);
         backpressure
             .wait(&consumer, &config.topics, &mut carried, handoff)
             .await?;

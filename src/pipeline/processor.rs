@@ -13,8 +13,9 @@ use crate::enrich::dedupe::Dedupe;
 use crate::enrich::directory::Directory;
 use crate::enrich::ownership::Ownership;
 use crate::event::arrow as tables;
-use crate::event::{Alert, Batch, now_us};
+use crate::event::{Alert, Batch, DeadLetter, now_us};
 use crate::query::window::Window;
+use crate::rules::clock::EventClock;
 use crate::rules::{self, RuleEngine, Source};
 use crate::source::{Record, Stream};
 use crate::telemetry::{RuleLabel, StreamLabel, Telemetry};
@@ -33,14 +34,9 @@ pub struct Processor {
     reloads: Option<mpsc::Receiver<crate::reload::Reloaded>>,
     /// Reloaded `sql` rules go to their own task.
     sql_updates: Option<mpsc::Sender<Vec<rules::Rule>>>,
+    /// Event time per partition, for the audit and the metrics table.
+    clocks: [EventClock; 2],
     seq: u64,
-}
-
-/// The outcome of processing a batch of records.
-pub struct Processed {
-    pub batch: Batch,
-    /// Records that could not be decoded, by index into the input, with why.
-    pub rejected: Vec<(usize, DecodeError)>,
 }
 
 impl Processor {
@@ -68,7 +64,25 @@ impl Processor {
             alerts_tx,
             reloads: None,
             sql_updates: None,
+            clocks: [
+                EventClock::new(config.idle_partition_timeout, config.allowed_lateness),
+                EventClock::new(config.idle_partition_timeout, config.allowed_lateness),
+            ],
             seq: 0,
+        }
+    }
+
+    /// Follows the consumer's assignment: newly assigned partitions hold their table's clock
+    /// until they deliver (or go idle), revoked ones leave it.
+    pub fn set_assignment(&mut self, assigned: &[(Arc<str>, i32, Stream)]) {
+        let wall = now_us();
+        for (slot, stream) in [(0, Stream::Audit), (1, Stream::Metrics)] {
+            let mine: Vec<(Arc<str>, i32)> = assigned
+                .iter()
+                .filter(|(_, _, s)| *s == stream)
+                .map(|(t, p, _)| (t.clone(), *p))
+                .collect();
+            self.clocks[slot].retain_assigned(&mine, wall);
         }
     }
 
@@ -117,12 +131,13 @@ impl Processor {
         }
     }
 
-    pub fn process(&mut self, records: &[Record]) -> Processed {
+    /// Decodes, enriches and evaluates one poll's records. Records that cannot be decoded come
+    /// back in [`Batch::dead_letters`], whole, for the dead-letter sink.
+    pub fn process(&mut self, records: &[Record]) -> Batch {
         self.apply_reloads();
         let mut batch = Batch::default();
-        let mut rejected = Vec::new();
         let now = now_us();
-        for (i, record) in records.iter().enumerate() {
+        for record in records {
             self.telemetry
                 .records_in
                 .get_or_create(&StreamLabel {
@@ -133,6 +148,7 @@ impl Processor {
             match record.stream {
                 Stream::Audit => match self.audit.decode(payload) {
                     Ok(mut row) => {
+                        self.clocks[0].observe(&record.topic, record.partition, row.time_us, now);
                         if self.dedupe.insert(&row.id, now) {
                             self.ownership.enrich_audit(&mut row);
                             if self.directory.enrich_audit(&mut row) {
@@ -143,7 +159,7 @@ impl Processor {
                             self.telemetry.duplicates.inc();
                         }
                     }
-                    Err(e) => rejected.push((i, e)),
+                    Err(e) => batch.dead_letters.push(dead_letter(record, &e)),
                 },
                 Stream::Metrics => {
                     let headers = MetricHeaders {
@@ -154,11 +170,12 @@ impl Processor {
                     match self.metrics.decode(payload, &headers) {
                         Ok(samples) => {
                             for mut s in samples {
+                                self.clocks[1].observe(&record.topic, record.partition, s.time_us, now);
                                 self.ownership.enrich_metric(&mut s);
                                 batch.metrics.push(s);
                             }
                         }
-                        Err(e) => rejected.push((i, e)),
+                        Err(e) => batch.dead_letters.push(dead_letter(record, &e)),
                     }
                 }
             }
@@ -172,23 +189,33 @@ impl Processor {
             .get_or_create(&StreamLabel { stream: "metrics" })
             .inc_by(batch.metrics.len() as u64);
 
+        // Rules see each table in event-time order (the clocks release whole one-second cells);
+        // the SQL window takes rows as they come. An empty poll still moves idle clocks on.
         let mut alerts = Vec::new();
+        let mut audit_arrow = None;
         if !batch.audit.is_empty() {
             let arrow = tables::audit_batch(&batch.audit);
-            let (mut raised, micros) = self.rules.evaluate(Source::Audit, &arrow);
-            self.telemetry.rule_eval_micros.inc_by(micros);
-            alerts.append(&mut raised);
             let newest = batch.audit.iter().map(|r| r.time_us).max().unwrap_or(now);
-            self.window.audit.append(arrow, newest);
+            self.window.audit.append(arrow.clone(), newest);
+            audit_arrow = Some(arrow);
         }
+        let (mut raised, micros) = self
+            .rules
+            .ingest(Source::Audit, audit_arrow, self.clocks[0].watermark(now));
+        self.telemetry.rule_eval_micros.inc_by(micros);
+        alerts.append(&mut raised);
+        let mut metrics_arrow = None;
         if !batch.metrics.is_empty() {
             let arrow = tables::metrics_batch(&batch.metrics);
-            let (mut raised, micros) = self.rules.evaluate(Source::Metrics, &arrow);
-            self.telemetry.rule_eval_micros.inc_by(micros);
-            alerts.append(&mut raised);
             let newest = batch.metrics.iter().map(|m| m.time_us).max().unwrap_or(now);
-            self.window.metrics.append(arrow, newest);
+            self.window.metrics.append(arrow.clone(), newest);
+            metrics_arrow = Some(arrow);
         }
+        let (mut raised, micros) = self
+            .rules
+            .ingest(Source::Metrics, metrics_arrow, self.clocks[1].watermark(now));
+        self.telemetry.rule_eval_micros.inc_by(micros);
+        alerts.append(&mut raised);
         if !alerts.is_empty() {
             let arrow = tables::alerts_batch(&alerts);
             // Rules over alerts see first-order alerts only, so they cannot feed themselves.
@@ -205,13 +232,32 @@ impl Processor {
         }
         batch.alerts = alerts;
         self.telemetry.rule_series_shed.set(self.rules.num_series_shed() as i64);
+        let [audit, metrics] = self.rules.num_buffered();
+        self.telemetry.rule_rows_waiting.set((audit + metrics) as i64);
+        self.telemetry
+            .rule_reorder_forced
+            .set(self.rules.num_forced_releases() as i64);
         self.seq += 1;
         batch.seq = self.seq;
-        Processed { batch, rejected }
+        batch
     }
 
     pub fn rules(&self) -> &RuleEngine {
         &self.rules
+    }
+}
+
+/// A record that could not be decoded, as the dead-letter sink takes it.
+fn dead_letter(record: &Record, error: &DecodeError) -> DeadLetter {
+    tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, class = error.class(), error = %error, "sent to dead-letter topic");
+    DeadLetter {
+        topic: record.topic.clone(),
+        partition: record.partition,
+        offset: record.offset,
+        key: record.key.clone(),
+        payload: record.payload.clone().unwrap_or_default(),
+        class: error.class(),
+        message: error.to_string(),
     }
 }
 

@@ -74,6 +74,9 @@ pub(super) struct RawRule {
     /// `threshold`: how long the condition must hold before firing. Default 0s.
     #[serde(rename = "for", default)]
     pub(super) for_: Option<String>,
+    /// `threshold`: a series seen before with no sample for the whole window holds too.
+    #[serde(default)]
+    pub(super) absent: Option<bool>,
     /// info, low, medium, high or critical.
     pub(super) severity: String,
     /// Template: `{{ label }}`, `{{ value }}`, `{{ threshold }}`, and (match) any column.

@@ -7,12 +7,14 @@
 
 pub mod alert;
 pub mod anomaly;
+pub mod clock;
 pub mod count;
 pub mod engine;
 pub mod load;
 pub mod match_rule;
 pub mod new_value;
 pub mod predicate;
+pub mod reorder;
 pub mod sql_rule;
 pub mod testing;
 pub mod threshold;

@@ -1,5 +1,11 @@
 //! `threshold`: an aggregate of metric `metric` per `group_by` over an event-time `window`,
-//! compared with `value`, holding for `for` before firing.
+//! compared with `value`, holding for `for` before firing. With `absent: true`, a series seen
+//! before that has no sample for the whole window holds too: the Metrics API omits series with
+//! no traffic, so silence is a signal.
+//!
+//! A claim about a whole window ("less than 1 byte in 10 minutes", "nothing for 10 minutes")
+//! needs the series to have been seen for that long: `<`, `<=` and `absent` hold only for series
+//! first seen at least `window` ago, so a topic's first sample is not "nothing for 10 minutes".
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -84,11 +90,12 @@ impl Comparison {
     }
 }
 
-#[derive(Default)]
 struct Series {
     /// (time, value), sorted by time.
     points: VecDeque<(i64, f64)>,
     pending_since: Option<i64>,
+    /// Oldest sample time seen.
+    first_seen: i64,
 }
 
 /// What a threshold rule compares, and for how long.
@@ -99,6 +106,8 @@ pub struct ThresholdSettings {
     pub value: f64,
     pub for_us: i64,
     pub max_series: usize,
+    /// A series with no sample in the window holds (`absent: true`).
+    pub absent: bool,
 }
 
 pub struct ThresholdRule {
@@ -145,7 +154,12 @@ impl ThresholdRule {
                 self.num_shed += 1;
                 continue;
             }
-            let s = self.series.entry(key.clone()).or_default();
+            let s = self.series.entry(key.clone()).or_insert_with(|| Series {
+                points: VecDeque::new(),
+                pending_since: None,
+                first_seen: t,
+            });
+            s.first_seen = s.first_seen.min(t);
             let at = s.points.partition_point(|&(x, _)| x <= t);
             s.points.insert(at, (t, values.value(row)));
             touched.insert(key);
@@ -162,12 +176,17 @@ impl ThresholdRule {
                 s.points.pop_front();
             }
             let observed = self.settings.aggregate.apply(&s.points, self.settings.window_us);
-            let holds = observed.is_some_and(|v| self.settings.comparison.holds(v, self.settings.value));
+            let covered = now - s.first_seen >= self.settings.window_us;
+            let about_the_whole_window = matches!(self.settings.comparison, Comparison::Lt | Comparison::Le);
+            let absent = self.settings.absent && s.points.is_empty() && covered;
+            let compared = observed.is_some_and(|v| self.settings.comparison.holds(v, self.settings.value))
+                && (covered || !about_the_whole_window);
+            let holds = absent || compared;
             let obs = Observation {
                 key: &key,
                 labels: labels_of(&self.group_by, &key),
                 value: observed.unwrap_or(0.0),
-                threshold: Some(self.settings.value),
+                threshold: Some(self.settings.value).filter(|v| !v.is_nan()),
                 evidence: Vec::new(),
                 context: Default::default(),
             };
@@ -179,7 +198,8 @@ impl ThresholdRule {
             } else {
                 s.pending_since = None;
                 alerts.extend(self.lifecycle.clear(meta, obs, now));
-                if s.points.is_empty() && !self.lifecycle.is_firing(&key) {
+                // An `absent` rule must remember a series that went quiet; others forget it.
+                if s.points.is_empty() && !self.settings.absent && !self.lifecycle.is_firing(&key) {
                     dead.push(key);
                 }
             }
@@ -192,15 +212,21 @@ impl ThresholdRule {
 }
 
 impl ThresholdRule {
-    /// On `metrics`: `metric`, `window` and `value` (required), `aggregate`, `op`, `for`,
-    /// `where`, `group_by`.
+    /// On `metrics`: `metric` and `window` (required), `value` (required unless `absent`),
+    /// `aggregate`, `op`, `for`, `absent`, `where`, `group_by`.
     pub(super) fn validate(f: &Fields<'_>) -> Result<ThresholdRule, super::RulesError> {
         if f.source != Source::Metrics {
             return Err(f.err("source", "a threshold rule reads `metrics`"));
         }
         let metric = f.required("metric", &f.raw.metric)?;
         let window_us = f.required("window", &f.window_us)?;
-        let value = f.required("value", &f.raw.value)?;
+        let absent = f.raw.absent.unwrap_or(false);
+        let value = match (f.raw.value, absent) {
+            (Some(v), _) => v,
+            // Absence alone: no sample compares, only silence holds.
+            (None, true) => f64::NAN,
+            (None, false) => f.required("value", &f.raw.value)?,
+        };
         let aggregate =
             Aggregate::parse(f.raw.aggregate.as_deref().unwrap_or("sum")).map_err(|m| f.err("aggregate", m))?;
         let comparison = Comparison::parse(f.raw.op.as_deref().unwrap_or(">")).map_err(|m| f.err("op", m))?;
@@ -217,6 +243,7 @@ impl ThresholdRule {
             value,
             for_us,
             max_series: f.max_series,
+            absent,
         };
         Ok(ThresholdRule::new(f.predicate(&sql)?, f.raw.group_by.clone(), settings))
     }

@@ -2,6 +2,10 @@
 //! content) is produced here unchanged, with Kafka Connect's DLQ headers naming the error class,
 //! the message, and the source topic, partition and offset. Sending is awaited: a batch's offsets
 //! are committed only after its dead letters are durably in Kafka.
+//!
+//! Two ways in, one producer: [`DeadLetterSink`] is the sink for the records of a batch that
+//! could not be decoded (acknowledged like every other sink), and [`DeadLetters`] is the handle
+//! other sinks use to park an event their receiver refused before they acknowledge its batch.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,7 +15,9 @@ use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::mpsc;
 
+use super::SinkItem;
 use crate::config::Secret;
 use crate::telemetry::{ClassLabel, Telemetry};
 
@@ -169,6 +175,36 @@ impl DeadLetters {
                     attempt += 1;
                 }
             }
+        }
+    }
+}
+
+/// The sink for the records a batch could not decode: it acknowledges the batch once each of
+/// them is in the dead-letter topic.
+pub struct DeadLetterSink {
+    dead_letters: DeadLetters,
+}
+
+impl DeadLetterSink {
+    pub fn new(dead_letters: DeadLetters) -> DeadLetterSink {
+        DeadLetterSink { dead_letters }
+    }
+
+    pub async fn run(self, mut rx: mpsc::Receiver<SinkItem>) {
+        while let Some(item) = rx.recv().await {
+            // Concurrently: each waits for the broker, and a batch may hold several.
+            let parked = item.batch.dead_letters.iter().map(|d| {
+                let origin = Origin {
+                    topic: &d.topic,
+                    partition: d.partition,
+                    offset: d.offset,
+                    key: d.key.as_deref(),
+                };
+                self.dead_letters
+                    .send_until_done(&d.payload, d.class, &d.message, Some(origin))
+            });
+            futures::future::join_all(parked).await;
+            item.ack.accept();
         }
     }
 }

@@ -24,14 +24,12 @@ use std::time::Duration;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
-use tokio::sync::{mpsc, oneshot};
+use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
+
 use tokio_util::sync::CancellationToken;
 
 use super::{Record, Stream};
 use crate::config::{Config, TopicsConfig};
-use crate::event::Positions;
-use crate::telemetry::Telemetry;
 
 /// Logs rebalances; librdkafka does the rest.
 pub struct SourceContext;
@@ -91,6 +89,10 @@ impl Drop for KafkaConsumer {
 /// A batch closes when no record arrived for this long (or at `kafka.batch_linger`).
 const BATCH_IDLE: Duration = Duration::from_millis(5);
 
+/// With nothing to read, [`poll_batch`] returns an empty batch this often, so event-time clocks
+/// whose partitions went idle move on and what they held back is evaluated.
+pub const IDLE_TICK: Duration = Duration::from_secs(1);
+
 /// Builds the consumer and subscribes it to every audit and metrics topic.
 pub fn consumer(config: &Config) -> KafkaResult<KafkaConsumer> {
     let mut client = ClientConfig::new();
@@ -147,9 +149,12 @@ pub async fn poll_batch(
         return Some(carried.drain(..take).collect());
     }
     let mut records = Vec::with_capacity(max.min(4096));
+    let tick = tokio::time::sleep(IDLE_TICK);
+    tokio::pin!(tick);
     let first = loop {
         tokio::select! {
             _ = shutdown.cancelled() => return None,
+            _ = &mut tick => return Some(records),
             m = consumer.recv() => match m {
                 Ok(m) => break m,
                 Err(e) => {
@@ -174,6 +179,24 @@ pub async fn poll_batch(
         }
     }
     Some(records)
+}
+
+/// The partitions assigned now, each with the table its topic feeds.
+pub fn assigned_partitions(consumer: &KafkaConsumer, topics: &TopicsConfig) -> Option<Vec<(Arc<str>, i32, Stream)>> {
+    let tpl = consumer.assignment().ok()?;
+    Some(
+        tpl.elements()
+            .iter()
+            .map(|e| {
+                let stream = if topics.metrics.iter().any(|t| t == e.topic()) {
+                    Stream::Metrics
+                } else {
+                    Stream::Audit
+                };
+                (Arc::from(e.topic()), e.partition(), stream)
+            })
+            .collect(),
+    )
 }
 
 /// Abandons carried records of partitions no longer assigned (a rebalance happened while the
@@ -313,66 +336,6 @@ fn detach(m: &rdkafka::message::BorrowedMessage<'_>, topics: &TopicsConfig) -> R
         key: m.key().map(<[u8]>::to_vec),
         payload: m.payload().map(<[u8]>::to_vec),
         headers,
-    }
-}
-
-/// A batch waiting for its sinks.
-pub struct Pending {
-    pub positions: Positions,
-    pub acks: Vec<oneshot::Receiver<()>>,
-    /// Ids of the batch's audit events, recorded in the dedupe store once delivered.
-    pub ids: Vec<String>,
-    /// The batch's share of `kafka.max_inflight_bytes`, given back once it is finalised.
-    pub inflight: Option<tokio::sync::OwnedSemaphorePermit>,
-}
-
-/// Stores offsets of finalised batches, in poll order.
-pub async fn run_committer(
-    consumer: Arc<KafkaConsumer>,
-    mut rx: mpsc::Receiver<Pending>,
-    telemetry: Telemetry,
-    store: Option<crate::enrich::dedupe::DedupeStore>,
-) {
-    while let Some(pending) = rx.recv().await {
-        let mut delivered = true;
-        for ack in pending.acks {
-            delivered &= ack.await.is_ok();
-        }
-        if !delivered {
-            // A sink gave the batch up. Storing anything past it would skip records, so stop
-            // storing: the records are redelivered after a restart.
-            tracing::error!("a sink dropped a batch without accepting it; no further offsets will be committed");
-            while rx.recv().await.is_some() {}
-            return;
-        }
-        // Delivered: remember the ids before the offsets move, so a crash after the commit
-        // cannot make them look new, and a crash before it finds them remembered.
-        if let Some(store) = &store {
-            let mut attempt = 0;
-            while let Err(e) = store.append(&pending.ids, crate::event::now_us()) {
-                tracing::error!(error = %e, attempt, "cannot write the dedupe store; retrying before committing");
-                tokio::time::sleep(crate::retry::backoff(attempt, crate::retry::RETRY_CAP)).await;
-                attempt += 1;
-            }
-        }
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), max) in &pending.positions.max_offsets {
-            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(max + 1)) {
-                tracing::warn!(%topic, partition, error = %e, "cannot record an offset");
-            }
-        }
-        // A failure means the partition was revoked meanwhile; its new owner re-reads from the
-        // last commit.
-        if tpl.count() > 0
-            && let Err(e) = consumer.store_offsets(&tpl)
-        {
-            tracing::debug!(error = %e, "offsets not stored (partition no longer assigned)");
-        }
-        telemetry.batches_committed.inc();
-        if let Some(oldest) = pending.positions.oldest_record_ms {
-            let now = chrono::Utc::now().timestamp_millis();
-            telemetry.observe_latency_ms((now - oldest).max(0) as u64);
-        }
     }
 }
 

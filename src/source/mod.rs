@@ -1,5 +1,7 @@
-//! Sources: where records come from. `kafka` is the real one (consumer, offsets, rebalances).
+//! Sources: where records come from, and where their offsets go back. `kafka` is the real one
+//! (consumer, offsets, rebalances); `committer` stores offsets once every sink accepted a batch.
 
+pub mod committer;
 pub mod kafka;
 
 use std::sync::Arc;

@@ -92,3 +92,70 @@ async fn malformed_records_go_to_the_dead_letter_topic() {
         "dead-lettered records are committed"
     );
 }
+
+/// The dead-letter sink acknowledges a batch only once the dead-letter topic holds its records:
+/// with the broker down it keeps the batch (so its offsets stay uncommitted), and delivers it
+/// when the broker is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dead_letter_sink_acknowledges_only_once_the_topic_has_the_record() {
+    use auditflow::event::{Ack, Batch, DeadLetter};
+    use auditflow::sinks::SinkItem;
+    use auditflow::sinks::dead_letter::{DeadLetterSink, DeadLetters};
+
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("auditflow-dead-letter", 1, 1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let properties = [(
+        "bootstrap.servers".to_owned(),
+        auditflow::config::Secret::new(bootstrap.as_str()),
+    )]
+    .into_iter()
+    .collect();
+    let telemetry = auditflow::telemetry::Telemetry::new();
+    let dead_letters = DeadLetters::new(&properties, "auditflow-dead-letter", telemetry.clone()).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let sink = tokio::spawn(DeadLetterSink::new(dead_letters).run(rx));
+
+    cluster.broker_down(1).unwrap();
+    let batch = Batch {
+        dead_letters: vec![DeadLetter {
+            topic: "confluent-audit-log-events".into(),
+            partition: 3,
+            offset: 41,
+            key: Some(b"k".to_vec()),
+            payload: b"not json".to_vec(),
+            class: "NotJson",
+            message: "expected value at line 1 column 1".into(),
+        }],
+        ..Batch::default()
+    };
+    let (ack, mut acked) = Ack::new();
+    tx.send(SinkItem {
+        batch: std::sync::Arc::new(batch),
+        ack,
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(acked.try_recv().is_err(), "acknowledged while the broker was down");
+    assert_eq!(telemetry.dead_letter_count(), 0);
+
+    cluster.broker_up(1).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), &mut acked)
+        .await
+        .expect("no acknowledgement once the broker was back")
+        .expect("the sink dropped the acknowledgement");
+    assert_eq!(telemetry.dead_letter_count(), 1);
+    let dead = tokio::task::spawn_blocking(move || {
+        read_all(&bootstrap, "auditflow-dead-letter", 1, 1, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].payload, b"not json");
+    assert_eq!(dead[0].headers["__connect.errors.exception.class.name"], "NotJson");
+    assert_eq!(dead[0].headers["__connect.errors.partition"], "3");
+    assert_eq!(dead[0].headers["__connect.errors.offset"], "41");
+    drop(tx);
+    sink.await.unwrap();
+}

@@ -11,6 +11,7 @@ mod e2e_mock;
 mod e2e_tansu;
 mod faults;
 mod otlp_transports;
+mod replay;
 mod sql_frontends;
 mod sql_security;
 mod support;

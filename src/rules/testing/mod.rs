@@ -23,14 +23,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::execution::context::SessionContext;
+
+mod replay;
 use serde::Deserialize;
 
-use super::{RuleEngine, RulesError, Source, parse_rules};
-use crate::event::arrow as tables;
+use super::{RuleEngine, RulesError, parse_rules};
 use crate::event::{Alert, AuditRow, AuthzVia, MetricKind, MetricSample, PrincipalType};
 
 /// Test time zero: 2026-01-01T00:00:00Z.
-const BASE_US: i64 = 1_767_225_600_000_000;
+pub(crate) const BASE_US: i64 = 1_767_225_600_000_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,6 +52,17 @@ struct TestCase {
     expect: Vec<Expectation>,
     #[serde(default)]
     silent: Vec<String>,
+    /// Deliver the input only in this order (default: each of in_order, by_partition and
+    /// interleaved, and every one must pass).
+    #[serde(default)]
+    order: Option<replay::Order>,
+    /// Partitions the input is spread over, keyed like the real topics. Default 3.
+    #[serde(default = "three")]
+    partitions: u32,
+}
+
+fn three() -> u32 {
+    3
 }
 
 #[derive(Debug, Deserialize)]
@@ -248,6 +260,7 @@ fn metric_sample(m: &TestMetric, time_us: i64, n: u32) -> MetricSample {
     }
 }
 
+#[derive(Clone)]
 enum Item {
     Audit(Box<AuditRow>),
     Metric(MetricSample),
@@ -281,6 +294,7 @@ fn run_case(
     rule_texts: &[(PathBuf, String)],
     path: &Path,
     case: &TestCase,
+    order: replay::Order,
 ) -> Result<(Vec<Alert>, i64), RulesError> {
     let mut rules = Vec::new();
     for (file, text) in rule_texts {
@@ -314,42 +328,7 @@ fn run_case(
         }
     }
     items.sort_by_key(|(t, _)| *t);
-    let mut alerts = Vec::new();
-    let mut i = 0;
-    let mut end = BASE_US;
-    while i < items.len() {
-        // One batch per instant and stream, in time order, as the pipeline would see them.
-        let t = items[i].0;
-        end = t;
-        let mut audit = Vec::new();
-        let mut metrics = Vec::new();
-        while i < items.len() && items[i].0 == t {
-            match &items[i].1 {
-                Item::Audit(r) => audit.push(r.as_ref().clone()),
-                Item::Metric(m) => metrics.push(m.clone()),
-            }
-            i += 1;
-        }
-        let mut raised = Vec::new();
-        if !audit.is_empty() {
-            let batch = tables::audit_batch(&audit);
-            raised.extend(engine.evaluate(Source::Audit, &batch).0);
-            window.audit.append(batch, t);
-        }
-        if !metrics.is_empty() {
-            let batch = tables::metrics_batch(&metrics);
-            raised.extend(engine.evaluate(Source::Metrics, &batch).0);
-            window.metrics.append(batch, t);
-        }
-        if !raised.is_empty() {
-            let second = engine.evaluate(Source::Alerts, &tables::alerts_batch(&raised)).0;
-            raised.extend(second);
-        }
-        if !raised.is_empty() {
-            window.alerts.append(tables::alerts_batch(&raised), t);
-        }
-        alerts.extend(raised);
-    }
+    let (mut alerts, end) = replay::run(&mut engine, &window, items, order, case.partitions);
     if !sql_rules.is_empty() {
         let query = crate::query::engine::QueryEngine::new(&window);
         for rule in &mut sql_rules {
@@ -401,7 +380,28 @@ pub fn run_file(ctx: &SessionContext, path: &Path, report: &mut TestReport) -> R
         rule_texts.push((full, text));
     }
     for case in &file.tests {
-        let (alerts, _) = run_case(ctx, &rule_texts, path, case)?;
+        let orders = match case.order {
+            Some(o) => vec![o],
+            None => replay::Order::ALL.to_vec(),
+        };
+        for order in orders {
+            check_case(ctx, &rule_texts, path, case, order, report)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs one test case in one delivery order and records what it found.
+fn check_case(
+    ctx: &SessionContext,
+    rule_texts: &[(PathBuf, String)],
+    path: &Path,
+    case: &TestCase,
+    order: replay::Order,
+    report: &mut TestReport,
+) -> Result<(), RulesError> {
+    {
+        let (alerts, _) = run_case(ctx, rule_texts, path, case, order)?;
         let mut failures = Vec::new();
         for e in &case.expect {
             report.expected_fired += 1;
@@ -432,6 +432,12 @@ pub fn run_file(ctx: &SessionContext, path: &Path, report: &mut TestReport) -> R
                 ));
             }
         }
+        // Templates must render whole: a label a series lacks leaves no hole in the text.
+        for a in &alerts {
+            if a.summary.contains("  ") || a.summary.starts_with(' ') || a.summary.ends_with(' ') {
+                failures.push(format!("{}: summary has a hole: {:?}", a.rule_id, a.summary));
+            }
+        }
         for rule in &case.silent {
             report.expected_silent += 1;
             let raised: Vec<String> = alerts.iter().filter(|a| &a.rule_id == rule).map(describe).collect();
@@ -446,7 +452,11 @@ pub fn run_file(ctx: &SessionContext, path: &Path, report: &mut TestReport) -> R
         }
         report.results.push(TestResult {
             file: path.to_owned(),
-            name: case.name.clone(),
+            name: if case.order.is_some() {
+                case.name.clone()
+            } else {
+                format!("{} [{}]", case.name, order.name())
+            },
             failures,
         });
     }
