@@ -8,11 +8,17 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+/// The tests' producer writes one record per record batch. tansu 0.6 (memory engine) answers a
+/// fetch from an offset inside a batch with the *next* batch, and a fetch inside the last batch
+/// with nothing (Apache Kafka returns the batch holding the offset): a consumer resuming
+/// mid-batch (after a pause, or from a committed offset) would skip records or stall. That is a
+/// broker quirk, not auditflow's; with one record per batch every offset starts a batch.
 pub fn producer(bootstrap: &str) -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("message.max.bytes", "20000000")
-        .set("linger.ms", "5")
+        .set("batch.num.messages", "1")
+        .set("linger.ms", "0")
         .create()
         .unwrap()
 }
