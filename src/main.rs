@@ -114,6 +114,30 @@ enum RulesCommand {
         /// Rule directory.
         dir: PathBuf,
     },
+    /// Write the match and count rules of a directory as Sigma rules (and correlation rules).
+    Export {
+        /// Output format; `sigma` is the one there is.
+        #[arg(long, value_enum, default_value_t = ExportFormat::Sigma)]
+        format: ExportFormat,
+        /// Rule directory.
+        dir: PathBuf,
+        /// Directory to write `ID.yml` files into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Convert Sigma rules and correlation rules (a file or a directory) into auditflow rules.
+    Import {
+        /// A Sigma file, or a directory of them.
+        path: PathBuf,
+        /// Directory to write the auditflow rule files into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    Sigma,
 }
 
 fn init_logging(format: LogFormat) {
@@ -219,6 +243,38 @@ async fn run(command: Command) -> Result<(), String> {
                 );
             }
             println!("{}: {} rules ok", dir.display(), rules.len());
+            Ok(())
+        }
+        Command::Rules {
+            command:
+                RulesCommand::Export {
+                    format: ExportFormat::Sigma,
+                    dir,
+                    out,
+                },
+        } => {
+            let report = auditflow::rules::sigma::export_dir(&dir, &out).map_err(|e| e.to_string())?;
+            for path in &report.written {
+                println!("wrote {}", path.display());
+            }
+            for s in &report.skipped {
+                println!("skipped {s}");
+            }
+            println!(
+                "{} Sigma rules written, {} skipped",
+                report.written.len(),
+                report.skipped.len()
+            );
+            Ok(())
+        }
+        Command::Rules {
+            command: RulesCommand::Import { path, out },
+        } => {
+            let written = auditflow::rules::sigma::import_path(&path, &out).map_err(|e| e.to_string())?;
+            for path in &written {
+                println!("wrote {}", path.display());
+            }
+            println!("{} rule files written", written.len());
             Ok(())
         }
         Command::Rules {

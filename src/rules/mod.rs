@@ -15,6 +15,7 @@ pub mod match_rule;
 pub mod new_value;
 pub mod predicate;
 pub mod reorder;
+pub mod sigma;
 pub mod sql_rule;
 pub mod testing;
 pub mod threshold;
