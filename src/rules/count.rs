@@ -42,7 +42,8 @@ pub struct CountRule {
     series: HashMap<Vec<String>, Series>,
     lifecycle: Lifecycle,
     num_shed: u64,
-    num_evaluations: u64,
+    /// Event time of the last sweep of idle series.
+    last_sweep_us: i64,
 }
 
 impl CountRule {
@@ -64,7 +65,7 @@ impl CountRule {
             series: HashMap::new(),
             lifecycle: Lifecycle::default(),
             num_shed: 0,
-            num_evaluations: 0,
+            last_sweep_us: i64::MIN,
         }
     }
 
@@ -129,9 +130,10 @@ impl CountRule {
             };
             alerts.extend(alert);
         }
-        // Now and then, forget idle series so state follows the live key space.
-        self.num_evaluations += 1;
-        if self.num_evaluations.is_multiple_of(64) {
+        // Every quarter window of event time, forget idle series so state follows the live key
+        // space (by event time, not by call: the rules are called once per one-second cell).
+        if now.saturating_sub(self.last_sweep_us) >= (self.window_us / 4).max(1) {
+            self.last_sweep_us = now;
             let lifecycle = &self.lifecycle;
             self.series.retain(|k, s| s.newest > cutoff || lifecycle.is_firing(k));
         }

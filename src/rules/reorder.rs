@@ -106,6 +106,12 @@ impl Reorder {
                 kept.push((min, max, batch));
                 continue;
             }
+            if max < until {
+                // Released whole: no copy.
+                self.num_rows -= batch.num_rows();
+                out.push(batch);
+                continue;
+            }
             let t = times(&batch);
             let early: BooleanArray = t.iter().map(|v| Some(v.is_some_and(|v| v < until))).collect();
             let late: BooleanArray = early.iter().map(|v| v.map(|b| !b)).collect();
@@ -135,12 +141,24 @@ impl Reorder {
         let Some(schema) = out.first().map(RecordBatch::schema) else {
             return Vec::new();
         };
-        let Ok(all) = concat_batches(&schema, &out) else {
-            return out;
+        let all = if out.len() == 1 {
+            out.remove(0)
+        } else {
+            match concat_batches(&schema, &out) {
+                Ok(all) => all,
+                Err(_) => return out,
+            }
         };
-        let sorted = match sort_to_indices(times(&all), None, None).and_then(|i| take_record_batch(&all, &i)) {
-            Ok(s) => s,
-            Err(_) => return vec![all],
+        // Rows of one partition come sorted; only a mix of partitions needs the sort (and the
+        // copy of every column it makes).
+        let in_order = times(&all).values().windows(2).all(|w| w[0] <= w[1]);
+        let sorted = if in_order {
+            all
+        } else {
+            match sort_to_indices(times(&all), None, None).and_then(|i| take_record_batch(&all, &i)) {
+                Ok(s) => s,
+                Err(_) => return vec![all],
+            }
         };
         let t = times(&sorted);
         let mut cells = Vec::new();

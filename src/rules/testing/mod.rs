@@ -434,7 +434,8 @@ fn check_case(
         }
         // Templates must render whole: a label a series lacks leaves no hole in the text.
         for a in &alerts {
-            if a.summary.contains("  ") || a.summary.starts_with(' ') || a.summary.ends_with(' ') {
+            let hole = a.summary.contains("  ") || a.summary.contains("()") || a.summary.contains(" ,");
+            if hole || a.summary.starts_with(' ') || a.summary.ends_with(' ') {
                 failures.push(format!("{}: summary has a hole: {:?}", a.rule_id, a.summary));
             }
         }
