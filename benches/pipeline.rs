@@ -215,20 +215,7 @@ fn bench_rules(c: &mut Criterion) {
                 i = 0;
                 pass += 1;
             }
-            let b = &batches[i];
-            let times = b
-                .column(0)
-                .as_any()
-                .downcast_ref::<TimestampMicrosecondArray>()
-                .unwrap();
-            let shifted: TimestampMicrosecondArray = times
-                .iter()
-                .map(|t| t.map(|t| t + pass * span_us))
-                .collect::<TimestampMicrosecondArray>()
-                .with_timezone("UTC");
-            let mut columns = b.columns().to_vec();
-            columns[0] = std::sync::Arc::new(shifted);
-            let moved = RecordBatch::try_new(b.schema(), columns).unwrap();
+            let moved = shifted(&batches[i], pass * span_us);
             engine.evaluate(Source::Audit, &moved).1
         })
     });
@@ -245,21 +232,15 @@ fn bench_rules(c: &mut Criterion) {
                 i = 0;
                 pass += 1;
             }
-            let b = &batches[i];
-            let times = b
-                .column(0)
-                .as_any()
-                .downcast_ref::<TimestampMicrosecondArray>()
-                .unwrap();
-            let shifted: TimestampMicrosecondArray = times
-                .iter()
-                .map(|t| t.map(|t| t + pass * span_us))
-                .collect::<TimestampMicrosecondArray>()
-                .with_timezone("UTC");
-            let newest = datafusion::arrow::compute::max(&shifted).unwrap();
-            let mut columns = b.columns().to_vec();
-            columns[0] = std::sync::Arc::new(shifted);
-            let moved = RecordBatch::try_new(b.schema(), columns).unwrap();
+            let moved = shifted(&batches[i], pass * span_us);
+            let newest = datafusion::arrow::compute::max(
+                moved
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<TimestampMicrosecondArray>()
+                    .unwrap(),
+            )
+            .unwrap();
             // Partitions 0..3 advance together, as a consumer that keeps up fetches them.
             for p in 0..3 {
                 clock.observe(&topic, p, newest, 0);
@@ -268,6 +249,23 @@ fn bench_rules(c: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+/// `b` with its event times moved `by_us` later, so windows slide between passes.
+fn shifted(b: &RecordBatch, by_us: i64) -> RecordBatch {
+    let times = b
+        .column(0)
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .unwrap();
+    let moved: TimestampMicrosecondArray = times
+        .iter()
+        .map(|t| t.map(|t| t + by_us))
+        .collect::<TimestampMicrosecondArray>()
+        .with_timezone("UTC");
+    let mut columns = b.columns().to_vec();
+    columns[0] = std::sync::Arc::new(moved);
+    RecordBatch::try_new(b.schema(), columns).unwrap()
 }
 
 criterion_group!(benches, bench, bench_rules);

@@ -289,17 +289,13 @@ async fn run_source(
     let linger = config.kafka.batch_linger;
     let mut carried = Vec::new();
     let mut backpressure = kafka::Backpressure::new();
-    let mut assignment = Vec::new();
     while let Some(records) = kafka::poll_batch(&consumer, &config.topics, max, linger, &shutdown, &mut carried).await {
         let mut positions = Positions::default();
         for r in &records {
             positions.record(&r.topic, r.partition, r.offset, r.timestamp_ms);
         }
-        if let Some(assigned) = kafka::assigned_partitions(&consumer, &config.topics)
-            && assigned != assignment
-        {
+        if let Some(assigned) = kafka::changed_assignment(&consumer, &config.topics) {
             processor.set_assignment(&assigned);
-            assignment = assigned;
         }
         let batch = processor.process(&records);
         if records.is_empty() && batch.is_empty() {

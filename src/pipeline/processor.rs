@@ -191,31 +191,28 @@ impl Processor {
 
         // Rules see each table in event-time order (the clocks release whole one-second cells);
         // the SQL window takes rows as they come. An empty poll still moves idle clocks on.
-        let mut alerts = Vec::new();
-        let mut audit_arrow = None;
-        if !batch.audit.is_empty() {
-            let arrow = tables::audit_batch(&batch.audit);
+        let audit = (!batch.audit.is_empty()).then(|| {
             let newest = batch.audit.iter().map(|r| r.time_us).max().unwrap_or(now);
-            self.window.audit.append(arrow.clone(), newest);
-            audit_arrow = Some(arrow);
-        }
-        let (mut raised, micros) = self
-            .rules
-            .ingest(Source::Audit, audit_arrow, self.clocks[0].watermark(now));
-        self.telemetry.rule_eval_micros.inc_by(micros);
-        alerts.append(&mut raised);
-        let mut metrics_arrow = None;
-        if !batch.metrics.is_empty() {
-            let arrow = tables::metrics_batch(&batch.metrics);
+            (tables::audit_batch(&batch.audit), newest)
+        });
+        let metrics = (!batch.metrics.is_empty()).then(|| {
             let newest = batch.metrics.iter().map(|m| m.time_us).max().unwrap_or(now);
-            self.window.metrics.append(arrow.clone(), newest);
-            metrics_arrow = Some(arrow);
+            (tables::metrics_batch(&batch.metrics), newest)
+        });
+        let mut alerts = Vec::new();
+        let tables = [
+            (Source::Audit, &self.window.audit, audit),
+            (Source::Metrics, &self.window.metrics, metrics),
+        ];
+        for (slot, (source, table, rows)) in tables.into_iter().enumerate() {
+            if let Some((arrow, newest)) = &rows {
+                table.append(arrow.clone(), *newest);
+            }
+            let watermark = self.clocks[slot].watermark(now);
+            let (mut raised, micros) = self.rules.ingest(source, rows.map(|(arrow, _)| arrow), watermark);
+            self.telemetry.rule_eval_micros.inc_by(micros);
+            alerts.append(&mut raised);
         }
-        let (mut raised, micros) = self
-            .rules
-            .ingest(Source::Metrics, metrics_arrow, self.clocks[1].watermark(now));
-        self.telemetry.rule_eval_micros.inc_by(micros);
-        alerts.append(&mut raised);
         if !alerts.is_empty() {
             let arrow = tables::alerts_batch(&alerts);
             // Rules over alerts see first-order alerts only, so they cannot feed themselves.

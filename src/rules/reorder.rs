@@ -35,11 +35,12 @@ impl Default for Reorder {
     }
 }
 
-fn times(batch: &RecordBatch) -> &TimestampMicrosecondArray {
+/// The `time` column every table has (`event::arrow`); a batch without one is not ordered but
+/// passed on as it came.
+fn times(batch: &RecordBatch) -> Option<&TimestampMicrosecondArray> {
     batch
         .column_by_name("time")
         .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
-        .expect("every table has a microsecond `time` column")
 }
 
 fn cell_of(t: i64) -> i64 {
@@ -62,9 +63,8 @@ impl Reorder {
             return;
         }
         let t = times(&batch);
-        let (Some(min), Some(max)) = (datafusion::arrow::compute::min(t), datafusion::arrow::compute::max(t)) else {
-            return;
-        };
+        let min = t.and_then(datafusion::arrow::compute::min).unwrap_or(i64::MIN);
+        let max = t.and_then(datafusion::arrow::compute::max).unwrap_or(i64::MIN);
         self.num_rows += batch.num_rows();
         self.pending.push((min, max, batch));
     }
@@ -112,7 +112,11 @@ impl Reorder {
                 out.push(batch);
                 continue;
             }
-            let t = times(&batch);
+            let Some(t) = times(&batch) else {
+                self.num_rows -= batch.num_rows();
+                out.push(batch);
+                continue;
+            };
             let early: BooleanArray = t.iter().map(|v| Some(v.is_some_and(|v| v < until))).collect();
             let late: BooleanArray = early.iter().map(|v| v.map(|b| !b)).collect();
             match (filter_record_batch(&batch, &early), filter_record_batch(&batch, &late)) {
@@ -120,7 +124,7 @@ impl Reorder {
                     self.num_rows -= e.num_rows();
                     out.push(e);
                     if l.num_rows() > 0
-                        && let Some(m) = datafusion::arrow::compute::min(times(&l))
+                        && let Some(m) = times(&l).and_then(datafusion::arrow::compute::min)
                     {
                         kept.push((m, max, l));
                     }
@@ -151,16 +155,20 @@ impl Reorder {
         };
         // Rows of one partition come sorted; only a mix of partitions needs the sort (and the
         // copy of every column it makes).
-        let in_order = times(&all).values().windows(2).all(|w| w[0] <= w[1]);
-        let sorted = if in_order {
+        let Some(t) = times(&all) else {
+            return vec![all];
+        };
+        let sorted = if t.values().windows(2).all(|w| w[0] <= w[1]) {
             all
         } else {
-            match sort_to_indices(times(&all), None, None).and_then(|i| take_record_batch(&all, &i)) {
+            match sort_to_indices(t, None, None).and_then(|i| take_record_batch(&all, &i)) {
                 Ok(s) => s,
                 Err(_) => return vec![all],
             }
         };
-        let t = times(&sorted);
+        let Some(t) = times(&sorted) else {
+            return vec![sorted];
+        };
         let mut cells = Vec::new();
         let mut start = 0;
         for row in 1..=sorted.num_rows() {
@@ -199,7 +207,7 @@ mod tests {
     fn shape(cells: &[RecordBatch]) -> Vec<Vec<i64>> {
         cells
             .iter()
-            .map(|c| times(c).iter().map(|t| t.unwrap_or_default() / 1000).collect())
+            .map(|c| times(c).unwrap().iter().map(|t| t.unwrap_or_default() / 1000).collect())
             .collect()
     }
 

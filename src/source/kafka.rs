@@ -31,8 +31,11 @@ use tokio_util::sync::CancellationToken;
 use super::{Record, Stream};
 use crate::config::{Config, TopicsConfig};
 
-/// Logs rebalances; librdkafka does the rest.
-pub struct SourceContext;
+/// Logs rebalances and notes that one happened; librdkafka does the rest.
+pub struct SourceContext {
+    /// Set by every rebalance (and at start), taken by [`changed_assignment`].
+    rebalanced: std::sync::atomic::AtomicBool,
+}
 
 impl ClientContext for SourceContext {}
 
@@ -43,6 +46,10 @@ impl ConsumerContext for SourceContext {
             Rebalance::Assign(tpl) => tracing::info!(partitions = tpl.count(), "partitions assigned"),
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
+    }
+
+    fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
+        self.rebalanced.store(true, std::sync::atomic::Ordering::Release);
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
@@ -114,7 +121,9 @@ pub fn consumer(config: &Config) -> KafkaResult<KafkaConsumer> {
     }
     // At-least-once depends on these two; a pass-through property may not undo them.
     client.set("enable.auto.offset.store", "false");
-    let consumer: StreamConsumer<SourceContext> = client.create_with_context(SourceContext)?;
+    let consumer: StreamConsumer<SourceContext> = client.create_with_context(SourceContext {
+        rebalanced: std::sync::atomic::AtomicBool::new(true),
+    })?;
     let topics: Vec<&str> = config
         .topics
         .audit
@@ -181,22 +190,32 @@ pub async fn poll_batch(
     Some(records)
 }
 
-/// The partitions assigned now, each with the table its topic feeds.
-pub fn assigned_partitions(consumer: &KafkaConsumer, topics: &TopicsConfig) -> Option<Vec<(Arc<str>, i32, Stream)>> {
-    let tpl = consumer.assignment().ok()?;
+/// The partitions assigned now, each with the table its topic feeds, if a rebalance changed them.
+/// Read only after a rebalance (the context's flag), not on every poll.
+pub fn changed_assignment(consumer: &KafkaConsumer, topics: &TopicsConfig) -> Option<Vec<(Arc<str>, i32, Stream)>> {
+    let flag = &consumer.context().rebalanced;
+    if !flag.swap(false, std::sync::atomic::Ordering::AcqRel) {
+        return None;
+    }
+    let Ok(tpl) = consumer.assignment() else {
+        flag.store(true, std::sync::atomic::Ordering::Release); // try again next poll
+        return None;
+    };
     Some(
         tpl.elements()
             .iter()
-            .map(|e| {
-                let stream = if topics.metrics.iter().any(|t| t == e.topic()) {
-                    Stream::Metrics
-                } else {
-                    Stream::Audit
-                };
-                (Arc::from(e.topic()), e.partition(), stream)
-            })
+            .map(|e| (Arc::from(e.topic()), e.partition(), stream_of(topics, e.topic())))
             .collect(),
     )
+}
+
+/// Which decoder a topic's records need.
+fn stream_of(topics: &TopicsConfig, topic: &str) -> Stream {
+    if topics.metrics.iter().any(|t| t == topic) {
+        Stream::Metrics
+    } else {
+        Stream::Audit
+    }
 }
 
 /// Abandons carried records of partitions no longer assigned (a rebalance happened while the
@@ -314,11 +333,7 @@ impl Backpressure {
 
 fn detach(m: &rdkafka::message::BorrowedMessage<'_>, topics: &TopicsConfig) -> Record {
     let topic = m.topic();
-    let stream = if topics.metrics.iter().any(|t| t == topic) {
-        Stream::Metrics
-    } else {
-        Stream::Audit
-    };
+    let stream = stream_of(topics, topic);
     let headers = m
         .headers()
         .map(|h| {

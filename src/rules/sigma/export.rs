@@ -9,7 +9,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use serde_yaml::{Mapping, Value as Yaml};
 
-use super::{COLUMNS, PRODUCT, SERVICE, SigmaError, level_of, uuid_for};
+use super::{PRODUCT, SERVICE, SigmaError, audit_column, level_of, uuid_for};
 use crate::rules::load::{RawRule, RawRuleFile};
 
 /// A detection under construction: comparisons combined with and, or, not.
@@ -183,11 +183,10 @@ fn parse_where(text: &str) -> Result<Node, String> {
 }
 
 fn column(e: &Expr) -> Option<String> {
-    let name = match e {
-        Expr::Identifier(i) => i.value.clone(),
-        _ => return None,
-    };
-    COLUMNS.contains(&name.as_str()).then_some(name)
+    match e {
+        Expr::Identifier(i) => audit_column(&i.value).map(str::to_owned),
+        _ => None,
+    }
 }
 
 fn literal(e: &Expr) -> Option<Yaml> {

@@ -45,11 +45,7 @@ pub fn import_text(text: &str, path: &Path) -> Result<String, SigmaError> {
         let name = text_of(&doc, "name")
             .or_else(|| extra(&doc).and_then(|e| text_of(e, "id")))
             .unwrap_or_else(|| slug(&title));
-        let convert = |message: String| SigmaError::Convert {
-            path: path.to_owned(),
-            rule: name.clone(),
-            message,
-        };
+        let convert = converting(path, &name);
         if doc.contains_key("correlation") {
             correlations.push((name.clone(), doc));
         } else if let Some(Yaml::Mapping(detection)) = doc.get("detection") {
@@ -72,11 +68,7 @@ pub fn import_text(text: &str, path: &Path) -> Result<String, SigmaError> {
     let mut rules = Vec::new();
     let mut used = BTreeSet::new();
     for (name, doc) in &correlations {
-        let convert = |message: String| SigmaError::Convert {
-            path: path.to_owned(),
-            rule: name.clone(),
-            message,
-        };
+        let convert = converting(path, name);
         let c = match doc.get("correlation") {
             Some(Yaml::Mapping(c)) => c,
             _ => return Err(convert("`correlation` is a mapping".into())),
@@ -144,11 +136,7 @@ pub fn import_text(text: &str, path: &Path) -> Result<String, SigmaError> {
         rules.push(Yaml::Mapping(rule));
     }
     for b in bases.iter().filter(|b| !used.contains(&b.name)) {
-        let convert = |message: String| SigmaError::Convert {
-            path: path.to_owned(),
-            rule: b.name.clone(),
-            message,
-        };
+        let convert = converting(path, &b.name);
         let mut rule = Mapping::new();
         rule.insert("id".into(), Yaml::from(b.name.clone()));
         rule.insert("kind".into(), "match".into());
@@ -176,6 +164,15 @@ pub fn import_text(text: &str, path: &Path) -> Result<String, SigmaError> {
         "# Imported from Sigma ({}) by `auditflow rules import`.\n{body}",
         path.display()
     ))
+}
+
+/// Errors about converting the rule `rule` of `path`.
+fn converting<'a>(path: &'a Path, rule: &'a str) -> impl Fn(String) -> SigmaError + Copy + 'a {
+    move |message| SigmaError::Convert {
+        path: path.to_owned(),
+        rule: rule.to_owned(),
+        message,
+    }
 }
 
 /// Severity, summary, description, runbook and repeat interval, from the `auditflow:` extras

@@ -103,44 +103,19 @@ pub fn import_path(path: &Path, out: &Path) -> Result<Vec<PathBuf>, SigmaError> 
     Ok(written)
 }
 
-/// The audit columns a Sigma field may name.
-pub const COLUMNS: [&str; 31] = [
-    "time",
-    "id",
-    "type",
-    "method",
-    "service",
-    "organization",
-    "environment",
-    "cluster_id",
-    "resource_type",
-    "resource_name",
-    "principal",
-    "principal_type",
-    "auth_mechanism",
-    "auth_identifier",
-    "granted",
-    "operation",
-    "authz_via",
-    "role",
-    "result_status",
-    "result_message",
-    "client_ip",
-    "client_port",
-    "client_id",
-    "resource_app",
-    "principal_app",
-    "cross_namespace",
-    "principal_name",
-    "principal_team",
-    "environment_name",
-    "region",
-    "cloud",
-];
+/// The audit column named `name` (every column of `audit_events` but `raw`).
+pub fn audit_column(name: &str) -> Option<&'static str> {
+    let schema: &'static datafusion::arrow::datatypes::SchemaRef = &crate::event::arrow::AUDIT_SCHEMA;
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .find(|c| *c == name && *c != "raw")
+}
 
 /// The audit column a Sigma field names: a column as it is, or a CloudEvent JSON path.
 pub fn column_of(field: &str) -> Option<&'static str> {
-    if let Some(c) = COLUMNS.iter().find(|c| **c == field) {
+    if let Some(c) = audit_column(field) {
         return Some(c);
     }
     Some(match field {

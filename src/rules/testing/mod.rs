@@ -400,67 +400,65 @@ fn check_case(
     order: replay::Order,
     report: &mut TestReport,
 ) -> Result<(), RulesError> {
-    {
-        let (alerts, _) = run_case(ctx, rule_texts, path, case, order)?;
-        let mut failures = Vec::new();
-        for e in &case.expect {
-            report.expected_fired += 1;
-            let by = e.at.as_ref().map(|a| micros(path, &case.name, "at", a)).transpose()?;
-            let matching: Vec<&Alert> = alerts
-                .iter()
-                .filter(|a| a.rule_id == e.rule && a.status.as_str() == e.status)
-                .filter(|a| e.labels.iter().all(|(k, v)| a.labels.get(k) == Some(v)))
-                .filter(|a| by.is_none_or(|by| a.time_us <= BASE_US + by))
-                .collect();
-            let ok = match e.count {
-                Some(c) => matching.len() == c,
-                None => !matching.is_empty(),
-            };
-            if ok {
-                report.fired += 1;
-            } else {
-                let got: Vec<String> = alerts.iter().filter(|a| a.rule_id == e.rule).map(describe).collect();
-                failures.push(format!(
-                    "expected {} {} {:?}{}{}, got {} matching; alerts of that rule: {}",
-                    e.rule,
-                    e.status,
-                    e.labels,
-                    e.at.as_ref().map(|a| format!(" by +{a}")).unwrap_or_default(),
-                    e.count.map(|c| format!(" x{c}")).unwrap_or_default(),
-                    matching.len(),
-                    if got.is_empty() { "none".into() } else { got.join("; ") }
-                ));
-            }
+    let (alerts, _) = run_case(ctx, rule_texts, path, case, order)?;
+    let mut failures = Vec::new();
+    for e in &case.expect {
+        report.expected_fired += 1;
+        let by = e.at.as_ref().map(|a| micros(path, &case.name, "at", a)).transpose()?;
+        let matching: Vec<&Alert> = alerts
+            .iter()
+            .filter(|a| a.rule_id == e.rule && a.status.as_str() == e.status)
+            .filter(|a| e.labels.iter().all(|(k, v)| a.labels.get(k) == Some(v)))
+            .filter(|a| by.is_none_or(|by| a.time_us <= BASE_US + by))
+            .collect();
+        let ok = match e.count {
+            Some(c) => matching.len() == c,
+            None => !matching.is_empty(),
+        };
+        if ok {
+            report.fired += 1;
+        } else {
+            let got: Vec<String> = alerts.iter().filter(|a| a.rule_id == e.rule).map(describe).collect();
+            failures.push(format!(
+                "expected {} {} {:?}{}{}, got {} matching; alerts of that rule: {}",
+                e.rule,
+                e.status,
+                e.labels,
+                e.at.as_ref().map(|a| format!(" by +{a}")).unwrap_or_default(),
+                e.count.map(|c| format!(" x{c}")).unwrap_or_default(),
+                matching.len(),
+                if got.is_empty() { "none".into() } else { got.join("; ") }
+            ));
         }
-        // Templates must render whole: a label a series lacks leaves no hole in the text.
-        for a in &alerts {
-            let hole = a.summary.contains("  ") || a.summary.contains("()") || a.summary.contains(" ,");
-            if hole || a.summary.starts_with(' ') || a.summary.ends_with(' ') {
-                failures.push(format!("{}: summary has a hole: {:?}", a.rule_id, a.summary));
-            }
-        }
-        for rule in &case.silent {
-            report.expected_silent += 1;
-            let raised: Vec<String> = alerts.iter().filter(|a| &a.rule_id == rule).map(describe).collect();
-            if raised.is_empty() {
-                report.silent += 1;
-            } else {
-                failures.push(format!(
-                    "expected {rule} to stay silent, it raised: {}",
-                    raised.join("; ")
-                ));
-            }
-        }
-        report.results.push(TestResult {
-            file: path.to_owned(),
-            name: if case.order.is_some() {
-                case.name.clone()
-            } else {
-                format!("{} [{}]", case.name, order.name())
-            },
-            failures,
-        });
     }
+    // Templates must render whole: a label a series lacks leaves no hole in the text.
+    for a in &alerts {
+        let hole = a.summary.contains("  ") || a.summary.contains("()") || a.summary.contains(" ,");
+        if hole || a.summary.starts_with(' ') || a.summary.ends_with(' ') {
+            failures.push(format!("{}: summary has a hole: {:?}", a.rule_id, a.summary));
+        }
+    }
+    for rule in &case.silent {
+        report.expected_silent += 1;
+        let raised: Vec<String> = alerts.iter().filter(|a| &a.rule_id == rule).map(describe).collect();
+        if raised.is_empty() {
+            report.silent += 1;
+        } else {
+            failures.push(format!(
+                "expected {rule} to stay silent, it raised: {}",
+                raised.join("; ")
+            ));
+        }
+    }
+    report.results.push(TestResult {
+        file: path.to_owned(),
+        name: if case.order.is_some() {
+            case.name.clone()
+        } else {
+            format!("{} [{}]", case.name, order.name())
+        },
+        failures,
+    });
     Ok(())
 }
 
