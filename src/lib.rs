@@ -39,8 +39,9 @@ pub mod enrich;
 pub mod query;
 pub mod rules;
 
-// Layer 3: every output (HEC, OTLP, file, alerts topic, dead letters); the Kafka consumer and
-// committer.
+// Layer 3: every output (HEC, OTLP, file, alerts topic, dead letters, archive); the Kafka
+// consumer and committer; the compliance archive's files, manifests, verify and export.
+pub mod archive;
 pub mod sinks;
 pub mod source;
 

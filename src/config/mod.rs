@@ -4,6 +4,7 @@
 //! clients are built by the pipeline afterwards. Nothing here imports the rest of auditflow:
 //! every stage reads its settings from here.
 
+mod archive;
 mod kafka;
 mod secret;
 mod server;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use archive::{ARCHIVE_SCHEMES, ArchiveConfig, RawArchive};
 pub use kafka::{DecodeConfig, KafkaConfig, MetricsFormat, RawDecode, RawKafka, RawTopics, TopicsConfig};
 pub use secret::{Secret, expand_env, expand_vars, redact_url, redact_urls_in};
 pub use server::{ConnectionLimits, GateLimits, RawServer, ServerConfig, SqlLimits, TlsFiles};
@@ -96,6 +98,8 @@ pub struct RawConfig {
     pub sinks: RawSinks,
     #[serde(default)]
     pub server: RawServer,
+    #[serde(default)]
+    pub archive: Option<RawArchive>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -116,6 +120,8 @@ pub struct Config {
     pub sinks: SinksConfig,
     pub http_listen: Option<SocketAddr>,
     pub server: ServerConfig,
+    /// The compliance archive, when `[archive]` is set.
+    pub archive: Option<ArchiveConfig>,
 }
 
 impl Config {
@@ -148,6 +154,7 @@ impl Config {
         let enrich = raw.enrich.validate(check)?;
         let rules = raw.rules.validate(check)?;
         let window = raw.window.validate(check)?;
+        let archive = raw.archive.map(|a| a.validate(check)).transpose()?;
         Ok(Config {
             kafka,
             topics,
@@ -161,6 +168,7 @@ impl Config {
             sinks,
             http_listen,
             server,
+            archive,
         })
     }
 

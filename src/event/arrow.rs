@@ -4,12 +4,12 @@
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, ListBuilder, MapBuilder, RecordBatch, StringBuilder,
-    TimestampMicrosecondBuilder,
+    ArrayRef, BooleanBuilder, Float64Builder, Int32Array, Int32Builder, Int64Array, ListBuilder, MapBuilder,
+    RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-use super::{Alert, AuditRow, MetricSample};
+use super::{Alert, AuditRow, MetricSample, Origin};
 
 fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
@@ -61,6 +61,35 @@ pub static AUDIT_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("raw", DataType::Utf8, false),
     ]))
 });
+
+/// The compliance archive's files (docs/PRODUCT.md §6): the `audit_events` columns, then where
+/// each event was read in Kafka, so an auditor can trace a row to its record.
+pub static ARCHIVE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields: Vec<Field> = AUDIT_SCHEMA.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("kafka_topic", DataType::Utf8, false));
+    fields.push(Field::new("kafka_partition", DataType::Int32, false));
+    fields.push(Field::new("kafka_offset", DataType::Int64, false));
+    Arc::new(Schema::new(fields))
+});
+
+/// The archive rows of `rows[i]` for each index (rows without an origin are not archivable
+/// and must not be named).
+pub fn archive_batch(rows: &[AuditRow], indices: &[usize]) -> RecordBatch {
+    let picked: Vec<&AuditRow> = indices.iter().map(|&i| &rows[i]).collect();
+    let audit = audit_batch_of(&picked);
+    fn origin<'r>(r: &&'r AuditRow) -> &'r Origin {
+        r.origin.as_ref().expect("archived rows have an origin")
+    }
+    let mut columns = audit.columns().to_vec();
+    columns.push(strings(picked.len(), picked.iter().map(|r| Some(&*origin(r).topic))));
+    columns.push(Arc::new(Int32Array::from_iter_values(
+        picked.iter().map(|r| origin(r).partition),
+    )));
+    columns.push(Arc::new(Int64Array::from_iter_values(
+        picked.iter().map(|r| origin(r).offset),
+    )));
+    batch(&ARCHIVE_SCHEMA, columns)
+}
 
 /// `metrics`: docs/PRODUCT.md §1.2.
 pub static METRICS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -143,8 +172,13 @@ fn batch(schema: &SchemaRef, columns: Vec<ArrayRef>) -> RecordBatch {
 }
 
 pub fn audit_batch(rows: &[AuditRow]) -> RecordBatch {
+    let refs: Vec<&AuditRow> = rows.iter().collect();
+    audit_batch_of(&refs)
+}
+
+fn audit_batch_of(rows: &[&AuditRow]) -> RecordBatch {
     let n = rows.len();
-    let s = |f: fn(&AuditRow) -> Option<&str>| strings(n, rows.iter().map(f));
+    let s = |f: fn(&AuditRow) -> Option<&str>| strings(n, rows.iter().map(|r| f(r)));
     let mut port = Int32Builder::with_capacity(n);
     for r in rows {
         port.append_option(r.client_port.map(i32::from));

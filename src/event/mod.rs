@@ -56,6 +56,17 @@ pub struct AuditRow {
     pub cloud: Option<String>,
     /// The original event JSON, Schema Registry framing removed.
     pub raw: Arc<[u8]>,
+    /// Where the record was read, for the archive's offset accounting (none for rows built
+    /// outside the pipeline).
+    pub origin: Option<Origin>,
+}
+
+/// Where a record was read in Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
 }
 
 /// Who the principal is, as far as the event tells.
@@ -244,6 +255,9 @@ pub struct Batch {
     pub metrics: Vec<MetricSample>,
     pub alerts: Vec<Alert>,
     pub dead_letters: Vec<DeadLetter>,
+    /// Audit records dropped as repeats of an id already seen: the archive records their
+    /// offsets as covered, so its manifests account for every offset.
+    pub duplicates: Vec<Origin>,
 }
 
 impl Batch {

@@ -49,7 +49,7 @@ impl Dispatcher {
         } else {
             Vec::new()
         };
-        if !batch.is_empty() || !batch.dead_letters.is_empty() {
+        if !batch.is_empty() || !batch.dead_letters.is_empty() || !batch.duplicates.is_empty() {
             let batch = Arc::new(batch);
             // Concurrently: a sink that is holding data (HEC refusing its token) must not keep
             // the batch, or an alert about it, from the others.

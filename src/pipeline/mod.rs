@@ -24,6 +24,7 @@ use crate::event::{Alert, Positions, now_us};
 use crate::query::engine::QueryEngine;
 use crate::query::window::Window;
 use crate::rules::{self, RuleEngine};
+use crate::sinks::archive::ArchiveSink;
 use crate::sinks::dead_letter::{DeadLetterSink, DeadLetters};
 use crate::sinks::kafka_alerts::KafkaAlertsSink;
 use crate::sinks::otlp::OtlpSink;
@@ -49,6 +50,10 @@ pub enum PipelineError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("{0}")]
     Sink(#[from] crate::sinks::SinkError),
+    #[error("{0}")]
+    Archive(#[from] crate::archive::ArchiveError),
+    #[error("{0}")]
+    Query(#[from] crate::query::engine::QueryError),
     #[error("http server on {addr}: {source}")]
     Http { addr: SocketAddr, source: std::io::Error },
     #[error("a pipeline task failed: {0}")]
@@ -114,7 +119,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let num_rules = rules.len();
     let telemetry = Telemetry::new();
     let window = Window::with_max_memory(config.window_retention, config.window_max_memory);
-    let query = QueryEngine::with_limits(&window, config.server.limits.clone());
+    let mut query = QueryEngine::with_limits(&window, config.server.limits.clone());
+    if let Some(archive) = &config.archive {
+        let store = crate::archive::store::ArchiveStore::open(&archive.url)?;
+        query = query.with_archive(&store.store_url, &store.table_url, store.store.clone())?;
+    }
     let (alerts_tx, _) = broadcast::channel(1024);
 
     let consumer = Arc::new(kafka::consumer(&config)?);
@@ -150,6 +159,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     if let Some(topic) = &config.topics.alerts {
         let (tx, rx) = mpsc::channel(SINK_QUEUE);
         let sink = KafkaAlertsSink::new(topic, dead_letters.clone(), telemetry.clone());
+        drain.push(tokio::spawn(sink.run(rx)));
+        sinks.push(tx);
+    }
+    if let Some(archive) = config.archive.clone() {
+        let (tx, rx) = mpsc::channel(SINK_QUEUE);
+        let sink = ArchiveSink::new(archive, config.topics.audit.clone(), telemetry.clone())?;
         drain.push(tokio::spawn(sink.run(rx)));
         sinks.push(tx);
     }

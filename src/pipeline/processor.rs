@@ -13,7 +13,7 @@ use crate::enrich::dedupe::Dedupe;
 use crate::enrich::directory::Directory;
 use crate::enrich::ownership::Ownership;
 use crate::event::arrow as tables;
-use crate::event::{Alert, Batch, DeadLetter, now_us};
+use crate::event::{Alert, Batch, DeadLetter, Origin, now_us};
 use crate::query::window::Window;
 use crate::rules::clock::EventClock;
 use crate::rules::{self, RuleEngine, Source};
@@ -148,14 +148,21 @@ impl Processor {
             match record.stream {
                 Stream::Audit => match self.audit.decode(payload) {
                     Ok(mut row) => {
+                        let origin = Origin {
+                            topic: record.topic.clone(),
+                            partition: record.partition,
+                            offset: record.offset,
+                        };
                         self.clocks[0].observe(&record.topic, record.partition, row.time_us, now);
                         if self.dedupe.insert(&row.id, now) {
                             self.ownership.enrich_audit(&mut row);
                             if self.directory.enrich_audit(&mut row) {
                                 crate::enrich::ownership::set_cross_namespace(&mut row);
                             }
+                            row.origin = Some(origin);
                             batch.audit.push(row);
                         } else {
+                            batch.duplicates.push(origin);
                             self.telemetry.duplicates.inc();
                         }
                     }

@@ -154,6 +154,22 @@ impl QueryEngine {
         }
     }
 
+    /// Adds `audit_archive` over the archive at `table_url`, read through `store` (registered
+    /// under `store_url`). Its queries run under the same gate and limits as every other.
+    pub fn with_archive(
+        self,
+        store_url: &url::Url,
+        table_url: &str,
+        store: Arc<dyn object_store::ObjectStore>,
+    ) -> Result<QueryEngine, QueryError> {
+        self.base.runtime_env().register_object_store(store_url, store);
+        let table = super::archive_table::ArchiveTable::new(table_url, false)?;
+        self.base
+            .register_table("audit_archive", Arc::new(table))
+            .map_err(|e| QueryError::Sql(format!("registering audit_archive: {e}")))?;
+        Ok(self)
+    }
+
     /// A session of its own for one statement (or one Postgres connection): the configured
     /// tables, functions and limits, sharing only the memory pool.
     pub fn session(&self) -> SessionContext {

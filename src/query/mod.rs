@@ -3,6 +3,7 @@
 //! functions (`capped`), and the HTTP (`http`) and PostgreSQL wire protocol (`pg`) front ends,
 //! whose connections `conn` bounds.
 
+pub mod archive_table;
 pub mod capped;
 pub mod conn;
 pub mod engine;

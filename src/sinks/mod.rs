@@ -6,6 +6,7 @@
 
 use std::borrow::Cow;
 
+pub mod archive;
 pub mod cim;
 pub mod dead_letter;
 pub mod file;

@@ -12,7 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["config", "event", "retry", "telemetry"],
     &["decode", "enrich"],
     &["query", "rules"],
-    &["sinks", "source"],
+    &["sinks", "source", "archive"],
     &["reload"],
     &["pipeline"],
     &["demo"],

@@ -15,10 +15,10 @@ use crate::support::eventually;
 use crate::support::hec::HecReceiver;
 use crate::support::kafka::{committed, read_all};
 
-struct Tansu(Child);
+pub(crate) struct Tansu(Child);
 
 /// A child process killed when the test ends, pass or fail.
-struct Process(Child);
+pub(crate) struct Process(pub(crate) Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -48,7 +48,7 @@ fn tansu_binary() -> String {
     }
 }
 
-fn start_tansu() -> (Tansu, String) {
+pub(crate) fn start_tansu() -> (Tansu, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -79,7 +79,7 @@ fn start_tansu() -> (Tansu, String) {
 }
 
 /// The audit (2 partitions), metrics and dead-letter topics.
-async fn create_topics(bootstrap: &str) {
+pub(crate) async fn create_topics(bootstrap: &str) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()

@@ -3,6 +3,7 @@
 
 mod alert_sinks;
 mod architecture;
+mod archive;
 mod config_examples;
 mod dashboards;
 mod dead_letters;

@@ -17,6 +17,7 @@ mod table;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub(crate) use pruning::time_bounds;
 pub use table::{BUCKET_US, WindowTable};
 
 /// Columns of repetitive strings, stored dictionary-encoded (a 4-byte key per row instead of

@@ -150,7 +150,7 @@ pub(super) fn pruning(filters: &[Expr]) -> Pruning {
 
 /// The event-time range `[from, to]` (µs) the filters allow: conjuncts comparing `time` with
 /// a timestamp literal (`now() - INTERVAL ...` is folded to one before it gets here).
-fn time_bounds(filters: &[Expr]) -> (i64, i64) {
+pub(crate) fn time_bounds(filters: &[Expr]) -> (i64, i64) {
     let (mut from, mut to) = (i64::MIN, i64::MAX);
     let mut apply = |op: Operator, v: i64| match op {
         Operator::Gt | Operator::GtEq => from = from.max(v),

@@ -235,6 +235,7 @@ fn audit_row(e: &TestAuditEvent, time_us: i64, n: u32, seq: usize) -> AuditRow {
         region: fill(&e.region, n),
         cloud: fill(&e.cloud, n),
         raw: Arc::from(&b"{}"[..]),
+        origin: None,
     }
 }
 
