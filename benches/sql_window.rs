@@ -74,6 +74,7 @@ fn audit_rows(start: usize, n: usize, end_us: i64, total: usize, raw: &Arc<[u8]>
                 region: Some("eu-west-1".into()),
                 cloud: Some("aws".into()),
                 raw: raw.clone(),
+                origin: None,
             }
         })
         .collect()

@@ -331,9 +331,12 @@ fn show_ranges(ranges: &[OffsetRange]) -> String {
     }
 }
 
+/// Offsets `first..=last` of a partition and where they are.
+type Run = (i64, i64, String);
+
 /// Gaps and overlaps per partition, across the whole chain.
 fn check_offsets(report: &mut Report, parsed: &[(u64, String, Manifest)]) {
-    let mut by_partition: BTreeMap<(String, i32), Vec<(i64, i64, String)>> = BTreeMap::new();
+    let mut by_partition: BTreeMap<(String, i32), Vec<Run>> = BTreeMap::new();
     let mut kind = ManifestKind::Archive;
     for (_, path, m) in parsed {
         kind = m.kind;
