@@ -159,6 +159,7 @@ impl Archive {
 /// Runs the pipeline into `archive` twice (the first killed with `kill -9` mid-file), then a
 /// clean stop; checks the result verifies, covers every offset and holds every id once.
 async fn write_crash_restart(archive: &Archive, name: &str) -> Produced {
+    let _alone = crate::support::exclusive().await;
     let (_tansu, bootstrap) = start_tansu();
     create_topics(&bootstrap).await;
     let produced = produce_audit(&bootstrap).await;

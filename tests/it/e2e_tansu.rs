@@ -183,6 +183,7 @@ async fn tansu_broker_to_hec_and_sql() {
 /// re-read records that were already delivered are dropped by the on-disk dedupe store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_and_restart_loses_nothing() {
+    let _alone = crate::support::exclusive().await;
     let (_tansu, bootstrap) = start_tansu();
     create_topics(&bootstrap).await;
     let p = crate::support::kafka::producer(&bootstrap);

@@ -59,3 +59,11 @@ pub fn audit_event(kind: &str, principal: &str, key: &str, extra: serde_json::Va
     });
     (id, serde_json::to_vec(&event).unwrap())
 }
+
+/// Held by the tests that `kill -9` an auditflow process and measure what was in flight: run
+/// beside each other (two brokers, two pipelines, a blob store) they starve each other of CPU
+/// on two cores, and what is in flight at the kill then says nothing about auditflow.
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
