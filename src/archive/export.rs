@@ -142,8 +142,7 @@ impl OpenFile {
             Out::Jsonl(w) => w.write(batch).map_err(fail)?,
             Out::Csv(w) => w.write(batch).map_err(fail)?,
         }
-        self.tally.add(batch);
-        Ok(())
+        self.tally.add(batch)
     }
 
     fn written(&self) -> u64 {
@@ -251,8 +250,10 @@ pub async fn export(req: &ExportRequest) -> Result<ExportSummary, ArchiveError> 
         file.write(&batch)?;
         bar.inc(batch.num_rows() as u64);
         bar.set_message(indicatif::HumanBytes(done_bytes + file.written()).to_string());
-        if file.tally.rows >= FILE_ROWS {
-            let entry = open.take().expect("open").finish()?;
+        if file.tally.rows >= FILE_ROWS
+            && let Some(full) = open.take()
+        {
+            let entry = full.finish()?;
             done_bytes += entry.size;
             entries.push(entry);
         }

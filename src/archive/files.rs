@@ -71,11 +71,11 @@ pub struct Tally {
 
 impl Tally {
     /// Adds `batch` (archive schema).
-    pub fn add(&mut self, batch: &RecordBatch) {
-        let time = column::<TimestampMicrosecondArray>(batch, "time");
-        let topic = column::<StringArray>(batch, "kafka_topic");
-        let partition = column::<Int32Array>(batch, "kafka_partition");
-        let offset = column::<Int64Array>(batch, "kafka_offset");
+    pub fn add(&mut self, batch: &RecordBatch) -> Result<(), ArchiveError> {
+        let time = column::<TimestampMicrosecondArray>(batch, "time")?;
+        let topic = column::<StringArray>(batch, "kafka_topic")?;
+        let partition = column::<Int32Array>(batch, "kafka_partition")?;
+        let offset = column::<Int64Array>(batch, "kafka_offset")?;
         let mut last_topic: Option<Arc<str>> = None;
         for i in 0..batch.num_rows() {
             let t = time.value(i);
@@ -93,6 +93,7 @@ impl Tally {
             self.offsets.push((shared, partition.value(i), offset.value(i)));
         }
         self.rows += batch.num_rows() as u64;
+        Ok(())
     }
 
     pub fn entry(&self, path: String, sha256: String, size: u64) -> FileEntry {
@@ -108,12 +109,13 @@ impl Tally {
     }
 }
 
-/// A column of an archive-schema batch by name.
-pub fn column<'b, A: 'static>(batch: &'b RecordBatch, name: &str) -> &'b A {
+/// A column of an archive-schema batch by name. Batches read back from a spool segment or an
+/// archive file are data from disk: a missing or mistyped column is an error, not a panic.
+pub fn column<'b, A: 'static>(batch: &'b RecordBatch, name: &str) -> Result<&'b A, ArchiveError> {
     batch
         .column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<A>())
-        .unwrap_or_else(|| panic!("archive batches have a `{name}` column of the archive type"))
+        .ok_or_else(|| ArchiveError::Format(format!("rows without a `{name}` column of the archive schema")))
 }
 
 struct HourFile {
@@ -134,7 +136,7 @@ pub fn build(path: &Path, id: &str) -> Result<Built, ArchiveError> {
         dead_letters.extend(frame.meta.dead_letters);
         duplicates.extend(frame.meta.duplicates);
         let Some(rows) = frame.rows else { return Ok(()) };
-        let time = column::<TimestampMicrosecondArray>(&rows, "time");
+        let time = column::<TimestampMicrosecondArray>(&rows, "time")?;
         let mut by_hour: BTreeMap<String, Vec<u32>> = BTreeMap::new();
         let mut last: Option<(i64, String)> = None;
         for i in 0..rows.num_rows() {
@@ -168,7 +170,7 @@ pub fn build(path: &Path, id: &str) -> Result<Built, ArchiveError> {
             file.writer
                 .write(&part)
                 .map_err(|e| format_error("writing Parquet", e))?;
-            file.tally.add(&part);
+            file.tally.add(&part)?;
         }
         Ok(())
     })?;

@@ -88,7 +88,7 @@ impl ArchiveStore {
         Ok(ArchiveStore {
             store,
             root,
-            table_url: format!("{}{prefix}", store_url.as_str().trim_end_matches('/').to_owned() + "/"),
+            table_url: format!("{}/{prefix}", store_url.as_str().trim_end_matches('/')),
             store_url,
             local_dir: None,
             display: url.to_owned(),
