@@ -1,0 +1,445 @@
+//! The throughput harness (issue 14): the release `auditflow` binary, as its own process, drains
+//! a preloaded backlog of ~1 KB Confluent audit events from librdkafka's mock cluster through
+//! decode -> validate -> dedupe -> enrich -> shipped rules -> window -> Splunk HEC, into a lean
+//! receiver in this process (token check, gunzip, parse every event, answer 200 or ackIds).
+//!
+//! Reported per mode (gzip with acknowledgements off and on, no compression):
+//! - steady events/s at the receiver (first to last arrival), and events per CPU-second of the
+//!   auditflow process over the same span (`/proc/<pid>/stat`, so neither the broker nor the
+//!   receiver is counted; both share the two cores, as in production on a small box);
+//! - peak RSS (`VmHWM`) and the window's own bytes (from `/metrics`) at the end of the drain;
+//! - the time from process start, and from the consumer's assignment, to the first event at HEC;
+//! - latency percentiles at half of the measured peak: each event's own `time` (set when it is
+//!   produced) to its arrival at the receiver.
+//!
+//! The mock cluster keeps only the newest 5 MB of a partition, so the backlog is spread over as
+//! many partitions as it needs. Run: `cargo bench --bench drain` (`DRAIN_EVENTS=600000` for the
+//! memory figure; `DRAIN_MODES=gzip` to run one mode).
+
+use std::io::{BufRead, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use hdrhistogram::Histogram;
+use rdkafka::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Deserialize;
+
+const TOKEN: &str = "00000000-0000-0000-0000-00000000drain";
+const TOPIC: &str = "confluent-audit-log-events";
+/// Bytes per partition the backlog may use (the mock cluster keeps 5 MB).
+const PARTITION_BUDGET: usize = 4_300_000;
+
+#[derive(Default)]
+struct Receiver {
+    events: AtomicU64,
+    first: Mutex<Option<Instant>>,
+    last: Mutex<Option<Instant>>,
+    next_ack: AtomicU64,
+    /// Milliseconds from each event's `time` to its arrival, once `measuring` is set.
+    latency: Mutex<Option<Histogram<u64>>>,
+}
+
+#[derive(Deserialize)]
+struct HecEvent {
+    time: f64,
+}
+
+async fn event(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Splunk {TOKEN}")) {
+        return (StatusCode::FORBIDDEN, r#"{"text":"Invalid token","code":4}"#.into());
+    }
+    let gzipped = headers.get("content-encoding").is_some_and(|v| v == "gzip");
+    let mut raw = Vec::new();
+    let body: &[u8] = if gzipped {
+        if flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut raw).is_err() {
+            return (
+                StatusCode::BAD_REQUEST,
+                r#"{"text":"Invalid data format","code":6}"#.into(),
+            );
+        }
+        &raw
+    } else {
+        &body
+    };
+    let now_ms = chrono::Utc::now().timestamp_millis() as f64;
+    let mut n = 0;
+    let mut latencies = Vec::new();
+    for item in serde_json::Deserializer::from_slice(body).into_iter::<HecEvent>() {
+        match item {
+            Ok(e) => latencies.push((now_ms - e.time * 1000.0).max(1.0) as u64),
+            Err(_) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    r#"{"text":"Invalid data format","code":6}"#.into(),
+                );
+            }
+        }
+        n += 1;
+    }
+    if let Some(h) = r.latency.lock().unwrap().as_mut() {
+        for ms in latencies {
+            h.saturating_record(ms);
+        }
+    }
+    r.events.fetch_add(n, Ordering::Relaxed);
+    let now = Instant::now();
+    r.first.lock().unwrap().get_or_insert(now);
+    *r.last.lock().unwrap() = Some(now);
+    // One counter across channels: ackIds only need to be unique per channel.
+    let id = r.next_ack.fetch_add(1, Ordering::Relaxed);
+    (StatusCode::OK, format!(r#"{{"text":"Success","code":0,"ackId":{id}}}"#))
+}
+
+/// Every ackId asked about is indexed (an indexer that keeps up).
+async fn ack(body: Bytes) -> (StatusCode, String) {
+    let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let acks: serde_json::Map<String, serde_json::Value> = request["acks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_u64())
+        .map(|id| (id.to_string(), serde_json::Value::Bool(true)))
+        .collect();
+    (StatusCode::OK, serde_json::json!({ "acks": acks }).to_string())
+}
+
+async fn start_receiver() -> (Arc<Receiver>, String) {
+    let receiver = Arc::new(Receiver::default());
+    let app = Router::new()
+        .route("/services/collector/event", post(event))
+        .route("/services/collector/ack", post(ack))
+        .with_state(receiver.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (receiver, url)
+}
+
+/// The shipped audit samples (~1 KB each), to be given fresh ids.
+fn samples() -> Vec<serde_json::Value> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/samples/audit");
+    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files
+        .iter()
+        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+        .collect()
+}
+
+fn event_bytes(samples: &[serde_json::Value], i: usize, time: chrono::DateTime<chrono::Utc>) -> Vec<u8> {
+    let mut v = samples[i % samples.len()].clone();
+    v["id"] = serde_json::json!(format!("drain-{i}-{:016x}", rand::random::<u64>()));
+    v["time"] = serde_json::json!(time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    serde_json::to_vec(&v).unwrap()
+}
+
+fn producer(bootstrap: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "2")
+        .set("queue.buffering.max.messages", "2000000")
+        .set("queue.buffering.max.kbytes", "2097151")
+        .create()
+        .unwrap()
+}
+
+async fn produce(p: &FutureProducer, partitions: i32, payloads: Vec<(usize, Vec<u8>)>) {
+    let sends = payloads.into_iter().map(|(i, bytes)| {
+        let p = p.clone();
+        async move {
+            let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(TOPIC)
+                .partition((i % partitions as usize) as i32)
+                .payload(&bytes);
+            p.send(record, Duration::from_secs(60))
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
+        }
+    });
+    for r in futures::future::join_all(sends).await {
+        r.unwrap();
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Gzip,
+    GzipAcks,
+    Plain,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Gzip => "gzip, acks off",
+            Mode::GzipAcks => "gzip, acks on",
+            Mode::Plain => "no compression",
+        }
+    }
+}
+
+fn write_config(dir: &Path, bootstrap: &str, hec: &str, group: &str, mode: Mode, http: &str) -> std::path::PathBuf {
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let (compression, acks) = match mode {
+        Mode::Gzip => (true, false),
+        Mode::GzipAcks => (true, true),
+        Mode::Plain => (false, false),
+    };
+    let text = format!(
+        r#"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+group_id = "{group}"
+[kafka.properties]
+"session.timeout.ms" = "6000"
+[rules]
+dirs = ["{rules}"]
+[server]
+http_listen = "{http}"
+[sinks.splunk_hec]
+endpoints = ["{hec}"]
+token = "{TOKEN}"
+compression = {compression}
+acknowledgements = {acks}
+ack_poll_interval = "20ms"
+"#,
+        rules = rules.display()
+    );
+    let path = dir.join(format!("{group}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `(utime + stime)` of `pid` in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0 // USER_HZ is 100 on Linux
+}
+
+fn status_kb(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sum of a gauge family on the process's `/metrics` page.
+async fn scrape_sum(http: &str, family: &str) -> u64 {
+    let text = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+struct Process {
+    child: Child,
+    /// When the consumer logged its assignment.
+    assigned: Arc<Mutex<Option<Instant>>>,
+}
+
+fn spawn(config: &Path) -> Process {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_auditflow"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("AUDITFLOW_LOG", "info,librdkafka=warn,rdkafka=warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let assigned = Arc::new(Mutex::new(None));
+    let stderr = child.stderr.take().unwrap();
+    let seen = assigned.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if line.contains("partitions assigned") {
+                seen.lock().unwrap().get_or_insert(Instant::now());
+            }
+            if line.contains("ERROR") {
+                eprintln!("auditflow: {line}");
+            }
+        }
+    });
+    Process { child, assigned }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+struct Drained {
+    rate: f64,
+    per_cpu_second: f64,
+    peak_rss_mb: f64,
+    window_mb: f64,
+    start_ms: u128,
+    after_assignment_ms: u128,
+}
+
+/// Drains the backlog of `n` events with a fresh consumer group, then measures latency at half
+/// the drain rate on the same process.
+async fn run_mode(
+    mode: Mode,
+    bootstrap: &str,
+    n: usize,
+    partitions: i32,
+    samples: &[serde_json::Value],
+) -> (Drained, [u64; 4], f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let (receiver, url) = start_receiver().await;
+    let http = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let group = format!("drain-{}", rand::random::<u32>());
+    let config = write_config(dir.path(), bootstrap, &url, &group, mode, &http);
+    let started = Instant::now();
+    let process = spawn(&config);
+    let pid = process.child.id();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut cpu_at_first = None;
+    while receiver.events.load(Ordering::Relaxed) < n as u64 {
+        assert!(Instant::now() < deadline, "backlog not drained");
+        if cpu_at_first.is_none() && receiver.events.load(Ordering::Relaxed) > 0 {
+            cpu_at_first = Some(cpu_seconds(pid));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let cpu = cpu_seconds(pid) - cpu_at_first.unwrap_or(0.0);
+    let first = receiver.first.lock().unwrap().unwrap();
+    let last = receiver.last.lock().unwrap().unwrap();
+    let span = (last - first).as_secs_f64();
+    let assigned = process.assigned.lock().unwrap().unwrap_or(started);
+    let drained = Drained {
+        rate: n as f64 / span,
+        per_cpu_second: n as f64 / cpu.max(0.01),
+        peak_rss_mb: status_kb(pid, "VmHWM:") as f64 / 1024.0,
+        window_mb: scrape_sum(&http, "auditflow_window_bytes").await as f64 / 1e6,
+        start_ms: (first - started).as_millis(),
+        after_assignment_ms: first.saturating_duration_since(assigned).as_millis(),
+    };
+
+    // Latency at half of the drain rate, on the same process.
+    *receiver.latency.lock().unwrap() = Some(Histogram::new_with_bounds(1, 600_000, 3).unwrap());
+    let base = receiver.events.load(Ordering::Relaxed);
+    let rate = drained.rate / 2.0;
+    let seconds = 15.0;
+    let total = (rate * seconds) as usize;
+    let p = producer(bootstrap);
+    let tick = Duration::from_millis(5);
+    let mut interval = tokio::time::interval(tick);
+    let began = Instant::now();
+    let mut produced = 0;
+    let mut pending = Vec::new();
+    while produced < total {
+        interval.tick().await;
+        let due = ((began.elapsed().as_secs_f64() * rate) as usize).min(total);
+        let now = chrono::Utc::now();
+        let batch: Vec<(usize, Vec<u8>)> = (produced..due)
+            .map(|i| (n + i, event_bytes(samples, n + i, now)))
+            .collect();
+        produced = due;
+        let p = p.clone();
+        pending.push(tokio::spawn(async move { produce(&p, partitions, batch).await }));
+    }
+    for h in pending {
+        h.await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while receiver.events.load(Ordering::Relaxed) < base + total as u64 {
+        assert!(Instant::now() < deadline, "latency phase not delivered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let achieved = total as f64 / began.elapsed().as_secs_f64();
+    let h = receiver.latency.lock().unwrap().take().unwrap();
+    let percentiles = [0.5, 0.9, 0.99, 0.999].map(|q| h.value_at_quantile(q));
+    drop(process);
+    (drained, percentiles, achieved)
+}
+
+fn main() {
+    // `cargo test --benches` runs benches without `--bench`: keep that quick.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let n: usize = std::env::var("DRAIN_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 5_000 } else { 300_000 });
+    let modes: Vec<Mode> = match std::env::var("DRAIN_MODES").as_deref() {
+        Ok("gzip") => vec![Mode::Gzip],
+        Ok("acks") => vec![Mode::GzipAcks],
+        Ok("plain") => vec![Mode::Plain],
+        _ if quick => vec![Mode::Gzip],
+        _ => vec![Mode::Gzip, Mode::GzipAcks, Mode::Plain],
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let samples = samples();
+        let mean = samples.iter().map(|s| serde_json::to_vec(s).unwrap().len() + 40).sum::<usize>() / samples.len();
+        let partitions = (n * mean).div_ceil(PARTITION_BUDGET).max(6) as i32;
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic(TOPIC, partitions, 1).unwrap();
+        cluster.create_topic("confluent-metrics", 1, 1).unwrap();
+        cluster.create_topic("auditflow-dead-letter", 1, 1).unwrap();
+        let bootstrap = cluster.bootstrap_servers();
+        let p = producer(&bootstrap);
+        let loading = Instant::now();
+        let now = chrono::Utc::now();
+        for chunk in (0..n).collect::<Vec<_>>().chunks(50_000) {
+            let payloads = chunk.iter().map(|&i| (i, event_bytes(&samples, i, now))).collect();
+            produce(&p, partitions, payloads).await;
+        }
+        println!(
+            "drain: {n} events (~{mean} bytes) preloaded over {partitions} partitions in {:.1} s",
+            loading.elapsed().as_secs_f64()
+        );
+        for mode in modes {
+            let (d, [p50, p90, p99, p999], achieved) = run_mode(mode, &bootstrap, n, partitions, &samples).await;
+            println!(
+                "drain/{}: {:.0} events/s steady, {:.0} events per CPU-second, peak RSS {:.0} MB (window {:.0} MB, rest {:.0} MB), first event {} ms after start, {} ms after assignment",
+                mode.name(),
+                d.rate,
+                d.per_cpu_second,
+                d.peak_rss_mb,
+                d.window_mb,
+                d.peak_rss_mb - d.window_mb,
+                d.start_ms,
+                d.after_assignment_ms,
+            );
+            println!(
+                "drain/{}: at {achieved:.0} events/s (half of peak): latency event time -> HEC received p50 {p50} ms, p90 {p90} ms, p99 {p99} ms, p99.9 {p999} ms",
+                mode.name()
+            );
+        }
+        drop(cluster);
+    });
+}
