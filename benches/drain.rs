@@ -14,7 +14,9 @@
 //!
 //! The mock cluster keeps only the newest 5 MB of a partition, so the backlog is spread over as
 //! many partitions as it needs. Run: `cargo bench --bench drain` (`DRAIN_EVENTS=600000` for the
-//! memory figure; `DRAIN_MODES=gzip` to run one mode).
+//! memory figure; `DRAIN_MODES=gzip` to run one mode; `DRAIN_MODES=broker` for the harness's own
+//! ceiling: a bare consumer's drain rate, and producer -> mock broker -> bare consumer latency,
+//! which bounds every latency figure here from below).
 
 use std::io::{BufRead, Read};
 use std::path::Path;
@@ -38,6 +40,8 @@ const TOKEN: &str = "00000000-0000-0000-0000-00000000drain";
 const TOPIC: &str = "confluent-audit-log-events";
 /// Bytes per partition the backlog may use (the mock cluster keeps 5 MB).
 const PARTITION_BUDGET: usize = 4_300_000;
+/// Events the broker-only latency check produces (10 s at 10,000 events/s).
+const LATENCY_EVENTS: usize = 100_000;
 
 #[derive(Default)]
 struct Receiver {
@@ -52,6 +56,7 @@ struct Receiver {
 #[derive(Deserialize)]
 struct HecEvent {
     time: f64,
+    sourcetype: String,
 }
 
 async fn event(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
@@ -76,7 +81,9 @@ async fn event(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) 
     let mut latencies = Vec::new();
     for item in serde_json::Deserializer::from_slice(body).into_iter::<HecEvent>() {
         match item {
-            Ok(e) => latencies.push((now_ms - e.time * 1000.0).max(1.0) as u64),
+            // Alerts are HEC events too; only the audit events are counted and timed.
+            Ok(e) if e.sourcetype == "confluent:audit" => latencies.push((now_ms - e.time * 1000.0).max(1.0) as u64),
+            Ok(_) => continue,
             Err(_) => {
                 return (
                     StatusCode::BAD_REQUEST,
@@ -153,11 +160,11 @@ fn producer(bootstrap: &str) -> FutureProducer {
         .unwrap()
 }
 
-async fn produce(p: &FutureProducer, partitions: i32, payloads: Vec<(usize, Vec<u8>)>) {
+async fn produce(p: &FutureProducer, topic: &'static str, partitions: i32, payloads: Vec<(usize, Vec<u8>)>) {
     let sends = payloads.into_iter().map(|(i, bytes)| {
         let p = p.clone();
         async move {
-            let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(TOPIC)
+            let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(topic)
                 .partition((i % partitions as usize) as i32)
                 .payload(&bytes);
             p.send(record, Duration::from_secs(60))
@@ -366,7 +373,7 @@ async fn run_mode(
             .collect();
         produced = due;
         let p = p.clone();
-        pending.push(tokio::spawn(async move { produce(&p, partitions, batch).await }));
+        pending.push(tokio::spawn(async move { produce(&p, TOPIC, partitions, batch).await }));
     }
     for h in pending {
         h.await.unwrap();
@@ -383,6 +390,37 @@ async fn run_mode(
     (drained, percentiles, achieved)
 }
 
+/// How fast a bare librdkafka consumer (no processing) drains the backlog: the ceiling the mock
+/// cluster sets for every mode.
+fn broker_ceiling(bootstrap: &str, n: usize, mut latency: Option<&mut Histogram<u64>>) -> f64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("ceiling-{}", rand::random::<u32>()))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("fetch.wait.max.ms", "100")
+        .set("queued.max.messages.kbytes", "16384")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[TOPIC]).unwrap();
+    let mut seen = 0;
+    let mut first = None;
+    while seen < n {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(Instant::now);
+            if let Some(h) = latency.as_deref_mut()
+                && seen >= n - LATENCY_EVENTS
+                && let Some(ms) = rdkafka::Message::timestamp(&m).to_millis()
+            {
+                h.saturating_record((chrono::Utc::now().timestamp_millis() - ms).max(1) as u64);
+            }
+            seen += 1;
+        }
+    }
+    n as f64 / first.unwrap().elapsed().as_secs_f64()
+}
+
 fn main() {
     // `cargo test --benches` runs benches without `--bench`: keep that quick.
     let quick = !std::env::args().any(|a| a == "--bench");
@@ -394,6 +432,7 @@ fn main() {
         Ok("gzip") => vec![Mode::Gzip],
         Ok("acks") => vec![Mode::GzipAcks],
         Ok("plain") => vec![Mode::Plain],
+        Ok("broker") => Vec::new(),
         _ if quick => vec![Mode::Gzip],
         _ => vec![Mode::Gzip, Mode::GzipAcks, Mode::Plain],
     };
@@ -416,12 +455,42 @@ fn main() {
         let now = chrono::Utc::now();
         for chunk in (0..n).collect::<Vec<_>>().chunks(50_000) {
             let payloads = chunk.iter().map(|&i| (i, event_bytes(&samples, i, now))).collect();
-            produce(&p, partitions, payloads).await;
+            produce(&p, TOPIC, partitions, payloads).await;
         }
         println!(
             "drain: {n} events (~{mean} bytes) preloaded over {partitions} partitions in {:.1} s",
             loading.elapsed().as_secs_f64()
         );
+        if std::env::var("DRAIN_MODES").as_deref() == Ok("broker") {
+            let b = bootstrap.clone();
+            let rate = tokio::task::spawn_blocking(move || broker_ceiling(&b, n, None)).await.unwrap();
+            println!("drain/broker: a bare consumer in this process reads {rate:.0} events/s from the mock cluster");
+            // The harness's own latency: produce at 10,000 events/s for 10 s, read with a bare consumer.
+            let total = LATENCY_EVENTS;
+            let b = bootstrap.clone();
+            let reader = tokio::task::spawn_blocking(move || {
+                let mut h = Histogram::<u64>::new_with_bounds(1, 600_000, 3).unwrap();
+                broker_ceiling(&b, n + total, Some(&mut h));
+                [0.5, 0.99].map(|q| h.value_at_quantile(q))
+            });
+            let p = producer(&bootstrap);
+            let began = Instant::now();
+            let mut produced = 0;
+            let mut interval = tokio::time::interval(Duration::from_millis(5));
+            let mut pending = Vec::new();
+            while produced < total {
+                interval.tick().await;
+                let due = ((began.elapsed().as_secs_f64() * 10_000.0) as usize).min(total);
+                let now = chrono::Utc::now();
+                let batch: Vec<(usize, Vec<u8>)> = (produced..due).map(|i| (n + i, event_bytes(&samples, n + i, now))).collect();
+                produced = due;
+                let p = p.clone();
+                pending.push(tokio::spawn(async move { produce(&p, TOPIC, partitions, batch).await }));
+            }
+            let [p50, p99] = reader.await.unwrap();
+            println!("drain/broker: producer -> bare consumer at 10,000 events/s: p50 {p50} ms, p99 {p99} ms");
+            return;
+        }
         for mode in modes {
             let (d, [p50, p90, p99, p999], achieved) = run_mode(mode, &bootstrap, n, partitions, &samples).await;
             println!(

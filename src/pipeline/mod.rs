@@ -30,7 +30,7 @@ use crate::sinks::kafka_alerts::KafkaAlertsSink;
 use crate::sinks::otlp::OtlpSink;
 use crate::sinks::splunk_hec::sink::HecSink;
 use crate::source::committer::{self, RememberDelivered};
-use crate::source::kafka;
+use crate::source::{self, kafka};
 use crate::telemetry::Telemetry;
 use dispatch::{AlertPublisher, Dispatcher, run_sql_rules, run_system_alerts};
 pub use processor::Processor;
@@ -293,35 +293,94 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     })
 }
 
+/// One poll's records, with what the poll side learnt about them.
+struct Polled {
+    records: Vec<source::Record>,
+    positions: Positions,
+    /// The new assignment, when a rebalance changed it before these records.
+    assigned: Option<Vec<(Arc<str>, i32, source::Stream)>>,
+    bytes: usize,
+}
+
+/// Polls already handed to the processor but not yet taken: enough that the next poll is ready
+/// when processing ends, few enough that the in-flight budget still bounds memory.
+const POLL_AHEAD: usize = 2;
+
+/// Runs the source as two tasks, so polling (and librdkafka's copying out) overlaps decoding,
+/// rules and the window: the poll task keeps the consumer in its group (pausing it while the
+/// processor is backed up), the processor task decodes and dispatches in poll order.
 async fn run_source(
     config: Config,
     consumer: Arc<kafka::KafkaConsumer>,
-    mut processor: Processor,
+    processor: Processor,
     dispatcher: Dispatcher,
     shutdown: CancellationToken,
+) -> Result<(), PipelineError> {
+    let (tx, rx) = mpsc::channel(POLL_AHEAD);
+    let processing = tokio::spawn(run_processor(processor, dispatcher, rx));
+    let polled = poll_loop(&config, &consumer, tx, &shutdown).await;
+    let processed = match processing.await {
+        Ok(r) => r,
+        Err(e) => Err(PipelineError::Task(e.to_string())),
+    };
+    // The processor's error is the cause; the poll side only saw its channel close.
+    processed?;
+    polled?;
+    tracing::info!("stopped fetching; draining");
+    Ok(())
+}
+
+async fn poll_loop(
+    config: &Config,
+    consumer: &kafka::KafkaConsumer,
+    tx: mpsc::Sender<Polled>,
+    shutdown: &CancellationToken,
 ) -> Result<(), PipelineError> {
     let max = config.kafka.batch_max_records;
     let linger = config.kafka.batch_linger;
     let mut carried = Vec::new();
     let mut backpressure = kafka::Backpressure::new();
-    while let Some(records) = kafka::poll_batch(&consumer, &config.topics, max, linger, &shutdown, &mut carried).await {
+    while let Some(records) = kafka::poll_batch(consumer, &config.topics, max, linger, shutdown, &mut carried).await {
         let mut positions = Positions::default();
         for r in &records {
             positions.record(&r.topic, r.partition, r.offset, r.timestamp_ms);
         }
-        if let Some(assigned) = kafka::changed_assignment(&consumer, &config.topics) {
-            processor.set_assignment(&assigned);
+        let assigned = kafka::changed_assignment(consumer, &config.topics);
+        let bytes = records.iter().map(|r| r.payload.as_ref().map_or(0, |p| p.len())).sum();
+        let polled = Polled {
+            records,
+            positions,
+            assigned,
+            bytes,
+        };
+        let handoff = tx.send(polled);
+        if backpressure
+            .wait(consumer, &config.topics, &mut carried, handoff)
+            .await
+            .is_err()
+        {
+            return Err(PipelineError::Task("the processor stopped".into()));
         }
-        let batch = processor.process(&records);
-        if records.is_empty() && batch.is_empty() {
+    }
+    Ok(())
+}
+
+/// Decodes, evaluates and dispatches polls in the order they were read, until the poll side
+/// stops (then what it already handed over is still processed and dispatched).
+async fn run_processor(
+    mut processor: Processor,
+    dispatcher: Dispatcher,
+    mut rx: mpsc::Receiver<Polled>,
+) -> Result<(), PipelineError> {
+    while let Some(polled) = rx.recv().await {
+        if let Some(assigned) = &polled.assigned {
+            processor.set_assignment(assigned);
+        }
+        let batch = processor.process(&polled.records);
+        if polled.records.is_empty() && batch.is_empty() {
             continue; // an idle tick that released nothing
         }
-        let bytes = records.iter().map(|r| r.payload.as_ref().map_or(0, |p| p.len())).sum();
-        let handoff = dispatcher.dispatch(batch, positions, bytes);
-        backpressure
-            .wait(&consumer, &config.topics, &mut carried, handoff)
-            .await?;
+        dispatcher.dispatch(batch, polled.positions, polled.bytes).await?;
     }
-    tracing::info!("stopped fetching; draining");
     Ok(())
 }
