@@ -373,10 +373,18 @@ async fn run_processor(
     mut rx: mpsc::Receiver<Polled>,
 ) -> Result<(), PipelineError> {
     while let Some(polled) = rx.recv().await {
-        if let Some(assigned) = &polled.assigned {
-            processor.set_assignment(assigned);
-        }
-        let batch = processor.process(&polled.records);
+        // Decoding, rules and the window are CPU work of tens of milliseconds per poll: on the
+        // blocking pool they keep the runtime's workers free for polling and HTTP meanwhile.
+        let (returned, batch, polled) = tokio::task::spawn_blocking(move || {
+            if let Some(assigned) = &polled.assigned {
+                processor.set_assignment(assigned);
+            }
+            let batch = processor.process(&polled.records);
+            (processor, batch, polled)
+        })
+        .await
+        .map_err(|e| PipelineError::Task(format!("processing a poll: {e}")))?;
+        processor = returned;
         if polled.records.is_empty() && batch.is_empty() {
             continue; // an idle tick that released nothing
         }

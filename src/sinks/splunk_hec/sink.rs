@@ -187,21 +187,31 @@ impl HecSink {
                     Ok(None) | Err(_) => break,
                 }
             }
-            let mut encoder = Encoder::new(config);
-            for item in &items {
-                for row in &item.batch.audit {
-                    encoder.audit(row);
+            // Encoding is CPU work: off the runtime's workers, beside the next poll's processing.
+            let shared = self.shared.clone();
+            let encoded = tokio::task::spawn_blocking(move || {
+                let mut encoder = Encoder::new(&shared.config);
+                for item in &items {
+                    for row in &item.batch.audit {
+                        encoder.audit(row);
+                    }
+                    for m in &item.batch.metrics {
+                        encoder.metric(m);
+                    }
+                    for a in &item.batch.alerts {
+                        encoder.alert(a);
+                    }
                 }
-                for m in &item.batch.metrics {
-                    encoder.metric(m);
-                }
-                for a in &item.batch.alerts {
-                    encoder.alert(a);
-                }
-            }
+                (items, std::mem::take(&mut encoder.bodies))
+            })
+            .await;
+            let Ok((items, bodies)) = encoded else {
+                tracing::error!("encoding a HEC group failed; the sink stops");
+                return;
+            };
             let group = Group {
                 items,
-                bodies: std::mem::take(&mut encoder.bodies),
+                bodies,
                 num_events,
             };
             if groups_tx.send(group).await.is_err() {
