@@ -29,6 +29,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::de::IgnoredAny;
 use tokio_util::sync::CancellationToken;
 
+mod support;
+
 const TOKEN: &str = "00000000-0000-0000-0000-00000000bench";
 const TOPIC: &str = "confluent-audit-log-events";
 const PARTITIONS: i32 = 8;
@@ -80,38 +82,16 @@ async fn event(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) 
     )
 }
 
-/// Every ackId asked about is indexed (an indexer that keeps up).
-async fn ack(body: Bytes) -> (StatusCode, String) {
-    let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let acks: serde_json::Map<String, serde_json::Value> = request["acks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_u64())
-        .map(|id| (id.to_string(), serde_json::Value::Bool(true)))
-        .collect();
-    (StatusCode::OK, serde_json::json!({ "acks": acks }).to_string())
-}
-
 async fn start_receiver() -> (Arc<Receiver>, String) {
     let receiver = Arc::new(Receiver::default());
     let app = Router::new()
         .route("/services/collector/event", post(event))
-        .route("/services/collector/ack", post(ack))
+        .route("/services/collector/ack", post(support::ack))
         .with_state(receiver.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (receiver, url)
-}
-
-/// The shipped audit samples, one JSON line each (~1 KB), to be given fresh ids.
-fn samples() -> Vec<serde_json::Value> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/samples/audit");
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
-        .collect()
 }
 
 fn producer(bootstrap: &str) -> FutureProducer {
@@ -121,13 +101,6 @@ fn producer(bootstrap: &str) -> FutureProducer {
         .set("queue.buffering.max.messages", "1000000")
         .create()
         .unwrap()
-}
-
-fn event_bytes(samples: &[serde_json::Value], i: usize, now: chrono::DateTime<chrono::Utc>) -> Vec<u8> {
-    let mut v = samples[i % samples.len()].clone();
-    v["id"] = serde_json::json!(format!("bench-{i}-{}", uuid::Uuid::new_v4()));
-    v["time"] = serde_json::json!(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-    serde_json::to_vec(&v).unwrap()
 }
 
 fn config(bootstrap: &str, hec: &str, group: &str, acks: bool) -> Config {
@@ -172,14 +145,14 @@ fn cluster() -> Cluster {
 /// Drains a preloaded backlog; events per second between the first and last arrival.
 async fn peak(acks: bool) -> f64 {
     let c = cluster();
-    let samples = samples();
+    let samples = support::samples();
     let p = producer(&c.bootstrap);
     // 4.5 MB per partition stays under the mock cluster's 5 MB retention.
     let n = 8 * 4200;
     let now = chrono::Utc::now();
     let mut sends = Vec::with_capacity(n);
     for i in 0..n {
-        let bytes = event_bytes(&samples, i, now);
+        let bytes = support::event_bytes(&samples, i, now);
         let p = p.clone();
         sends.push(async move {
             let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(TOPIC)
@@ -222,7 +195,7 @@ async fn latency_at(rate: f64, seconds: u64, acks: bool) -> (f64, [u64; 4]) {
         .unwrap();
     // Let the group settle before measuring.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let samples = samples();
+    let samples = support::samples();
     let p = producer(&c.bootstrap);
     let started = Instant::now();
     let total = (rate * seconds as f64) as usize;
@@ -236,7 +209,7 @@ async fn latency_at(rate: f64, seconds: u64, acks: bool) -> (f64, [u64; 4]) {
         let due = ((started.elapsed().as_secs_f64() / tick.as_secs_f64()) * per_tick) as usize;
         let now = chrono::Utc::now();
         while produced < due.min(total) {
-            let bytes = event_bytes(&samples, produced, now);
+            let bytes = support::event_bytes(&samples, produced, now);
             let p = p.clone();
             let partition = (produced % PARTITIONS as usize) as i32;
             pending.push(tokio::spawn(async move {

@@ -36,6 +36,8 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
 
+mod support;
+
 const TOKEN: &str = "00000000-0000-0000-0000-00000000drain";
 const TOPIC: &str = "confluent-audit-log-events";
 /// Bytes per partition the backlog may use (the mock cluster keeps 5 MB).
@@ -107,47 +109,16 @@ async fn event(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) 
     (StatusCode::OK, format!(r#"{{"text":"Success","code":0,"ackId":{id}}}"#))
 }
 
-/// Every ackId asked about is indexed (an indexer that keeps up).
-async fn ack(body: Bytes) -> (StatusCode, String) {
-    let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let acks: serde_json::Map<String, serde_json::Value> = request["acks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_u64())
-        .map(|id| (id.to_string(), serde_json::Value::Bool(true)))
-        .collect();
-    (StatusCode::OK, serde_json::json!({ "acks": acks }).to_string())
-}
-
 async fn start_receiver() -> (Arc<Receiver>, String) {
     let receiver = Arc::new(Receiver::default());
     let app = Router::new()
         .route("/services/collector/event", post(event))
-        .route("/services/collector/ack", post(ack))
+        .route("/services/collector/ack", post(support::ack))
         .with_state(receiver.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (receiver, url)
-}
-
-/// The shipped audit samples (~1 KB each), to be given fresh ids.
-fn samples() -> Vec<serde_json::Value> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/samples/audit");
-    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    files
-        .iter()
-        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
-        .collect()
-}
-
-fn event_bytes(samples: &[serde_json::Value], i: usize, time: chrono::DateTime<chrono::Utc>) -> Vec<u8> {
-    let mut v = samples[i % samples.len()].clone();
-    v["id"] = serde_json::json!(format!("drain-{i}-{:016x}", rand::random::<u64>()));
-    v["time"] = serde_json::json!(time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-    serde_json::to_vec(&v).unwrap()
 }
 
 fn producer(bootstrap: &str) -> FutureProducer {
@@ -357,7 +328,14 @@ async fn run_mode(
     let base = receiver.events.load(Ordering::Relaxed);
     let rate = drained.rate / 2.0;
     let seconds = 15.0;
-    let total = (rate * seconds) as usize;
+    // Bounded so that even a consumer that fell behind finds every record still on the mock
+    // broker (it keeps the newest 5 MB per partition and drops older ones unread).
+    let mean = samples
+        .iter()
+        .map(|s| serde_json::to_vec(s).unwrap().len() + 40)
+        .sum::<usize>()
+        / samples.len();
+    let total = ((rate * seconds) as usize).min(partitions as usize * PARTITION_BUDGET / mean);
     let p = producer(bootstrap);
     let tick = Duration::from_millis(5);
     let mut interval = tokio::time::interval(tick);
@@ -369,7 +347,7 @@ async fn run_mode(
         let due = ((began.elapsed().as_secs_f64() * rate) as usize).min(total);
         let now = chrono::Utc::now();
         let batch: Vec<(usize, Vec<u8>)> = (produced..due)
-            .map(|i| (n + i, event_bytes(samples, n + i, now)))
+            .map(|i| (n + i, support::event_bytes(samples, n + i, now)))
             .collect();
         produced = due;
         let p = p.clone();
@@ -380,7 +358,11 @@ async fn run_mode(
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     while receiver.events.load(Ordering::Relaxed) < base + total as u64 {
-        assert!(Instant::now() < deadline, "latency phase not delivered");
+        assert!(
+            Instant::now() < deadline,
+            "latency phase not delivered: {} of {total}",
+            receiver.events.load(Ordering::Relaxed) - base
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let achieved = total as f64 / began.elapsed().as_secs_f64();
@@ -442,7 +424,7 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let samples = samples();
+        let samples = support::samples();
         let mean = samples.iter().map(|s| serde_json::to_vec(s).unwrap().len() + 40).sum::<usize>() / samples.len();
         let partitions = (n * mean).div_ceil(PARTITION_BUDGET).max(6) as i32;
         let cluster = MockCluster::new(1).unwrap();
@@ -454,7 +436,7 @@ fn main() {
         let loading = Instant::now();
         let now = chrono::Utc::now();
         for chunk in (0..n).collect::<Vec<_>>().chunks(50_000) {
-            let payloads = chunk.iter().map(|&i| (i, event_bytes(&samples, i, now))).collect();
+            let payloads = chunk.iter().map(|&i| (i, support::event_bytes(&samples, i, now))).collect();
             produce(&p, TOPIC, partitions, payloads).await;
         }
         println!(
@@ -482,7 +464,7 @@ fn main() {
                 interval.tick().await;
                 let due = ((began.elapsed().as_secs_f64() * 10_000.0) as usize).min(total);
                 let now = chrono::Utc::now();
-                let batch: Vec<(usize, Vec<u8>)> = (produced..due).map(|i| (n + i, event_bytes(&samples, n + i, now))).collect();
+                let batch: Vec<(usize, Vec<u8>)> = (produced..due).map(|i| (n + i, support::event_bytes(&samples, n + i, now))).collect();
                 produced = due;
                 let p = p.clone();
                 pending.push(tokio::spawn(async move { produce(&p, TOPIC, partitions, batch).await }));

@@ -319,15 +319,14 @@ async fn run_source(
     let (tx, rx) = mpsc::channel(POLL_AHEAD);
     let processing = tokio::spawn(run_processor(processor, dispatcher, rx));
     let polled = poll_loop(&config, &consumer, tx, &shutdown).await;
+    tracing::info!("stopped fetching; draining");
     let processed = match processing.await {
         Ok(r) => r,
         Err(e) => Err(PipelineError::Task(e.to_string())),
     };
     // The processor's error is the cause; the poll side only saw its channel close.
     processed?;
-    polled?;
-    tracing::info!("stopped fetching; draining");
-    Ok(())
+    polled
 }
 
 async fn poll_loop(

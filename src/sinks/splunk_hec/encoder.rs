@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use crate::config::HecSinkConfig;
 use crate::event::epoch_seconds;
-use crate::event::{Alert, AuditRow, MetricSample};
+use crate::event::{Alert, AuditRow, Batch, MetricSample};
 use crate::sinks::{alert_json, audit_fields};
 
 pub const AUDIT_SOURCETYPE: &str = "confluent:audit";
@@ -169,6 +169,23 @@ impl<'a> Encoder<'a> {
         out.push(b'}');
         self.push_event();
     }
+}
+
+/// Encodes every event of `batches` (audit rows, metric samples, alerts) into request bodies.
+pub fn encode<'b>(config: &HecSinkConfig, batches: impl IntoIterator<Item = &'b Batch>) -> Vec<Body> {
+    let mut encoder = Encoder::new(config);
+    for batch in batches {
+        for row in &batch.audit {
+            encoder.audit(row);
+        }
+        for m in &batch.metrics {
+            encoder.metric(m);
+        }
+        for a in &batch.alerts {
+            encoder.alert(a);
+        }
+    }
+    encoder.bodies
 }
 
 fn write_str(out: &mut Vec<u8>, s: &str) {

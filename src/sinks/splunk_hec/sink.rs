@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::encoder::{Body, Encoder, gzip};
+use super::encoder::{Body, encode, gzip};
 use super::refused;
 use super::response::{AckResponse, HecResponse, classify, classify_transport, retry_after};
 use crate::config::{HecSinkConfig, redact_url};
@@ -190,19 +190,8 @@ impl HecSink {
             // Encoding is CPU work: off the runtime's workers, beside the next poll's processing.
             let shared = self.shared.clone();
             let encoded = tokio::task::spawn_blocking(move || {
-                let mut encoder = Encoder::new(&shared.config);
-                for item in &items {
-                    for row in &item.batch.audit {
-                        encoder.audit(row);
-                    }
-                    for m in &item.batch.metrics {
-                        encoder.metric(m);
-                    }
-                    for a in &item.batch.alerts {
-                        encoder.alert(a);
-                    }
-                }
-                (items, std::mem::take(&mut encoder.bodies))
+                let bodies = encode(&shared.config, items.iter().map(|item| &*item.batch));
+                (items, bodies)
             })
             .await;
             let Ok((items, bodies)) = encoded else {
