@@ -18,7 +18,7 @@
 //! ceiling: a bare consumer's drain rate, and producer -> mock broker -> bare consumer latency,
 //! which bounds every latency figure here from below).
 
-use std::io::{BufRead, Read};
+use std::io::{BufRead, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +42,8 @@ const TOKEN: &str = "00000000-0000-0000-0000-00000000drain";
 const TOPIC: &str = "confluent-audit-log-events";
 /// Bytes per partition the backlog may use (the mock cluster keeps 5 MB).
 const PARTITION_BUDGET: usize = 4_300_000;
+/// The event times a backlog spans.
+const BACKLOG_SPAN: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 /// Events the broker-only latency check produces (10 s at 10,000 events/s).
 const LATENCY_EVENTS: usize = 100_000;
 
@@ -226,6 +228,9 @@ async fn scrape_sum(http: &str, family: &str) -> u64 {
         .text()
         .await
         .unwrap();
+    if let Some(path) = std::env::var_os("DRAIN_METRICS") {
+        std::fs::write(path, &text).unwrap();
+    }
     text.lines()
         .filter(|l| l.starts_with(family) && l[family.len()..].starts_with(['{', ' ']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -242,7 +247,10 @@ fn spawn(config: &Path) -> Process {
     let mut child = Command::new(env!("CARGO_BIN_EXE_auditflow"))
         .args(["run", "--config"])
         .arg(config)
-        .env("AUDITFLOW_LOG", "info,librdkafka=warn,rdkafka=warn")
+        .env(
+            "AUDITFLOW_LOG",
+            std::env::var("DRAIN_LOG_LEVEL").unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -250,9 +258,14 @@ fn spawn(config: &Path) -> Process {
     let assigned = Arc::new(Mutex::new(None));
     let stderr = child.stderr.take().unwrap();
     let seen = assigned.clone();
+    // `DRAIN_LOG=path` keeps the process's whole log, to read what it did while draining.
+    let mut keep = std::env::var_os("DRAIN_LOG").map(|p| std::fs::File::create(p).unwrap());
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr).lines() {
             let Ok(line) = line else { return };
+            if let Some(f) = keep.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
             if line.contains("partitions assigned") {
                 seen.lock().unwrap().get_or_insert(Instant::now());
             }
@@ -383,6 +396,7 @@ fn broker_ceiling(bootstrap: &str, n: usize, mut latency: Option<&mut Histogram<
         .set("session.timeout.ms", "6000")
         .set("fetch.wait.max.ms", "100")
         .set("queued.max.messages.kbytes", "16384")
+        .set("fetch.queue.backoff.ms", "10")
         .create()
         .unwrap();
     consumer.subscribe(&[TOPIC]).unwrap();
@@ -434,9 +448,16 @@ fn main() {
         let bootstrap = cluster.bootstrap_servers();
         let p = producer(&bootstrap);
         let loading = Instant::now();
-        let now = chrono::Utc::now();
+        // A backlog's events span time, in order: the rules' event-time clocks advance while it
+        // drains, so rules are evaluated as it goes (with one timestamp for all, every row
+        // would wait for the clock until the backlog ended, and the drain would skip the rules).
+        let start = chrono::Utc::now() - BACKLOG_SPAN;
+        let step = BACKLOG_SPAN / n as i32;
         for chunk in (0..n).collect::<Vec<_>>().chunks(50_000) {
-            let payloads = chunk.iter().map(|&i| (i, support::event_bytes(&samples, i, now))).collect();
+            let payloads = chunk
+                .iter()
+                .map(|&i| (i, support::event_bytes(&samples, i, start + step * i as i32)))
+                .collect();
             produce(&p, TOPIC, partitions, payloads).await;
         }
         println!(

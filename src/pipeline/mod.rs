@@ -339,7 +339,14 @@ async fn poll_loop(
     let linger = config.kafka.batch_linger;
     let mut carried = Vec::new();
     let mut backpressure = kafka::Backpressure::new();
+    let mut polling = std::time::Instant::now();
     while let Some(records) = kafka::poll_batch(consumer, &config.topics, max, linger, shutdown, &mut carried).await {
+        // The stage timeline (`auditflow::pipeline=debug`): what each stage waited on per batch.
+        tracing::debug!(
+            records = records.len(),
+            took_ms = polling.elapsed().as_secs_f64() * 1e3,
+            "polled"
+        );
         let mut positions = Positions::default();
         for r in &records {
             positions.record(&r.topic, r.partition, r.offset, r.timestamp_ms);
@@ -360,6 +367,7 @@ async fn poll_loop(
         {
             return Err(PipelineError::Task("the processor stopped".into()));
         }
+        polling = std::time::Instant::now();
     }
     Ok(())
 }
@@ -372,6 +380,7 @@ async fn run_processor(
     mut rx: mpsc::Receiver<Polled>,
 ) -> Result<(), PipelineError> {
     while let Some(polled) = rx.recv().await {
+        let started = std::time::Instant::now();
         // Decoding, rules and the window are CPU work of tens of milliseconds per poll: on the
         // blocking pool they keep the runtime's workers free for polling and HTTP meanwhile.
         let (returned, batch, polled) = tokio::task::spawn_blocking(move || {
@@ -387,7 +396,16 @@ async fn run_processor(
         if polled.records.is_empty() && batch.is_empty() {
             continue; // an idle tick that released nothing
         }
+        let processed = std::time::Instant::now();
+        let rows = batch.len();
         dispatcher.dispatch(batch, polled.positions, polled.bytes).await?;
+        tracing::debug!(
+            records = polled.records.len(),
+            rows,
+            process_ms = (processed - started).as_secs_f64() * 1e3,
+            dispatch_ms = processed.elapsed().as_secs_f64() * 1e3,
+            "processed"
+        );
     }
     Ok(())
 }

@@ -173,6 +173,7 @@ impl HecSink {
         }
         let linger = config.batch_linger;
         while let Some(first) = rx.recv().await {
+            let received = Instant::now();
             let mut items = vec![first];
             let mut num_events = items[0].batch.len();
             let mut num_bytes: usize = estimate(&items[0]);
@@ -198,6 +199,8 @@ impl HecSink {
                 tracing::error!("encoding a HEC group failed; the sink stops");
                 return;
             };
+            let encoded = Instant::now();
+            let num_items = items.len();
             let group = Group {
                 items,
                 bodies,
@@ -207,6 +210,13 @@ impl HecSink {
                 tracing::error!("every HEC connection stopped; the sink stops");
                 return;
             }
+            tracing::debug!(
+                items = num_items,
+                events = num_events,
+                group_and_encode_ms = (encoded - received).as_secs_f64() * 1e3,
+                handoff_ms = encoded.elapsed().as_secs_f64() * 1e3,
+                "HEC group"
+            );
         }
         drop(groups_tx);
         futures::future::join_all(connections).await;
@@ -475,6 +485,7 @@ impl Connection {
             body.bytes.clone()
         };
         let payload = bytes::Bytes::from(payload);
+        let sending = Instant::now();
         let mut attempt: u32 = 0;
         loop {
             let endpoint = self.pick_endpoint().await;
@@ -505,6 +516,13 @@ impl Connection {
             };
             match &verdict {
                 Verdict::Delivered => {
+                    tracing::debug!(
+                        connection = self.index,
+                        events = body.num_events(),
+                        bytes = payload.len(),
+                        request_ms = sending.elapsed().as_secs_f64() * 1e3,
+                        "HEC body delivered"
+                    );
                     self.refused_resolved(endpoint);
                     return Outcome::Delivered {
                         endpoint,
