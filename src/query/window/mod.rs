@@ -11,6 +11,8 @@
 //! buckets its filter on `time` allows ([`pruning`]), skips the batches whose id filter rules
 //! out a point lookup, and reads only the projected columns.
 
+mod buckets;
+mod dictionary;
 mod pruning;
 mod table;
 

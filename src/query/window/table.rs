@@ -7,8 +7,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, TimestampMicrosecondArray, UInt32Array};
-use datafusion::arrow::compute::{cast, concat, max, min, take_record_batch};
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
+use datafusion::arrow::compute::{cast, concat};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::TableType;
@@ -17,6 +17,8 @@ use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 
+use super::buckets::{bucket_of, split_by_bucket, time_range};
+use super::dictionary::concat_dictionaries;
 use super::pruning::{IdFilter, Pruning, pruning};
 use crate::event::now_us;
 
@@ -39,6 +41,9 @@ struct Stored {
     batch: RecordBatch,
     /// Unique per stored batch: sealing checks that the batches it merged are still there.
     seq: u64,
+    /// Made by sealing: a later seal of its bucket leaves it alone (re-merging it with every
+    /// late piece would copy the bucket's rows again for each one).
+    sealed: bool,
 }
 
 impl Stored {
@@ -52,6 +57,7 @@ impl Stored {
             bytes: self.bytes,
             batch: self.batch.clone(),
             seq: self.seq,
+            sealed: self.sealed,
         }
     }
 }
@@ -72,11 +78,6 @@ const MAX_SMALL_RUN: usize = 16;
 const SEALED_BATCH_ROWS: usize = 65_536;
 const SEAL_AFTER_US: i64 = 2 * BUCKET_US;
 
-/// The start of the bucket holding `time_us`.
-fn bucket_of(time_us: i64) -> i64 {
-    time_us.div_euclid(BUCKET_US) * BUCKET_US
-}
-
 /// One table of the window.
 #[derive(Debug)]
 pub struct WindowTable {
@@ -93,37 +94,6 @@ pub struct WindowTable {
     num_bytes: AtomicUsize,
     num_evicted_rows: AtomicU64,
     next_seq: AtomicU64,
-}
-
-/// Oldest and newest value of the `time` column (the first column of every table).
-fn time_range(batch: &RecordBatch) -> Option<(i64, i64)> {
-    let times = batch.column(0).as_any().downcast_ref::<TimestampMicrosecondArray>()?;
-    Some((min(times)?, max(times)?))
-}
-
-/// The batch cut into one piece per event-time bucket (the batch itself when it lies in one,
-/// the common case: a poll covers milliseconds to seconds of event time).
-fn split_by_bucket(batch: &RecordBatch, fallback_us: i64) -> Vec<(i64, RecordBatch)> {
-    let Some(times) = batch.column(0).as_any().downcast_ref::<TimestampMicrosecondArray>() else {
-        return vec![(bucket_of(fallback_us), batch.clone())];
-    };
-    let Some((oldest, newest)) = time_range(batch) else {
-        return vec![(bucket_of(fallback_us), batch.clone())];
-    };
-    if bucket_of(oldest) == bucket_of(newest) {
-        return vec![(bucket_of(oldest), batch.clone())];
-    }
-    let mut rows_by_bucket: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-    for (row, time) in times.values().iter().enumerate() {
-        rows_by_bucket.entry(bucket_of(*time)).or_default().push(row as u32);
-    }
-    rows_by_bucket
-        .into_iter()
-        .map(|(bucket, rows)| {
-            let piece = take_record_batch(batch, &UInt32Array::from(rows)).expect("row indices come from the batch");
-            (bucket, piece)
-        })
-        .collect()
 }
 
 impl WindowTable {
@@ -198,6 +168,7 @@ impl WindowTable {
             bytes,
             batch,
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+            sealed: false,
         }
     }
 
@@ -220,24 +191,25 @@ impl WindowTable {
         after as isize - before as isize
     }
 
-    /// One stored batch with the rows of `parts`, in order. Strings go back to plain and are
-    /// encoded again, so the merged batch has one dictionary per column instead of the parts'
-    /// dictionaries laid end to end.
+    /// One stored batch with the rows of `parts`, in order, each dictionary column with one
+    /// dictionary instead of the parts' dictionaries laid end to end.
     fn merge(&self, parts: &[Stored]) -> Stored {
-        let plain: Vec<ArrayRef> = (0..self.input_schema.fields().len())
-            .map(|i| {
+        let columns: Vec<ArrayRef> = self
+            .schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, field)| {
                 let column: Vec<&dyn Array> = parts.iter().map(|s| s.batch.column(i).as_ref()).collect();
-                let joined = concat(&column).expect("columns of one schema concatenate");
-                let plain_type = self.input_schema.field(i).data_type();
-                if joined.data_type() == plain_type {
-                    joined
+                if field.data_type() == &dictionary_type() {
+                    concat_dictionaries(&column).expect("stored dictionary columns are Int32 keys over strings")
                 } else {
-                    cast(&joined, plain_type).expect("a Utf8 dictionary casts back to Utf8")
+                    concat(&column).expect("columns of one schema concatenate")
                 }
             })
             .collect();
-        let merged = RecordBatch::try_new(self.input_schema.clone(), plain).expect("same columns as the input schema");
-        self.store(self.encode(&merged), parts[0].oldest_us)
+        let merged = RecordBatch::try_new(self.schema.clone(), columns).expect("same columns as the stored schema");
+        self.store(merged, parts[0].oldest_us)
     }
 
     /// Seals the oldest bucket that is two minutes behind the newest event and still holds
@@ -246,22 +218,33 @@ impl WindowTable {
     /// they are all still there (eviction may have taken some).
     fn seal_one(&self, reference_us: i64) {
         let sealable = bucket_of(reference_us) - SEAL_AFTER_US;
-        let (start, parts) = {
+        // What a seal merges: the bucket's batches since its last seal (sealing replaces its
+        // batches with sealed ones in place and appends go to the end, so they are a suffix).
+        let unsealed = |stored: &[Stored]| stored.iter().position(|s| !s.sealed).unwrap_or(stored.len());
+        let (start, first, parts) = {
             let buckets = self.buckets.read().unwrap_or_else(|e| e.into_inner());
-            let Some((start, stored)) = buckets
-                .range(..=sealable)
-                .find(|(_, stored)| stored.iter().filter(|s| s.batch.num_rows() < SEALED_BATCH_ROWS).count() > 1)
-            else {
+            let Some((start, stored)) = buckets.range(..=sealable).find(|(_, stored)| {
+                stored[unsealed(stored)..]
+                    .iter()
+                    .filter(|s| s.batch.num_rows() < SEALED_BATCH_ROWS)
+                    .count()
+                    > 1
+            }) else {
                 return;
             };
-            let parts: Vec<Stored> = stored.iter().map(Stored::shallow_clone).collect();
-            (*start, parts)
+            let first = unsealed(stored);
+            let parts: Vec<Stored> = stored[first..].iter().map(Stored::shallow_clone).collect();
+            (*start, first, parts)
         };
         // Consecutive runs of about SEALED_BATCH_ROWS rows each; a batch that is a run by
         // itself is kept (stored again, with its id filter).
-        let finish = |run: &[Stored]| match run {
-            [single] => self.store(single.batch.clone(), single.oldest_us),
-            _ => self.merge(run),
+        let finish = |run: &[Stored]| {
+            let mut stored = match run {
+                [single] => self.store(single.batch.clone(), single.oldest_us),
+                _ => self.merge(run),
+            };
+            stored.sealed = true;
+            stored
         };
         let mut merged = Vec::new();
         let mut run_start = 0;
@@ -279,13 +262,14 @@ impl WindowTable {
         }
         let mut buckets = self.buckets.write().unwrap_or_else(|e| e.into_inner());
         let Some(stored) = buckets.get_mut(&start) else { return };
-        let unchanged = stored.len() >= parts.len() && stored.iter().zip(&parts).all(|(a, b)| a.seq == b.seq);
+        let end = first + parts.len();
+        let unchanged = stored.len() >= end && stored[first..end].iter().zip(&parts).all(|(a, b)| a.seq == b.seq);
         if !unchanged {
             return;
         }
         let before: usize = parts.iter().map(|s| s.bytes).sum();
         let after: usize = merged.iter().map(|s| s.bytes).sum();
-        stored.splice(0..parts.len(), merged);
+        stored.splice(first..end, merged);
         let total = self.num_bytes.load(Ordering::Relaxed) as isize + after as isize - before as isize;
         self.num_bytes.store(total.max(0) as usize, Ordering::Relaxed);
     }
@@ -422,6 +406,8 @@ impl TableProvider for WindowTable {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use datafusion::arrow::array::TimestampMicrosecondArray;
+
     use crate::event::MetricSample;
     use crate::event::arrow::{METRICS_SCHEMA, metrics_batch};
 
@@ -537,6 +523,21 @@ pub(super) mod tests {
             .unwrap()
             .clone();
         assert!(times.values().windows(2).all(|w| w[0] < w[1]), "rows keep their order");
+
+        // Late pieces of the sealed minute are sealed on their own: the sealed batch is kept
+        // as it is (same buffers), not copied again with each of them.
+        let sealed = t.snapshot()[0].column(1).to_data();
+        for i in 0..2 {
+            let late: Vec<MetricSample> = (0..100).map(|j| sample(base + 30_000 + i * 100 + j)).collect();
+            t.append(metrics_batch(&late), later);
+        }
+        let rows: Vec<usize> = t.snapshot().iter().map(RecordBatch::num_rows).collect();
+        assert_eq!(rows, vec![20_000, 200, 1]);
+        assert!(
+            t.snapshot()[0].column(1).to_data().ptr_eq(&sealed),
+            "the sealed batch was rebuilt"
+        );
+        assert_eq!(t.num_rows(), 20_201);
     }
 
     #[test]
