@@ -44,6 +44,18 @@ pub struct EndpointLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `ok`, `rate_limited`, `refused` or `failed`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabel {
+    /// A configured resource id, or `unknown`.
+    pub resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QuantileLabel {
     pub quantile: &'static str,
 }
@@ -86,6 +98,18 @@ pub struct Telemetry {
     pub auth_failures: Family<EndpointLabel, Counter>,
     /// Connections refused or closed by a connection limit or timeout, by SQL endpoint.
     pub connections_refused: Family<EndpointLabel, Counter>,
+    /// Metrics API export requests, by outcome (`ok`, `rate_limited`, `refused`, `failed`).
+    pub metrics_api_requests: Family<OutcomeLabel, Counter>,
+    /// Samples the Metrics API poller fed in (or published), new ones only.
+    pub metrics_api_samples: Counter,
+    /// Samples polled again (the same series and timestamp) and dropped.
+    pub metrics_api_repeats: Counter,
+    /// `confluent_scrape_resource_access_error` series seen, by resource.
+    pub metrics_api_access_errors: Family<ResourceLabel, Counter>,
+    /// 1 while the Metrics API refuses the credentials or request, else 0.
+    pub metrics_api_refused: Gauge,
+    /// Unix time (seconds) of the last successful export.
+    pub metrics_api_last_success: Gauge,
     /// Window rows and bytes, by table (set when scraped).
     window_rows: Family<TableLabel, Gauge>,
     window_bytes: Family<TableLabel, Gauge>,
@@ -122,6 +146,12 @@ impl Telemetry {
             rule_reorder_forced: Gauge::default(),
             auth_failures: Family::default(),
             connections_refused: Family::default(),
+            metrics_api_requests: Family::default(),
+            metrics_api_samples: Counter::default(),
+            metrics_api_repeats: Counter::default(),
+            metrics_api_access_errors: Family::default(),
+            metrics_api_refused: Gauge::default(),
+            metrics_api_last_success: Gauge::default(),
             window_rows: Family::default(),
             window_bytes: Family::default(),
             window_evicted: Family::default(),
@@ -198,6 +228,36 @@ impl Telemetry {
             "sql_connections_refused",
             "SQL endpoint connections closed by a connection limit or timeout",
             t.connections_refused.clone(),
+        );
+        registry.register(
+            "metrics_api_requests",
+            "Confluent Cloud Metrics API export requests, by outcome",
+            t.metrics_api_requests.clone(),
+        );
+        registry.register(
+            "metrics_api_samples",
+            "Metric samples polled from the Confluent Cloud Metrics API (new ones only)",
+            t.metrics_api_samples.clone(),
+        );
+        registry.register(
+            "metrics_api_repeated_samples",
+            "Metric samples polled again (same series and timestamp) and dropped",
+            t.metrics_api_repeats.clone(),
+        );
+        registry.register(
+            "metrics_api_access_errors",
+            "confluent_scrape_resource_access_error series in Metrics API exports, by resource",
+            t.metrics_api_access_errors.clone(),
+        );
+        registry.register(
+            "metrics_api_refused",
+            "1 while the Confluent Cloud Metrics API refuses the credentials or request",
+            t.metrics_api_refused.clone(),
+        );
+        registry.register(
+            "metrics_api_last_success_seconds",
+            "Unix time of the last successful Metrics API export",
+            t.metrics_api_last_success.clone(),
         );
         registry.register("window_rows", "Rows held in the SQL window", t.window_rows.clone());
         registry.register("window_bytes", "Bytes held in the SQL window", t.window_bytes.clone());

@@ -9,6 +9,7 @@ mod kafka;
 mod secret;
 mod server;
 mod sinks;
+mod sources;
 mod stages;
 
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ pub use sinks::{
     FileSinkConfig, HecSinkConfig, OtlpProtocol, OtlpSinkConfig, OtlpTlsConfig, RawHecSink, RawOtlpSink, RawSinks,
     SinksConfig,
 };
+pub use sources::{MetricsApiConfig, RawMetricsApi, RawMetricsApiResources, RawSources, SourcesConfig};
 pub use stages::{EnrichConfig, RawEnrich, RawRules, RawWindow, RulesConfig, WindowConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +99,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub sinks: RawSinks,
     #[serde(default)]
+    pub sources: RawSources,
+    #[serde(default)]
     pub server: RawServer,
     #[serde(default)]
     pub archive: Option<RawArchive>,
@@ -118,6 +122,8 @@ pub struct Config {
     pub window_retention: Duration,
     pub window_max_memory: usize,
     pub sinks: SinksConfig,
+    /// Inputs besides the Kafka topics (`[sources.*]`).
+    pub sources: SourcesConfig,
     pub http_listen: Option<SocketAddr>,
     pub server: ServerConfig,
     /// The compliance archive, when `[archive]` is set.
@@ -150,6 +156,7 @@ impl Config {
         let topics = raw.topics.validate(check)?;
         let decode = raw.decode.validate(check)?;
         let sinks = raw.sinks.validate(check)?;
+        let sources = raw.sources.validate(check, &topics.metrics)?;
         let (http_listen, server) = raw.server.validate(check)?;
         let enrich = raw.enrich.validate(check)?;
         let rules = raw.rules.validate(check)?;
@@ -166,6 +173,7 @@ impl Config {
             window_retention: window.retention,
             window_max_memory: window.max_memory,
             sinks,
+            sources,
             http_listen,
             server,
             archive,

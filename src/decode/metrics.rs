@@ -37,6 +37,16 @@ const GAUGES: [&str; 5] = [
     "io.confluent.kafka.schema_registry/schema_count",
 ];
 
+/// The Metrics API's semantics of a metric: levels are gauges, everything else a per-interval
+/// delta (which Confluent's Prometheus export writes as a gauge all the same).
+pub fn default_kind(name: &str) -> MetricKind {
+    if GAUGES.contains(&name) {
+        MetricKind::Gauge
+    } else {
+        MetricKind::Counter
+    }
+}
+
 /// Record headers that matter to metric decoding.
 #[derive(Debug, Default, Clone)]
 pub struct MetricHeaders {
@@ -350,11 +360,7 @@ fn sample(
     labels: BTreeMap<String, String>,
     cluster_id: Option<String>,
 ) -> MetricSample {
-    let kind = kind.unwrap_or(if GAUGES.contains(&name.as_str()) {
-        MetricKind::Gauge
-    } else {
-        MetricKind::Counter
-    });
+    let kind = kind.unwrap_or_else(|| default_kind(&name));
     MetricSample {
         time_us,
         value,

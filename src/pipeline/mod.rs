@@ -30,6 +30,7 @@ use crate::sinks::kafka_alerts::KafkaAlertsSink;
 use crate::sinks::otlp::OtlpSink;
 use crate::sinks::splunk_hec::sink::HecSink;
 use crate::source::committer::{self, RememberDelivered};
+use crate::source::metrics_api::{self, MetricsApiPoller};
 use crate::source::{self, kafka};
 use crate::telemetry::Telemetry;
 use dispatch::{AlertPublisher, Dispatcher, run_sql_rules, run_system_alerts};
@@ -54,6 +55,8 @@ pub enum PipelineError {
     Archive(#[from] crate::archive::ArchiveError),
     #[error("{0}")]
     Query(#[from] crate::query::engine::QueryError),
+    #[error("{0}")]
+    MetricsApi(#[from] crate::source::metrics_api::MetricsApiError),
     #[error("http server on {addr}: {source}")]
     Http { addr: SocketAddr, source: std::io::Error },
     #[error("a pipeline task failed: {0}")]
@@ -271,11 +274,35 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         publisher,
         shutdown.clone(),
     ));
+    // The Metrics API poller feeds the processor beside the consumer, or, with `publish_topic`,
+    // produces to a metrics topic the consumer reads.
+    let polled = match config.sources.confluent_metrics_api.clone() {
+        Some(api) => {
+            let (output, rx) = match &api.publish_topic {
+                Some(topic) => (
+                    metrics_api::Output::Topic {
+                        producer: dead_letters.producer().clone(),
+                        topic: topic.clone(),
+                    },
+                    None,
+                ),
+                None => {
+                    let (tx, rx) = mpsc::channel(POLL_AHEAD);
+                    (metrics_api::Output::Pipeline(tx), Some(rx))
+                }
+            };
+            let poller = MetricsApiPoller::new(api, telemetry.clone(), output)?;
+            tokio::spawn(poller.run(shutdown.clone()));
+            rx
+        }
+        None => None,
+    };
     let source = tokio::spawn(run_source(
         config,
         consumer.clone(),
         processor,
         dispatcher,
+        polled,
         shutdown.clone(),
     ));
     Ok(RunningPipeline {
@@ -314,10 +341,30 @@ async fn run_source(
     consumer: Arc<kafka::KafkaConsumer>,
     processor: Processor,
     dispatcher: Dispatcher,
+    polled: Option<mpsc::Receiver<Vec<source::Record>>>,
     shutdown: CancellationToken,
 ) -> Result<(), PipelineError> {
     let (tx, rx) = mpsc::channel(POLL_AHEAD);
     let processing = tokio::spawn(run_processor(processor, dispatcher, rx));
+    if let Some(mut polled) = polled {
+        // Polled records have no Kafka positions: nothing to commit, and they queue behind (and
+        // between) the consumer's polls. The poller stops on shutdown, closing this sender.
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(records) = polled.recv().await {
+                let bytes = records.iter().map(|r| r.payload.as_ref().map_or(0, |p| p.len())).sum();
+                let handoff = Polled {
+                    records,
+                    positions: Positions::default(),
+                    assigned: None,
+                    bytes,
+                };
+                if tx.send(handoff).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let polled = poll_loop(&config, &consumer, tx, &shutdown).await;
     tracing::info!("stopped fetching; draining");
     let processed = match processing.await {

@@ -17,7 +17,7 @@ use crate::event::{Alert, Batch, DeadLetter, Origin, now_us};
 use crate::query::window::Window;
 use crate::rules::clock::EventClock;
 use crate::rules::{self, RuleEngine, Source};
-use crate::source::{Record, Stream};
+use crate::source::{Record, Stream, metrics_api};
 use crate::telemetry::{RuleLabel, StreamLabel, Telemetry};
 
 /// Decode, dedupe, enrich, evaluate rules and fill the window, one batch at a time.
@@ -36,6 +36,9 @@ pub struct Processor {
     sql_updates: Option<mpsc::Sender<Vec<rules::Rule>>>,
     /// Event time per partition, for the audit and the metrics table.
     clocks: [EventClock; 2],
+    /// How long past its last poll the Metrics API poller's pseudo partition holds the metrics
+    /// clock (µs; 0 without the poller).
+    polled_hold_us: i64,
     seq: u64,
 }
 
@@ -69,6 +72,15 @@ impl Processor {
                 EventClock::new(config.idle_partition_timeout, config.allowed_lateness),
             ],
             seq: 0,
+            polled_hold_us: config
+                .sources
+                .confluent_metrics_api
+                .as_ref()
+                .filter(|api| api.publish_topic.is_none())
+                .map_or(0, |api| {
+                    let interval = api.interval.max(crate::source::metrics_api::PER_RESOURCE_SPACING);
+                    interval.as_micros().min(i64::MAX as u128) as i64
+                }),
         }
     }
 
@@ -77,11 +89,15 @@ impl Processor {
     pub fn set_assignment(&mut self, assigned: &[(Arc<str>, i32, Stream)]) {
         let wall = now_us();
         for (slot, stream) in [(0, Stream::Audit), (1, Stream::Metrics)] {
-            let mine: Vec<(Arc<str>, i32)> = assigned
+            let mut mine: Vec<(Arc<str>, i32)> = assigned
                 .iter()
                 .filter(|(_, _, s)| *s == stream)
                 .map(|(t, p, _)| (t.clone(), *p))
                 .collect();
+            if stream == Stream::Metrics && self.polled_hold_us > 0 {
+                // The poller's pseudo partition is no consumer's to revoke.
+                mine.push((Arc::from(metrics_api::TOPIC), 0));
+            }
             self.clocks[slot].retain_assigned(&mine, wall);
         }
     }
@@ -176,8 +192,15 @@ impl Processor {
                     };
                     match self.metrics.decode(payload, &headers) {
                         Ok(samples) => {
+                            // The endpoint lags minutes behind: its partition stays active until
+                            // the next poll is due, so the clock waits for it.
+                            let active = if self.polled_hold_us > 0 && &*record.topic == metrics_api::TOPIC {
+                                now.saturating_add(self.polled_hold_us)
+                            } else {
+                                now
+                            };
                             for mut s in samples {
-                                self.clocks[1].observe(&record.topic, record.partition, s.time_us, now);
+                                self.clocks[1].observe(&record.topic, record.partition, s.time_us, active);
                                 self.ownership.enrich_metric(&mut s);
                                 batch.metrics.push(s);
                             }

@@ -1,8 +1,10 @@
 //! Sources: where records come from, and where their offsets go back. `kafka` is the real one
-//! (consumer, offsets, rebalances); `committer` stores offsets once every sink accepted a batch.
+//! (consumer, offsets, rebalances); `committer` stores offsets once every sink accepted a batch;
+//! `metrics_api` polls the Confluent Cloud Metrics API into the same metrics path.
 
 pub mod committer;
 pub mod kafka;
+pub mod metrics_api;
 
 use std::sync::Arc;
 

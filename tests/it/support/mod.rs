@@ -2,6 +2,7 @@
 
 pub mod hec;
 pub mod kafka;
+pub mod metrics_api;
 pub mod otlp;
 pub mod psql;
 
