@@ -11,6 +11,7 @@ mod server;
 mod sinks;
 mod sources;
 mod stages;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ pub use sinks::{
 };
 pub use sources::{MetricsApiConfig, RawMetricsApi, RawMetricsApiResources, RawSources, SourcesConfig};
 pub use stages::{EnrichConfig, RawEnrich, RawRules, RawWindow, RulesConfig, WindowConfig};
+pub use telemetry::{RawTelemetry, RawTelemetryOtlp, TelemetryOtlpConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -104,6 +106,8 @@ pub struct RawConfig {
     pub server: RawServer,
     #[serde(default)]
     pub archive: Option<RawArchive>,
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -128,6 +132,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// The compliance archive, when `[archive]` is set.
     pub archive: Option<ArchiveConfig>,
+    /// auditflow's own metrics to an OTLP receiver, when `[telemetry.otlp]` is set.
+    pub telemetry_otlp: Option<TelemetryOtlpConfig>,
 }
 
 impl Config {
@@ -162,6 +168,7 @@ impl Config {
         let rules = raw.rules.validate(check)?;
         let window = raw.window.validate(check)?;
         let archive = raw.archive.map(|a| a.validate(check)).transpose()?;
+        let telemetry_otlp = raw.telemetry.validate(check)?;
         Ok(Config {
             kafka,
             topics,
@@ -177,6 +184,7 @@ impl Config {
             http_listen,
             server,
             archive,
+            telemetry_otlp,
         })
     }
 

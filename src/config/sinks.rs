@@ -162,7 +162,11 @@ pub struct HecSinkConfig {
 }
 
 /// Every value must be an `http://` or `https://` URL.
-fn http_urls<'u>(check: Check<'_>, key: &str, urls: impl IntoIterator<Item = &'u String>) -> Result<(), ConfigError> {
+pub(super) fn http_urls<'u>(
+    check: Check<'_>,
+    key: &str,
+    urls: impl IntoIterator<Item = &'u String>,
+) -> Result<(), ConfigError> {
     for u in urls {
         if !(u.starts_with("http://") || u.starts_with("https://")) {
             return Err(check.invalid(key, format!("`{}` is not an http:// or https:// URL", redact_url(u))));

@@ -33,6 +33,7 @@ use crate::source::committer::{self, RememberDelivered};
 use crate::source::metrics_api::{self, MetricsApiPoller};
 use crate::source::{self, kafka};
 use crate::telemetry::Telemetry;
+use crate::telemetry::otlp::OtlpTelemetry;
 use dispatch::{AlertPublisher, Dispatcher, run_sql_rules, run_system_alerts};
 pub use processor::Processor;
 
@@ -56,6 +57,8 @@ pub enum PipelineError {
     #[error("{0}")]
     Query(#[from] crate::query::engine::QueryError),
     #[error("{0}")]
+    OtlpTelemetry(#[from] crate::telemetry::otlp::OtlpTelemetryError),
+    #[error("{0}")]
     MetricsApi(#[from] crate::source::metrics_api::MetricsApiError),
     #[error("http server on {addr}: {source}")]
     Http { addr: SocketAddr, source: std::io::Error },
@@ -76,6 +79,7 @@ pub struct RunningPipeline {
     source: JoinHandle<Result<(), PipelineError>>,
     drain: Vec<JoinHandle<()>>,
     consumer: Arc<kafka::KafkaConsumer>,
+    otlp_telemetry: Option<Arc<OtlpTelemetry>>,
 }
 
 impl RunningPipeline {
@@ -103,6 +107,10 @@ impl RunningPipeline {
         tokio::task::spawn_blocking(move || kafka::commit_now(&consumer))
             .await
             .ok();
+        if let Some(otlp) = self.otlp_telemetry {
+            // A last export of the final counts; it waits on the runtime, so off its workers.
+            tokio::task::spawn_blocking(move || otlp.shutdown()).await.ok();
+        }
         self.shutdown.cancel();
         result
     }
@@ -297,6 +305,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         }
         None => None,
     };
+    let config_telemetry = config.telemetry_otlp.clone();
     let source = tokio::spawn(run_source(
         config,
         consumer.clone(),
@@ -305,7 +314,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         polled,
         shutdown.clone(),
     ));
+    let otlp_telemetry = match &config_telemetry {
+        Some(otlp) => {
+            let (t, w) = (telemetry.clone(), window.clone());
+            let families = telemetry.families().to_vec();
+            Some(Arc::new(OtlpTelemetry::start(
+                otlp,
+                families,
+                Arc::new(move || t.render(&w.stats())),
+            )?))
+        }
+        None => None,
+    };
     Ok(RunningPipeline {
+        otlp_telemetry,
         query,
         window,
         telemetry,

@@ -12,6 +12,8 @@ fn auditflow(args: &[&str]) -> std::process::Output {
         .env("CONFLUENT_BOOTSTRAP", "pkc-test.eu-west-1.aws.confluent.cloud:9092")
         .env("CONFLUENT_API_KEY", "APIKEY0000000001")
         .env("CONFLUENT_API_SECRET", "api-secret-should-not-print")
+        .env("CONFLUENT_CLOUD_API_KEY", "CLOUDKEY00000001")
+        .env("CONFLUENT_CLOUD_API_SECRET", "cloud-secret-should-not-print")
         .env("AUDITFLOW_KEY_PASSWORD", "key-password-should-not-print")
         .env("AUDITFLOW_SQL_TOKEN", "sql-token-should-not-print")
         .env("AUDITFLOW_PG_PASSWORD", "pg-password-should-not-print")

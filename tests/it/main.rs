@@ -14,6 +14,7 @@ mod faults;
 mod metrics_api;
 mod otlp_transports;
 mod replay;
+mod self_telemetry;
 mod sql_frontends;
 mod sql_security;
 mod support;

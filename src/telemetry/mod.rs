@@ -1,7 +1,10 @@
-//! Self-metrics: what every stage did, exported as Prometheus text on `/metrics`.
+//! Self-metrics: what every stage did, exported as Prometheus text on `/metrics` and, with
+//! `[telemetry.otlp]`, through the OpenTelemetry SDK ([`otlp`]) from the same instruments.
 //!
 //! Counters are lock-free; end-to-end latency (Kafka record timestamp to every sink accepted)
 //! goes into an HDR histogram whose percentiles are exported as gauges.
+
+pub mod otlp;
 
 use std::sync::{Arc, Mutex};
 
@@ -64,6 +67,9 @@ pub struct QuantileLabel {
 #[derive(Clone)]
 pub struct Telemetry {
     registry: Arc<Registry>,
+    /// Every registered family: its exposed name (`auditflow_records_in`) and whether it is a
+    /// counter, for exporters that must declare instruments before any value exists.
+    families: Arc<Vec<(String, bool)>>,
     /// Kafka records read, by stream (`audit`, `metrics`).
     pub records_in: Family<StreamLabel, Counter>,
     /// Rows decoded, by stream.
@@ -127,8 +133,10 @@ impl Default for Telemetry {
 impl Telemetry {
     pub fn new() -> Telemetry {
         let mut registry = Registry::with_prefix("auditflow");
+        let mut families = Vec::new();
         let t = Telemetry {
             registry: Arc::new(Registry::default()),
+            families: Arc::new(Vec::new()),
             records_in: Family::default(),
             rows_decoded: Family::default(),
             dead_letters: Family::default(),
@@ -160,121 +168,205 @@ impl Telemetry {
                 Histogram::new_with_bounds(1, 3_600_000, 3).expect("static histogram bounds are valid"),
             )),
         };
-        registry.register("records_in", "Kafka records read", t.records_in.clone());
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
+            "records_in",
+            "Kafka records read",
+            t.records_in.clone(),
+        );
+        register(
+            &mut registry,
+            &mut families,
             "rows_decoded",
             "Rows decoded from Kafka records",
             t.rows_decoded.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "dead_letters",
             "Records sent to the dead-letter topic",
             t.dead_letters.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "duplicates_dropped",
             "Audit events dropped as duplicates",
             t.duplicates.clone(),
         );
-        registry.register("alerts", "Alert notifications raised", t.alerts.clone());
-        registry.register("sink_events", "Events accepted by a sink", t.sink_events.clone());
-        registry.register("sink_retries", "Sink requests retried", t.sink_retries.clone());
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
+            "alerts",
+            "Alert notifications raised",
+            t.alerts.clone(),
+        );
+        register(
+            &mut registry,
+            &mut families,
+            "sink_events",
+            "Events accepted by a sink",
+            t.sink_events.clone(),
+        );
+        register(
+            &mut registry,
+            &mut families,
+            "sink_retries",
+            "Sink requests retried",
+            t.sink_retries.clone(),
+        );
+        register(
+            &mut registry,
+            &mut families,
             "batches_committed",
             "Batches whose offsets were stored",
             t.batches_committed.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "rule_eval_micros",
             "Microseconds spent evaluating rules",
             t.rule_eval_micros.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "rule_series_shed",
             "Rule series refused because a rule reached max_series",
             t.rule_series_shed.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "rule_rows_waiting",
             "Audit and metrics rows waiting for their table's event-time clock (the slowest active partition)",
             t.rule_rows_waiting.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "rule_reorder_forced",
             "Times the rules' reorder buffer was full and released whole, ahead of the clock",
             t.rule_reorder_forced.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "hec_resent_events",
             "Events sent to HEC again after an acknowledgement timeout (possible duplicates)",
             t.hec_resent_events.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "hec_refused",
             "1 while Splunk HEC refuses the token or configuration (data held, consumption paused)",
             t.hec_refused.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "otlp_partial_rejections",
             "Log records and data points rejected in OTLP partial-success responses",
             t.otlp_partial_rejections.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "sql_auth_failures",
             "Failed logins on a SQL endpoint (wrong token or password)",
             t.auth_failures.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "sql_connections_refused",
             "SQL endpoint connections closed by a connection limit or timeout",
             t.connections_refused.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "metrics_api_requests",
             "Confluent Cloud Metrics API export requests, by outcome",
             t.metrics_api_requests.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "metrics_api_samples",
             "Metric samples polled from the Confluent Cloud Metrics API (new ones only)",
             t.metrics_api_samples.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "metrics_api_repeated_samples",
             "Metric samples polled again (same series and timestamp) and dropped",
             t.metrics_api_repeats.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "metrics_api_access_errors",
             "confluent_scrape_resource_access_error series in Metrics API exports, by resource",
             t.metrics_api_access_errors.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "metrics_api_refused",
             "1 while the Confluent Cloud Metrics API refuses the credentials or request",
             t.metrics_api_refused.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "metrics_api_last_success_seconds",
             "Unix time of the last successful Metrics API export",
             t.metrics_api_last_success.clone(),
         );
-        registry.register("window_rows", "Rows held in the SQL window", t.window_rows.clone());
-        registry.register("window_bytes", "Bytes held in the SQL window", t.window_bytes.clone());
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
+            "window_rows",
+            "Rows held in the SQL window",
+            t.window_rows.clone(),
+        );
+        register(
+            &mut registry,
+            &mut families,
+            "window_bytes",
+            "Bytes held in the SQL window",
+            t.window_bytes.clone(),
+        );
+        register(
+            &mut registry,
+            &mut families,
             "window_evicted_rows",
             "Rows evicted from the SQL window",
             t.window_evicted.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "end_to_end_latency_ms",
             "Kafka record timestamp to all sinks accepted, percentiles",
             t.latency_ms.clone(),
         );
         Telemetry {
             registry: Arc::new(registry),
+            families: Arc::new(families),
             ..t
         }
+    }
+
+    /// Every registered family's exposed name and whether it is a counter (else a gauge).
+    pub fn families(&self) -> &[(String, bool)] {
+        &self.families
     }
 
     /// Records one end-to-end latency observation.
@@ -329,6 +421,19 @@ impl Telemetry {
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
+}
+
+/// Registers `metric` and notes its family for [`Telemetry::families`].
+fn register(
+    registry: &mut Registry,
+    families: &mut Vec<(String, bool)>,
+    name: &str,
+    help: &str,
+    metric: impl prometheus_client::registry::Metric + Clone,
+) {
+    let counter = matches!(metric.metric_type(), prometheus_client::metrics::MetricType::Counter);
+    families.push((format!("auditflow_{name}"), counter));
+    registry.register(name, help, metric);
 }
 
 /// What one SQL window table holds when scraped.

@@ -1,0 +1,179 @@
+//! auditflow's own metrics through the OpenTelemetry SDK to the OTLP receivers the tests run
+//! (gRPC and HTTP/protobuf): resource `service.name = "auditflow"`, semantic-convention names,
+//! headers sent, and the same values the Prometheus `/metrics` page shows.
+
+use std::time::Duration;
+
+use auditflow::config::Config;
+use opentelemetry_proto::tonic::common::v1::any_value;
+use opentelemetry_proto::tonic::metrics::v1::{ResourceMetrics, metric, number_data_point};
+use rdkafka::mocking::MockCluster;
+use tokio_util::sync::CancellationToken;
+
+use crate::e2e_mock::config_text;
+use crate::support::hec::HecReceiver;
+use crate::support::kafka::{produce, producer};
+use crate::support::otlp::OtlpReceiver;
+use crate::support::{audit_event, logs};
+
+const TOKEN: &str = "00000000-0000-0000-0000-000000000001";
+
+fn string_attr(attrs: &[opentelemetry_proto::tonic::common::v1::KeyValue], key: &str) -> Option<String> {
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| match &kv.value.as_ref()?.value {
+            Some(any_value::Value::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        })
+}
+
+/// The newest value of `name` with `attr = value` among what the receiver got from auditflow.
+fn newest(received: &[ResourceMetrics], name: &str, attr: (&str, &str)) -> Option<f64> {
+    let mut found = None;
+    for rm in received {
+        let resource = rm.resource.as_ref()?;
+        if string_attr(&resource.attributes, "service.name").as_deref() != Some("auditflow") {
+            continue;
+        }
+        for m in rm
+            .scope_metrics
+            .iter()
+            .flat_map(|s| &s.metrics)
+            .filter(|m| m.name == name)
+        {
+            let points = match &m.data {
+                Some(metric::Data::Sum(s)) => &s.data_points,
+                Some(metric::Data::Gauge(g)) => &g.data_points,
+                _ => continue,
+            };
+            for p in points {
+                if string_attr(&p.attributes, attr.0).as_deref() == Some(attr.1) {
+                    found = match p.value {
+                        Some(number_data_point::Value::AsDouble(v)) => Some(v),
+                        Some(number_data_point::Value::AsInt(v)) => Some(v as f64),
+                        None => found,
+                    };
+                }
+            }
+        }
+    }
+    found
+}
+
+async fn exports_own_metrics(http: bool) {
+    logs();
+    let cluster = MockCluster::new(1).unwrap();
+    for topic in [
+        "confluent-audit-log-events",
+        "confluent-metrics",
+        "auditflow-dead-letter",
+        "auditflow-alerts",
+    ] {
+        cluster.create_topic(topic, 1, 1).unwrap();
+    }
+    let bootstrap = cluster.bootstrap_servers();
+    let hec = HecReceiver::start(TOKEN).await;
+    let (otlp, addr) = if http {
+        OtlpReceiver::start_http().await
+    } else {
+        OtlpReceiver::start().await
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let protocol = if http { "http/protobuf" } else { "grpc" };
+    let mut text = config_text(
+        &bootstrap,
+        "self-telemetry",
+        &hec.url(),
+        None,
+        &dir.path().join("out.jsonl"),
+    );
+    text.push_str(&format!(
+        "[telemetry.otlp]\nendpoint = \"http://{addr}\"\nprotocol = \"{protocol}\"\ninterval = \"1s\"\n[telemetry.otlp.headers]\nx-api-key = \"collector-key\"\n"
+    ));
+    let config = Config::parse(&text, "self_telemetry.toml").unwrap();
+    let p = producer(&bootstrap);
+    for _ in 0..3 {
+        let (_, event) = audit_event(
+            "io.confluent.kafka.server/authentication",
+            "User:1",
+            "KEY1",
+            serde_json::json!({"methodName": "kafka.Authentication", "result": {"status": "SUCCESS"}}),
+        );
+        produce(&p, "confluent-audit-log-events", None, &event, &[]).await;
+    }
+    let shutdown = CancellationToken::new();
+    let running = auditflow::pipeline::start(config, shutdown.clone()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = {
+            let received = otlp.received.lock().unwrap();
+            newest(
+                &received.metrics,
+                "messaging.client.consumed.messages",
+                ("auditflow.stream", "audit"),
+            )
+        };
+        if got == Some(3.0) {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let received = otlp.received.lock().unwrap();
+            let names: Vec<String> = received
+                .metrics
+                .iter()
+                .flat_map(|rm| {
+                    rm.scope_metrics
+                        .iter()
+                        .flat_map(|s| s.metrics.iter().map(|m| m.name.clone()))
+                })
+                .collect();
+            panic!(
+                "records_in over OTLP: newest {got:?}; {} exports, names {names:?}; /metrics:\n{}",
+                received.metrics.len(),
+                running.telemetry.render(&[])
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    {
+        let received = otlp.received.lock().unwrap();
+        // The same value on the Prometheus page: one set of instruments.
+        assert!(
+            running
+                .telemetry
+                .render(&[])
+                .contains("auditflow_records_in_total{stream=\"audit\"} 3")
+        );
+        assert!(
+            newest(
+                &received.metrics,
+                "messaging.client.consumed.messages",
+                ("messaging.system", "kafka")
+            )
+            .is_some()
+        );
+        assert!(
+            newest(
+                &received.metrics,
+                "auditflow.window.bytes",
+                ("auditflow.table", "audit_events")
+            )
+            .is_some()
+        );
+        assert!(newest(&received.metrics, "auditflow.end_to_end.latency", ("quantile", "0.99")).is_some());
+    }
+    assert!(otlp.api_keys.lock().unwrap().iter().any(|k| k == "collector-key"));
+    shutdown.cancel();
+    running.wait(Duration::from_secs(20)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_metrics_over_otlp_grpc() {
+    exports_own_metrics(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_metrics_over_otlp_http() {
+    exports_own_metrics(true).await;
+}
