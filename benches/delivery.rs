@@ -94,6 +94,24 @@ async fn start_receiver() -> (Arc<Receiver>, String) {
     (receiver, url)
 }
 
+/// The self-telemetry receiver's URL, when `DELIVERY_OTLP_TELEMETRY` is set.
+static OTLP_TELEMETRY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Takes OTLP/HTTP metric exports and answers an empty `ExportMetricsServiceResponse`.
+async fn start_otlp_receiver() -> String {
+    let app = Router::new().route(
+        "/v1/metrics",
+        post(|body: axum::body::Bytes| async move {
+            std::hint::black_box(body.len());
+            ([("content-type", "application/x-protobuf")], Vec::<u8>::new())
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
 fn producer(bootstrap: &str) -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -125,6 +143,14 @@ batch_linger = "10ms"
 "#,
         rules = rules.display()
     );
+    // DELIVERY_OTLP_TELEMETRY=1: the self-telemetry on, exporting every second (60 times the
+    // default rate) to a receiver in this process, to measure its cost.
+    let text = match OTLP_TELEMETRY.get() {
+        Some(url) => {
+            format!("{text}[telemetry.otlp]\nendpoint = \"{url}\"\nprotocol = \"http/protobuf\"\ninterval = \"1s\"\n")
+        }
+        None => text,
+    };
     Config::parse(&text, "bench.toml").unwrap()
 }
 
@@ -250,6 +276,10 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
+        if std::env::var_os("DELIVERY_OTLP_TELEMETRY").is_some() {
+            OTLP_TELEMETRY.set(start_otlp_receiver().await).unwrap();
+            println!("delivery: self-telemetry over OTLP/HTTP every 1s");
+        }
         for acks in [false, true] {
             let label = if acks { "acks on " } else { "acks off" };
             let runs = if quick { 1 } else { 3 };
