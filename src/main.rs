@@ -74,6 +74,16 @@ enum Command {
         #[arg(long, env = "AUDITFLOW_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// Ask a running auditflow whether it is healthy (`/healthz`, or `/readyz` with
+    /// `--ready`): exits 0 on 200, 1 otherwise. For container health checks (no curl needed).
+    Health {
+        /// Base URL of the service's HTTP endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        url: String,
+        /// Ask `/readyz` (consuming and delivering) instead of `/healthz` (alive).
+        #[arg(long)]
+        ready: bool,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -286,6 +296,7 @@ async fn run(command: Command) -> Result<(), String> {
             format,
             token,
         } => sql(query, &url, format, token.as_deref()).await,
+        Command::Health { url, ready } => health(&url, ready).await,
         Command::Verify { target, public_key } => verify(&target, public_key.as_deref()).await,
         Command::Export {
             from,
@@ -503,4 +514,25 @@ async fn sql(query: Option<String>, url: &str, format: SqlFormat, token: Option<
         }
     }
     Ok(())
+}
+
+/// `auditflow health`: one GET with a short timeout; the answer's status decides.
+async fn health(url: &str, ready: bool) -> Result<(), String> {
+    let path = if ready { "readyz" } else { "healthz" };
+    let target = format!("{}/{path}", url.trim_end_matches('/'));
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let response = client
+        .get(&target)
+        .send()
+        .await
+        .map_err(|e| format!("{}: {e}", auditflow::config::redact_url(&target)))?;
+    if response.status().is_success() {
+        println!("{path}: ok");
+        Ok(())
+    } else {
+        Err(format!("{path}: {}", response.status()))
+    }
 }

@@ -47,6 +47,7 @@ impl RawSinks {
 #[serde(deny_unknown_fields)]
 pub struct RawHecSink {
     /// Base URLs of HEC endpoints (`https://splunk:8088`); requests fail over across them.
+    /// `${VAR}` expands.
     pub endpoints: Vec<String>,
     /// HEC token; `${VAR}` expands from the environment. Never logged.
     pub token: Secret,
@@ -182,7 +183,12 @@ impl RawHecSink {
         if self.endpoints.is_empty() {
             return Err(check.invalid(&key("endpoints"), "at least one endpoint is needed"));
         }
-        http_urls(check, &key("endpoints"), &self.endpoints)?;
+        let endpoints = self
+            .endpoints
+            .iter()
+            .map(|e| check.expand(&key("endpoints"), e))
+            .collect::<Result<Vec<_>, _>>()?;
+        http_urls(check, &key("endpoints"), &endpoints)?;
         let token = check.secret(&key("token"), &self.token)?;
         if self.batch_max_bytes < 1024 {
             return Err(check.invalid(&key("batch_max_bytes"), "must be at least 1024"));
@@ -201,7 +207,7 @@ impl RawHecSink {
             request_timeout: check.duration(&key("request_timeout"), &self.request_timeout)?,
             ack_timeout: check.duration(&key("ack_timeout"), &self.ack_timeout)?,
             ack_poll_interval: check.duration(&key("ack_poll_interval"), &self.ack_poll_interval)?,
-            endpoints: self.endpoints,
+            endpoints,
             token,
             index: self.index,
             alert_index: self.alert_index,
