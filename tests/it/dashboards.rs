@@ -31,6 +31,72 @@ async fn every_grafana_panel_query_runs() {
     assert!(n >= 4);
 }
 
+/// A panel's SQL with the macros Grafana's PostgreSQL data source expands before sending it
+/// (`$__timeFilter`, `$__timeGroup`, `$__timeGroupAlias`), for a 6-hour range.
+fn expand_grafana_macros(sql: &str) -> String {
+    let (from, to) = ("2026-12-03T10:00:00Z", "2026-12-03T16:00:00Z");
+    let mut out = sql.to_owned();
+    while let Some(start) = out.find("$__") {
+        let open = start + out[start..].find('(').expect("a macro with arguments");
+        let close = open + out[open..].find(')').unwrap();
+        let name = &out[start + 3..open];
+        let args: Vec<&str> = out[open + 1..close].split(',').map(str::trim).collect();
+        let seconds = |interval: &str| -> u64 {
+            let interval = interval.trim_matches('\'');
+            let (n, unit) = interval.split_at(interval.len() - 1);
+            let n: u64 = n.parse().unwrap();
+            n * match unit {
+                "s" => 1,
+                "m" => 60,
+                "h" => 3600,
+                other => panic!("interval unit {other}"),
+            }
+        };
+        let expanded = match name {
+            "timeFilter" => format!("{} BETWEEN '{from}' AND '{to}'", args[0]),
+            "timeGroup" => format!("floor(extract(epoch from {})/{s})*{s}", args[0], s = seconds(args[1])),
+            "timeGroupAlias" => format!(
+                "floor(extract(epoch from {})/{s})*{s} AS \"time\"",
+                args[0],
+                s = seconds(args[1])
+            ),
+            other => panic!("macro $__{other} is not expanded here"),
+        };
+        out.replace_range(start..=close, &expanded);
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_grafana_postgres_panel_runs_with_macros_expanded() {
+    let dir = repo("dashboards/grafana/dashboards");
+    let engine = QueryEngine::new(&Window::new(Duration::from_secs(3600)));
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap()).unwrap();
+        for panel in dashboard["panels"].as_array().unwrap() {
+            assert_eq!(panel["datasource"]["uid"], "auditflow-pg", "{:?}", panel["title"]);
+            for target in panel["targets"].as_array().unwrap() {
+                let sql = expand_grafana_macros(target["rawSql"].as_str().unwrap());
+                engine
+                    .query(&sql)
+                    .await
+                    .unwrap_or_else(|e| panic!("panel {:?}: {sql}: {e}", panel["title"]));
+                n += 1;
+            }
+        }
+    }
+    assert!(n >= 6, "{n} panels");
+    // The provisioning files name that data source and that folder.
+    let datasource = std::fs::read_to_string(repo("dashboards/grafana/provisioning/datasources/auditflow.yaml")).unwrap();
+    let datasource: serde_yaml::Value = serde_yaml::from_str(&datasource).unwrap();
+    assert_eq!(datasource["datasources"][0]["uid"], "auditflow-pg");
+    assert_eq!(datasource["datasources"][0]["type"], "grafana-postgresql-datasource");
+    let provider = std::fs::read_to_string(repo("dashboards/grafana/provisioning/dashboards/auditflow.yaml")).unwrap();
+    let provider: serde_yaml::Value = serde_yaml::from_str(&provider).unwrap();
+    assert_eq!(provider["providers"][0]["type"], "file");
+}
+
 #[test]
 fn every_splunk_field_is_emitted() {
     // What the HEC sink emits: indexed fields of audit events (a fully populated row), alert
