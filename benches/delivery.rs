@@ -123,8 +123,11 @@ fn producer(bootstrap: &str) -> FutureProducer {
 
 fn config(bootstrap: &str, hec: &str, group: &str, acks: bool) -> Config {
     let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    // State (the restart-safe dedupe store, on by default) in a directory of this run.
+    let data = tempfile::tempdir().unwrap().keep();
     let text = format!(
         r#"
+data_dir = "{data}"
 [kafka]
 bootstrap_servers = "{bootstrap}"
 group_id = "{group}"
@@ -141,7 +144,8 @@ acknowledgements = {acks}
 ack_poll_interval = "20ms"
 batch_linger = "10ms"
 "#,
-        rules = rules.display()
+        rules = rules.display(),
+        data = data.display()
     );
     // DELIVERY_OTLP_TELEMETRY=1: the self-telemetry on, exporting every second (60 times the
     // default rate) to a receiver in this process, to measure its cost.

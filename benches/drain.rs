@@ -175,8 +175,10 @@ fn write_config(dir: &Path, bootstrap: &str, hec: &str, group: &str, mode: Mode,
         Mode::GzipAcks => (true, true),
         Mode::Plain => (false, false),
     };
+    // State (the restart-safe dedupe store, on by default) in the run's own directory.
     let text = format!(
         r#"
+data_dir = "{data}"
 [kafka]
 bootstrap_servers = "{bootstrap}"
 group_id = "{group}"
@@ -193,6 +195,7 @@ compression = {compression}
 acknowledgements = {acks}
 ack_poll_interval = "20ms"
 "#,
+        data = dir.join("data").display(),
         rules = rules.display()
     );
     let path = dir.join(format!("{group}.toml"));

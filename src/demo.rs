@@ -345,6 +345,8 @@ pub async fn run(options: DemoOptions) -> Result<(), DemoError> {
         }
     })?;
     raw.kafka.group_id = "auditflow-demo".into();
+    // The demo's broker lives as long as the process: so does what it delivered.
+    raw.data_dir = scratch.join("data").display().to_string();
     raw.enrich.namespaces = Some(scratch.join("namespaces.yaml"));
     raw.enrich.directory = Some(scratch.join("directory.yaml"));
     raw.enrich.dedupe_horizon = "1h".into();

@@ -80,6 +80,10 @@ fn default_true() -> bool {
     true
 }
 
+fn default_data_dir() -> String {
+    "./data".into()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Raw, as written in the file (each section's struct lives in its file).
 
@@ -87,6 +91,11 @@ fn default_true() -> bool {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    /// Where auditflow keeps state: the restart-safe dedupe store (`dedupe/<group id>`) and the
+    /// archive spool (`archive-spool`), unless those are set. Default `./data`
+    /// (`/var/lib/auditflow` in the container image); `""` keeps no state (dedupe in memory only).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: String,
     pub kafka: RawKafka,
     #[serde(default)]
     pub topics: RawTopics,
@@ -116,6 +125,8 @@ pub struct RawConfig {
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `data_dir`, unless `""`.
+    pub data_dir: Option<PathBuf>,
     pub kafka: KafkaConfig,
     pub topics: TopicsConfig,
     pub decode: DecodeConfig,
@@ -158,18 +169,51 @@ impl Config {
     /// Validates a raw config, section by section (no IO but environment variables).
     pub fn validate(raw: RawConfig, origin: &str) -> Result<Config, ConfigError> {
         let check = Check { origin };
+        let data_dir = Some(check.expand("data_dir", &raw.data_dir)?)
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from);
         let kafka = raw.kafka.validate(check)?;
         let topics = raw.topics.validate(check)?;
         let decode = raw.decode.validate(check)?;
         let sinks = raw.sinks.validate(check)?;
         let sources = raw.sources.validate(check, &topics.metrics)?;
         let (http_listen, server) = raw.server.validate(check)?;
-        let enrich = raw.enrich.validate(check)?;
+        let mut enrich = raw.enrich.validate(check)?;
+        if enrich.dedupe_dir.is_none()
+            && let Some(dir) = &data_dir
+        {
+            // One store per consumer group: two pipelines sharing a data directory (or a group
+            // renamed) must not drop each other's events as repeats.
+            let group = kafka
+                .client_properties
+                .get("group.id")
+                .map_or("auditflow", |g| g.expose());
+            let safe: String = group
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            enrich.dedupe_dir = Some(dir.join("dedupe").join(safe));
+        }
         let rules = raw.rules.validate(check)?;
         let window = raw.window.validate(check)?;
-        let archive = raw.archive.map(|a| a.validate(check)).transpose()?;
+        let archive = raw
+            .archive
+            .map(|mut a| {
+                if a.spool_dir.is_none() {
+                    a.spool_dir = data_dir.as_ref().map(|d| d.join("archive-spool"));
+                }
+                a.validate(check)
+            })
+            .transpose()?;
         let telemetry_otlp = raw.telemetry.validate(check)?;
         Ok(Config {
+            data_dir,
             kafka,
             topics,
             decode,
@@ -313,6 +357,32 @@ mod tests {
         assert_eq!(c.kafka.client_properties["sasl.password"].expose(), "hunter2");
         assert_eq!(c.kafka.client_properties["sasl.mechanisms"].expose(), "PLAIN");
         assert!(!c.describe().contains("hunter2"));
+    }
+
+    #[test]
+    fn data_dir_turns_the_dedupe_store_on_per_group() {
+        let c = Config::parse(MINIMAL, "t.toml").unwrap();
+        assert_eq!(c.data_dir.as_deref(), Some(Path::new("./data")));
+        assert_eq!(
+            c.enrich.dedupe_dir.as_deref(),
+            Some(Path::new("./data/dedupe/auditflow"))
+        );
+        let text = "data_dir = \"/var/lib/auditflow\"\n[kafka]\nbootstrap_servers = \"x:1\"\ngroup_id = \"Tech01/auditflow\"\n\
+                    [archive]\nurl = \"/tmp/archive\"\n";
+        let c = Config::parse(text, "t.toml").unwrap();
+        assert_eq!(
+            c.enrich.dedupe_dir.as_deref(),
+            Some(Path::new("/var/lib/auditflow/dedupe/Tech01_auditflow"))
+        );
+        assert_eq!(
+            c.archive.unwrap().spool_dir,
+            Path::new("/var/lib/auditflow/archive-spool")
+        );
+        // An explicit store wins; no data directory keeps none.
+        let c = Config::parse(&format!("{MINIMAL}[enrich]\ndedupe_dir = \"/d\"\n"), "t.toml").unwrap();
+        assert_eq!(c.enrich.dedupe_dir.as_deref(), Some(Path::new("/d")));
+        let c = Config::parse(&format!("data_dir = \"\"\n{MINIMAL}"), "t.toml").unwrap();
+        assert!(c.enrich.dedupe_dir.is_none() && c.data_dir.is_none());
     }
 
     #[test]

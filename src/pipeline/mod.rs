@@ -137,7 +137,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     }
     let (alerts_tx, _) = broadcast::channel(1024);
 
-    let consumer = Arc::new(kafka::consumer(&config)?);
+    let consumer = Arc::new(kafka::consumer(&config, telemetry.clone())?);
     let dead_letters = DeadLetters::new(
         &config.kafka.client_properties,
         &config.topics.dead_letter,
@@ -317,12 +317,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let otlp_telemetry = match &config_telemetry {
         Some(otlp) => {
             let (t, w) = (telemetry.clone(), window.clone());
+            let settings = crate::telemetry::otlp::ExportSettings {
+                endpoint: otlp.endpoint.clone(),
+                grpc: otlp.protocol == crate::config::OtlpProtocol::Grpc,
+                headers: otlp
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+                    .collect(),
+                interval: otlp.interval,
+                timeout: otlp.timeout,
+            };
             let families = telemetry.families().to_vec();
-            Some(Arc::new(OtlpTelemetry::start(
-                otlp,
-                families,
-                Arc::new(move || t.render(&w.stats())),
-            )?))
+            let render = Arc::new(move || t.render(&w.stats()));
+            Some(Arc::new(OtlpTelemetry::start(&settings, families, render)?))
         }
         None => None,
     };

@@ -47,6 +47,12 @@ pub struct EndpointLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabel {
+    pub topic: String,
+    pub partition: i32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     /// `ok`, `rate_limited`, `refused` or `failed`.
     pub outcome: &'static str,
@@ -104,6 +110,8 @@ pub struct Telemetry {
     pub auth_failures: Family<EndpointLabel, Counter>,
     /// Connections refused or closed by a connection limit or timeout, by SQL endpoint.
     pub connections_refused: Family<EndpointLabel, Counter>,
+    /// Records behind the high watermark per assigned partition (librdkafka's statistics).
+    pub consumer_lag: Family<PartitionLabel, Gauge>,
     /// Metrics API export requests, by outcome (`ok`, `rate_limited`, `refused`, `failed`).
     pub metrics_api_requests: Family<OutcomeLabel, Counter>,
     /// Samples the Metrics API poller fed in (or published), new ones only.
@@ -154,6 +162,7 @@ impl Telemetry {
             rule_reorder_forced: Gauge::default(),
             auth_failures: Family::default(),
             connections_refused: Family::default(),
+            consumer_lag: Family::default(),
             metrics_api_requests: Family::default(),
             metrics_api_samples: Counter::default(),
             metrics_api_repeats: Counter::default(),
@@ -286,6 +295,13 @@ impl Telemetry {
             "sql_connections_refused",
             "SQL endpoint connections closed by a connection limit or timeout",
             t.connections_refused.clone(),
+        );
+        register(
+            &mut registry,
+            &mut families,
+            "consumer_lag",
+            "Records behind the high watermark, per assigned partition",
+            t.consumer_lag.clone(),
         );
         register(
             &mut registry,

@@ -19,7 +19,29 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader;
 
-use crate::config::{OtlpProtocol, TelemetryOtlpConfig, redact_url};
+/// Where and how to export (from `[telemetry.otlp]`; this module imports nothing of the project).
+#[derive(Clone)]
+pub struct ExportSettings {
+    pub endpoint: String,
+    /// gRPC, else HTTP/protobuf.
+    pub grpc: bool,
+    /// Header (gRPC metadata) names and values; values are secrets.
+    pub headers: Vec<(String, String)>,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// The endpoint without any `user:password@`, for messages.
+fn redact(endpoint: &str) -> String {
+    match url::Url::parse(endpoint) {
+        Ok(mut u) => {
+            let _ = u.set_password(None);
+            let _ = u.set_username("");
+            u.to_string()
+        }
+        Err(_) => "<not a URL>".into(),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum OtlpTelemetryError {
@@ -45,22 +67,22 @@ pub struct OtlpTelemetry {
 impl OtlpTelemetry {
     /// Starts exporting every `config.interval`. Must run inside the tokio runtime.
     pub fn start(
-        config: &TelemetryOtlpConfig,
+        config: &ExportSettings,
         families: Families,
         render: Render,
     ) -> Result<OtlpTelemetry, OtlpTelemetryError> {
-        let endpoint = redact_url(&config.endpoint);
+        let endpoint = redact(&config.endpoint);
         let failed = |e: &dyn std::fmt::Display| OtlpTelemetryError::Exporter {
             endpoint: endpoint.clone(),
             message: e.to_string(),
         };
-        let exporter = match config.protocol {
-            OtlpProtocol::Grpc => {
+        let exporter = match config.grpc {
+            true => {
                 let mut metadata = tonic::metadata::MetadataMap::new();
                 for (k, v) in &config.headers {
                     let key = tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
                         .map_err(|_| OtlpTelemetryError::Header(k.clone()))?;
-                    let value = v.expose().parse().map_err(|_| OtlpTelemetryError::Header(k.clone()))?;
+                    let value = v.parse().map_err(|_| OtlpTelemetryError::Header(k.clone()))?;
                     metadata.insert(key, value);
                 }
                 opentelemetry_otlp::MetricExporter::builder()
@@ -71,18 +93,14 @@ impl OtlpTelemetry {
                     .build()
                     .map_err(|e| failed(&e))?
             }
-            OtlpProtocol::HttpProtobuf => {
+            false => {
                 let base = config.endpoint.trim_end_matches('/');
                 let url = if base.ends_with("/v1/metrics") {
                     base.to_owned()
                 } else {
                     format!("{base}/v1/metrics")
                 };
-                let headers = config
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.expose().to_owned()))
-                    .collect();
+                let headers = config.headers.iter().cloned().collect();
                 opentelemetry_otlp::MetricExporter::builder()
                     .with_http()
                     .with_endpoint(url)
@@ -194,6 +212,7 @@ pub fn otel_name(family: &str) -> (String, &'static str) {
         "end_to_end_latency_ms" => ("auditflow.end_to_end.latency".into(), "ms"),
         "rule_eval_micros" => ("auditflow.rule.evaluation.time".into(), "us"),
         "window_bytes" => ("auditflow.window.bytes".into(), "By"),
+        "consumer_lag" => ("messaging.kafka.consumer.lag".into(), "{message}"),
         _ => (format!("auditflow.{name}"), ""),
     }
 }
@@ -204,6 +223,8 @@ fn attribute_name(label: &str) -> String {
         "sink" => "auditflow.sink".into(),
         "rule" => "auditflow.rule.id".into(),
         "table" => "auditflow.table".into(),
+        "topic" => "messaging.destination.name".into(),
+        "partition" => "messaging.destination.partition.id".into(),
         other => other.into(),
     }
 }

@@ -88,7 +88,8 @@ async fn every_grafana_postgres_panel_runs_with_macros_expanded() {
     }
     assert!(n >= 6, "{n} panels");
     // The provisioning files name that data source and that folder.
-    let datasource = std::fs::read_to_string(repo("dashboards/grafana/provisioning/datasources/auditflow.yaml")).unwrap();
+    let datasource =
+        std::fs::read_to_string(repo("dashboards/grafana/provisioning/datasources/auditflow.yaml")).unwrap();
     let datasource: serde_yaml::Value = serde_yaml::from_str(&datasource).unwrap();
     assert_eq!(datasource["datasources"][0]["uid"], "auditflow-pg");
     assert_eq!(datasource["datasources"][0]["type"], "grafana-postgresql-datasource");
@@ -159,15 +160,22 @@ fn every_splunk_field_is_emitted() {
     let mut queries: Vec<String> = Vec::new();
     for entry in std::fs::read_dir(app.join("data/ui/views")).unwrap() {
         let xml = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        queries.extend(
-            xml.split("<query>")
-                .skip(1)
-                .map(|q| q.split("</query>").next().unwrap().replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")),
-        );
+        queries.extend(xml.split("<query>").skip(1).map(|q| {
+            q.split("</query>")
+                .next()
+                .unwrap()
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&amp;", "&")
+        }));
     }
     for conf in ["savedsearches.conf", "eventtypes.conf"] {
         let text = std::fs::read_to_string(app.join(conf)).unwrap();
-        queries.extend(text.lines().filter_map(|l| l.strip_prefix("search = ")).map(str::to_owned));
+        queries.extend(
+            text.lines()
+                .filter_map(|l| l.strip_prefix("search = "))
+                .map(str::to_owned),
+        );
     }
     assert!(queries.len() >= 20, "{} searches", queries.len());
     let mut checked = 0;

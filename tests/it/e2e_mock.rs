@@ -38,6 +38,7 @@ pub fn config_text(bootstrap: &str, group: &str, hec: &str, otlp: Option<&str>, 
         .unwrap_or_default();
     format!(
         r#"
+data_dir = "{data}"
 [kafka]
 bootstrap_servers = "{bootstrap}"
 group_id = "{group}"
@@ -71,6 +72,8 @@ http_listen = "127.0.0.1:0"
         directory = repo("deploy/directory.example.yaml").display(),
         rules = repo("rules").display(),
         out = out.display(),
+        // State beside the output file: one test's delivered ids are not another's.
+        data = out.with_extension("data").display(),
     )
 }
 

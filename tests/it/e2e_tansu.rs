@@ -178,9 +178,10 @@ async fn tansu_broker_to_hec_and_sql() {
     );
 }
 
-/// `kill -9` mid-stream, then a restart: every produced id is delivered; duplicates are bounded
-/// by one HEC request (what was acknowledged but not yet recorded when the process died), and
-/// re-read records that were already delivered are dropped by the on-disk dedupe store.
+/// `kill -9` mid-stream, then a restart with default settings: every produced id is delivered;
+/// duplicates are bounded by what was in flight (acknowledged but not yet recorded when the
+/// process died), and re-read records that were already delivered are dropped by the on-disk
+/// dedupe store that `data_dir` (default `./data`) turns on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_and_restart_loses_nothing() {
     let _alone = crate::support::exclusive().await;
@@ -218,14 +219,17 @@ async fn kill_9_and_restart_loses_nothing() {
         "index = \"kafka_audit\"\n",
         "index = \"kafka_audit\"\nbatch_max_events = 20\n",
     )
-    .replace(
-        "[rules]",
-        &format!("dedupe_dir = \"{}\"\n[rules]", dir.path().join("dedupe").display()),
-    );
+    // No data_dir and no dedupe_dir: the defaults (./data, in the process's working directory)
+    // must make the restart safe.
+    .lines()
+    .filter(|l| !l.starts_with("data_dir"))
+    .collect::<Vec<_>>()
+    .join("\n");
     assert!(
         text.contains("batch_max_records = 20")
             && text.contains("batch_max_events = 20")
-            && text.contains("dedupe_dir")
+            && !text.contains("dedupe_dir")
+            && !text.contains("data_dir")
     );
     let file = dir.path().join("run.toml");
     std::fs::write(&file, text).unwrap();
@@ -233,6 +237,7 @@ async fn kill_9_and_restart_loses_nothing() {
         Process(
             Command::new(env!("CARGO_BIN_EXE_auditflow"))
                 .args(["run", "--config", file.to_str().unwrap()])
+                .current_dir(dir.path())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()

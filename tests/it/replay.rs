@@ -133,6 +133,7 @@ async fn an_hour_of_backlog_fires_every_incident_as_in_time_order() {
     let out = dir.path().join("out.jsonl");
     let config = format!(
         r#"
+data_dir = "{data}"
 [kafka]
 bootstrap_servers = "{bootstrap}"
 group_id = "replay"
@@ -154,6 +155,7 @@ path = "{out}"
 "#,
         rules = repo("rules").display(),
         out = out.display(),
+        data = dir.path().join("data").display(),
     );
     let config = Config::parse(&config, "replay.toml").unwrap();
     let shutdown = CancellationToken::new();

@@ -87,7 +87,12 @@ async fn exports_own_metrics(http: bool) {
         &hec.url(),
         None,
         &dir.path().join("out.jsonl"),
+    )
+    .replace(
+        "\"session.timeout.ms\" = \"6000\"",
+        "\"session.timeout.ms\" = \"6000\"\n\"statistics.interval.ms\" = \"500\"",
     );
+    assert!(text.contains("statistics.interval.ms"));
     text.push_str(&format!(
         "[telemetry.otlp]\nendpoint = \"http://{addr}\"\nprotocol = \"{protocol}\"\ninterval = \"1s\"\n[telemetry.otlp.headers]\nx-api-key = \"collector-key\"\n"
     ));
@@ -164,6 +169,16 @@ async fn exports_own_metrics(http: bool) {
         assert!(newest(&received.metrics, "auditflow.end_to_end.latency", ("quantile", "0.99")).is_some());
     }
     assert!(otlp.api_keys.lock().unwrap().iter().any(|k| k == "collector-key"));
+    // Consumer lag per partition, from librdkafka's statistics, with messaging.* attributes.
+    crate::support::eventually(Duration::from_secs(20), "consumer lag over OTLP", || {
+        let received = otlp.received.lock().unwrap();
+        newest(
+            &received.metrics,
+            "messaging.kafka.consumer.lag",
+            ("messaging.destination.name", "confluent-audit-log-events"),
+        ) == Some(0.0)
+    })
+    .await;
     shutdown.cancel();
     running.wait(Duration::from_secs(20)).await.unwrap();
 }
