@@ -215,24 +215,63 @@ async fn verify(target: &str, public_key: Option<&std::path::Path>) -> Result<()
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// The span exporter's layer, installed once the config says to (`telemetry.otlp.traces`).
+type TraceLayer =
+    tracing_opentelemetry::OpenTelemetryLayer<tracing_subscriber::Registry, opentelemetry_sdk::trace::Tracer>;
+type TraceHandle = tracing_subscriber::reload::Handle<Option<TraceLayer>, tracing_subscriber::Registry>;
+
+/// Logs to stderr; returns the handle that turns span export on after the config is read.
+fn init_logging(format: LogFormat) -> TraceHandle {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("AUDITFLOW_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let (traces, handle) = tracing_subscriber::reload::Layer::new(None::<TraceLayer>);
+    let registry = tracing_subscriber::registry().with(traces).with(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => registry.with(fmt).init(),
+        LogFormat::Json => registry.with(fmt.json()).init(),
     }
+    handle
+}
+
+/// Starts exporting spans when `[telemetry.otlp] traces = true`.
+fn start_traces(
+    config: &Config,
+    handle: &TraceHandle,
+) -> Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>, String> {
+    use opentelemetry::trace::TracerProvider as _;
+    let Some(otlp) = &config.telemetry_otlp else {
+        return Ok(None);
+    };
+    let Some(ratio) = otlp.traces else { return Ok(None) };
+    let settings = auditflow::telemetry::otlp::ExportSettings {
+        endpoint: otlp.endpoint.clone(),
+        grpc: otlp.protocol == auditflow::config::OtlpProtocol::Grpc,
+        headers: otlp
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+            .collect(),
+        interval: otlp.interval,
+        timeout: otlp.timeout,
+    };
+    let provider = auditflow::telemetry::otlp::tracer_provider(&settings, ratio).map_err(|e| e.to_string())?;
+    let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("auditflow"));
+    handle
+        .reload(Some(layer))
+        .map_err(|e| format!("turning on span export: {e}"))?;
+    tracing::info!(ratio, "exporting batch spans over OTLP");
+    Ok(Some(provider))
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let traces = init_logging(cli.log_format);
     raise_descriptor_limit();
-    match run(cli.command).await {
+    match run(cli.command, traces).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("error: {message}");
@@ -251,10 +290,11 @@ fn raise_descriptor_limit() {
     }
 }
 
-async fn run(command: Command) -> Result<(), String> {
+async fn run(command: Command, traces: TraceHandle) -> Result<(), String> {
     match command {
         Command::Run { config, drain_timeout } => {
             let config = Config::load(&config).map_err(|e| e.to_string())?;
+            let tracer = start_traces(&config, &traces)?;
             let shutdown = CancellationToken::new();
             let running = auditflow::pipeline::start(config, shutdown.clone())
                 .await
@@ -266,7 +306,12 @@ async fn run(command: Command) -> Result<(), String> {
                 tracing::info!("shutdown requested");
                 token.cancel();
             });
-            running.wait(drain_timeout).await.map_err(|e| e.to_string())
+            let result = running.wait(drain_timeout).await.map_err(|e| e.to_string());
+            if let Some(provider) = tracer {
+                // The last spans go out before exit; the flush waits on the runtime.
+                tokio::task::spawn_blocking(move || provider.shutdown()).await.ok();
+            }
+            result
         }
         Command::Demo {
             duration,

@@ -34,6 +34,17 @@ pub struct RawTelemetryOtlp {
     /// Per-export timeout. Default `10s`.
     #[serde(default = "default_timeout")]
     pub timeout: String,
+    /// Also export the batch-processing spans (`process_batch`, `dispatch`) as OTLP traces.
+    /// Default false.
+    #[serde(default)]
+    pub traces: bool,
+    /// Share of batches traced, 0 to 1. Default 0.01.
+    #[serde(default = "default_ratio")]
+    pub trace_sample_ratio: f64,
+}
+
+fn default_ratio() -> f64 {
+    0.01
 }
 
 fn default_interval() -> String {
@@ -51,6 +62,8 @@ pub struct TelemetryOtlpConfig {
     pub headers: BTreeMap<String, Secret>,
     pub interval: Duration,
     pub timeout: Duration,
+    /// Sampling ratio of batch spans, when traces are exported.
+    pub traces: Option<f64>,
 }
 
 impl RawTelemetry {
@@ -72,7 +85,11 @@ impl RawTelemetry {
         if timeout.is_zero() {
             return Err(check.invalid(&key("timeout"), "must be more than 0s"));
         }
+        if !(0.0..=1.0).contains(&otlp.trace_sample_ratio) {
+            return Err(check.invalid(&key("trace_sample_ratio"), "must be between 0 and 1"));
+        }
         Ok(Some(TelemetryOtlpConfig {
+            traces: otlp.traces.then_some(otlp.trace_sample_ratio),
             endpoint,
             protocol: otlp.protocol,
             headers,
@@ -106,6 +123,10 @@ mod tests {
                 "telemetry.otlp.interval",
             ),
             ("endpoint = \"http://x:1\"\nprotocol = \"udp\"", "protocol"),
+            (
+                "endpoint = \"http://x:1\"\ntraces = true\ntrace_sample_ratio = 2.0",
+                "telemetry.otlp.trace_sample_ratio",
+            ),
         ] {
             let e = Config::parse(&format!("{BASE}[telemetry.otlp]\n{bad}\n"), "t.toml")
                 .unwrap_err()

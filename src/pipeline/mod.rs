@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::enrich::dedupe::{Dedupe, DedupeStore};
@@ -457,10 +458,20 @@ async fn run_processor(
     mut rx: mpsc::Receiver<Polled>,
 ) -> Result<(), PipelineError> {
     while let Some(polled) = rx.recv().await {
+        // A span per batch (exported as OTLP traces with `telemetry.otlp.traces`, sampled).
+        let span = tracing::info_span!(
+            "process_batch",
+            "messaging.system" = "kafka",
+            "messaging.operation.type" = "process",
+            "messaging.batch.message_count" = polled.records.len(),
+            rows = tracing::field::Empty,
+        );
+        let inside = span.clone();
         let started = std::time::Instant::now();
         // Decoding, rules and the window are CPU work of tens of milliseconds per poll: on the
         // blocking pool they keep the runtime's workers free for polling and HTTP meanwhile.
         let (returned, batch, polled) = tokio::task::spawn_blocking(move || {
+            let _entered = inside.enter();
             if let Some(assigned) = &polled.assigned {
                 processor.set_assignment(assigned);
             }
@@ -475,7 +486,11 @@ async fn run_processor(
         }
         let processed = std::time::Instant::now();
         let rows = batch.len();
-        dispatcher.dispatch(batch, polled.positions, polled.bytes).await?;
+        span.record("rows", rows);
+        dispatcher
+            .dispatch(batch, polled.positions, polled.bytes)
+            .instrument(tracing::info_span!(parent: &span, "dispatch"))
+            .await?;
         tracing::debug!(
             records = polled.records.len(),
             rows,

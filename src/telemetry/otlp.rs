@@ -18,6 +18,8 @@ use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader;
+use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 
 /// Where and how to export (from `[telemetry.otlp]`; this module imports nothing of the project).
 #[derive(Clone)]
@@ -59,6 +61,69 @@ pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 /// Families to export: exposed name and whether it is a counter ([`super::Telemetry::families`]).
 pub type Families = Vec<(String, bool)>;
 
+/// Builds an OTLP exporter of one signal (`MetricExporter`, `SpanExporter`): gRPC with the
+/// headers as metadata, or HTTP/protobuf posting to `<endpoint>/<path>`.
+macro_rules! exporter {
+    ($exporter:path, $path:literal, $config:expr, $failed:expr) => {{
+        let config: &ExportSettings = $config;
+        if config.grpc {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            for (k, v) in &config.headers {
+                let key = tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
+                    .map_err(|_| OtlpTelemetryError::Header(k.clone()))?;
+                let value = v.parse().map_err(|_| OtlpTelemetryError::Header(k.clone()))?;
+                metadata.insert(key, value);
+            }
+            <$exporter>::builder()
+                .with_tonic()
+                .with_endpoint(config.endpoint.clone())
+                .with_timeout(config.timeout)
+                .with_metadata(metadata)
+                .build()
+                .map_err(|e| $failed(&e))?
+        } else {
+            let base = config.endpoint.trim_end_matches('/');
+            let url = if base.ends_with($path) {
+                base.to_owned()
+            } else {
+                format!("{base}/{}", $path)
+            };
+            <$exporter>::builder()
+                .with_http()
+                .with_endpoint(url)
+                .with_timeout(config.timeout)
+                .with_headers(config.headers.iter().cloned().collect())
+                .build()
+                .map_err(|e| $failed(&e))?
+        }
+    }};
+}
+
+/// The resource every signal carries.
+fn resource() -> Resource {
+    Resource::builder()
+        .with_service_name("auditflow")
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// A tracer provider exporting sampled spans (`ratio` of traces, children following their
+/// parent) in batches. Must run inside the tokio runtime.
+pub fn tracer_provider(config: &ExportSettings, ratio: f64) -> Result<SdkTracerProvider, OtlpTelemetryError> {
+    let endpoint = redact(&config.endpoint);
+    let failed = |e: &dyn std::fmt::Display| OtlpTelemetryError::Exporter {
+        endpoint: endpoint.clone(),
+        message: e.to_string(),
+    };
+    let exporter = exporter!(opentelemetry_otlp::SpanExporter, "v1/traces", config, failed);
+    let processor = BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))))
+        .with_resource(resource())
+        .build())
+}
+
 /// The running export; dropping it stops the periodic reader after a last export.
 pub struct OtlpTelemetry {
     provider: SdkMeterProvider,
@@ -76,50 +141,13 @@ impl OtlpTelemetry {
             endpoint: endpoint.clone(),
             message: e.to_string(),
         };
-        let exporter = match config.grpc {
-            true => {
-                let mut metadata = tonic::metadata::MetadataMap::new();
-                for (k, v) in &config.headers {
-                    let key = tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
-                        .map_err(|_| OtlpTelemetryError::Header(k.clone()))?;
-                    let value = v.parse().map_err(|_| OtlpTelemetryError::Header(k.clone()))?;
-                    metadata.insert(key, value);
-                }
-                opentelemetry_otlp::MetricExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(config.endpoint.clone())
-                    .with_timeout(config.timeout)
-                    .with_metadata(metadata)
-                    .build()
-                    .map_err(|e| failed(&e))?
-            }
-            false => {
-                let base = config.endpoint.trim_end_matches('/');
-                let url = if base.ends_with("/v1/metrics") {
-                    base.to_owned()
-                } else {
-                    format!("{base}/v1/metrics")
-                };
-                let headers = config.headers.iter().cloned().collect();
-                opentelemetry_otlp::MetricExporter::builder()
-                    .with_http()
-                    .with_endpoint(url)
-                    .with_timeout(config.timeout)
-                    .with_headers(headers)
-                    .build()
-                    .map_err(|e| failed(&e))?
-            }
-        };
+        let exporter = exporter!(opentelemetry_otlp::MetricExporter, "v1/metrics", config, failed);
         let reader = PeriodicReader::builder(exporter, opentelemetry_sdk::runtime::Tokio)
             .with_interval(config.interval)
             .build();
-        let resource = Resource::builder()
-            .with_service_name("auditflow")
-            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-            .build();
         let provider = SdkMeterProvider::builder()
             .with_reader(reader)
-            .with_resource(resource)
+            .with_resource(resource())
             .build();
         register(&provider, families, render);
         Ok(OtlpTelemetry { provider })

@@ -192,3 +192,73 @@ async fn own_metrics_over_otlp_grpc() {
 async fn own_metrics_over_otlp_http() {
     exports_own_metrics(true).await;
 }
+
+/// `auditflow run` with `traces = true`: the batch spans reach the OTLP receiver as traces,
+/// `dispatch` a child of `process_batch`, with the resource and messaging attributes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_spans_over_otlp_traces() {
+    let cluster = MockCluster::new(1).unwrap();
+    for topic in [
+        "confluent-audit-log-events",
+        "confluent-metrics",
+        "auditflow-dead-letter",
+        "auditflow-alerts",
+    ] {
+        cluster.create_topic(topic, 1, 1).unwrap();
+    }
+    let bootstrap = cluster.bootstrap_servers();
+    let hec = HecReceiver::start(TOKEN).await;
+    let (otlp, addr) = OtlpReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = config_text(
+        &bootstrap,
+        "self-traces",
+        &hec.url(),
+        None,
+        &dir.path().join("out.jsonl"),
+    );
+    text.push_str(&format!(
+        "[telemetry.otlp]\nendpoint = \"http://{addr}\"\ninterval = \"1s\"\ntraces = true\ntrace_sample_ratio = 1.0\n"
+    ));
+    let file = dir.path().join("traces.toml");
+    std::fs::write(&file, text).unwrap();
+    let p = producer(&bootstrap);
+    for _ in 0..3 {
+        let (_, event) = audit_event(
+            "io.confluent.kafka.server/authentication",
+            "User:1",
+            "KEY1",
+            serde_json::json!({"methodName": "kafka.Authentication", "result": {"status": "SUCCESS"}}),
+        );
+        produce(&p, "confluent-audit-log-events", None, &event, &[]).await;
+    }
+    let _process = crate::e2e_tansu::Process(
+        std::process::Command::new(env!("CARGO_BIN_EXE_auditflow"))
+            .args(["run", "--config", file.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    crate::support::eventually(Duration::from_secs(40), "process_batch and dispatch spans", || {
+        let received = otlp.received.lock().unwrap();
+        let spans: Vec<_> = received
+            .spans
+            .iter()
+            .filter(|rs| {
+                rs.resource
+                    .as_ref()
+                    .is_some_and(|r| string_attr(&r.attributes, "service.name").as_deref() == Some("auditflow"))
+            })
+            .flat_map(|rs| rs.scope_spans.iter().flat_map(|s| &s.spans))
+            .collect();
+        spans.iter().any(|batch| {
+            batch.name == "process_batch"
+                && string_attr(&batch.attributes, "messaging.system").as_deref() == Some("kafka")
+                && spans
+                    .iter()
+                    .any(|d| d.name == "dispatch" && d.parent_span_id == batch.span_id && d.trace_id == batch.trace_id)
+        })
+    })
+    .await;
+}

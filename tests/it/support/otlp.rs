@@ -11,14 +11,18 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::
     MetricsService, MetricsServiceServer,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::metrics::v1::ResourceMetrics;
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use tonic::{Request, Response, Status};
 
 #[derive(Default)]
 pub struct Received {
     pub logs: Vec<LogRecord>,
     pub metrics: Vec<ResourceMetrics>,
+    pub spans: Vec<ResourceSpans>,
 }
 
 #[derive(Clone, Default)]
@@ -51,6 +55,22 @@ impl MetricsService for OtlpReceiver {
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
         self.note_api_key(request.metadata().get("x-api-key").and_then(|v| v.to_str().ok()));
         Ok(Response::new(self.take_metrics(request.into_inner())))
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for OtlpReceiver {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        self.note_api_key(request.metadata().get("x-api-key").and_then(|v| v.to_str().ok()));
+        self.received
+            .lock()
+            .unwrap()
+            .spans
+            .extend(request.into_inner().resource_spans);
+        Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
 }
 
@@ -102,7 +122,8 @@ impl OtlpReceiver {
         tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(LogsServiceServer::new(service.clone()))
-                .add_service(MetricsServiceServer::new(service))
+                .add_service(MetricsServiceServer::new(service.clone()))
+                .add_service(TraceServiceServer::new(service))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
                 .await
                 .unwrap();
