@@ -75,6 +75,9 @@ pub struct MetricsApiPoller {
     next_offset: i64,
     /// No request before this (a spent rate-limit window).
     not_before: Instant,
+    /// When each resource kind's export last succeeded: the next waits the spacing from it, even
+    /// when retries made a cycle overrun its interval.
+    last_success: HashMap<&'static str, Instant>,
 }
 
 impl MetricsApiPoller {
@@ -102,6 +105,7 @@ impl MetricsApiPoller {
             polls: 0,
             next_offset: 0,
             not_before: Instant::now(),
+            last_success: HashMap::new(),
         })
     }
 
@@ -150,7 +154,7 @@ impl MetricsApiPoller {
     /// One kind's export, retried until it succeeds; its new samples. None on shutdown.
     async fn export(
         &mut self,
-        kind: &str,
+        kind: &'static str,
         ids: &[String],
         shutdown: &CancellationToken,
     ) -> Option<Vec<CanonicalSample>> {
@@ -165,6 +169,9 @@ impl MetricsApiPoller {
             }
         }
         let mut attempt = 0u32;
+        if let Some(last) = self.last_success.get(kind) {
+            self.not_before = self.not_before.max(*last + PER_RESOURCE_SPACING);
+        }
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return None,
@@ -175,6 +182,7 @@ impl MetricsApiPoller {
                     self.not_before = Instant::now() + pause.unwrap_or_default();
                     match export::parse(&body, now_us() / 1000) {
                         Ok(exported) => {
+                            self.last_success.insert(kind, Instant::now());
                             self.record_success();
                             return Some(self.take_new(exported));
                         }
