@@ -209,7 +209,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
     // Delivered ids are remembered before the offsets move, so a crash after the commit cannot
     // make them look new, and a crash before it finds them remembered.
-    let remember = store.map(|store| -> RememberDelivered { Box::new(move |ids| store.append(ids, now_us())) });
+    let remember = store.map(|store| -> RememberDelivered { Arc::new(move |ids| store.append(ids, now_us())) });
     drain.push(tokio::spawn(committer::run_committer(
         consumer.clone(),
         commit_rx,
