@@ -124,7 +124,11 @@ fn producer(bootstrap: &str) -> FutureProducer {
 fn config(bootstrap: &str, hec: &str, group: &str, acks: bool) -> Config {
     let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
     // State (the restart-safe dedupe store, on by default) in a directory of this run.
-    let data = tempfile::tempdir().unwrap().keep();
+    // DELIVERY_NO_STATE=1: no data_dir (dedupe in memory only), to measure the store's cost.
+    let data = match std::env::var_os("DELIVERY_NO_STATE") {
+        Some(_) => std::path::PathBuf::new(),
+        None => tempfile::tempdir().unwrap().keep(),
+    };
     let text = format!(
         r#"
 data_dir = "{data}"
