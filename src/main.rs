@@ -246,17 +246,7 @@ fn start_traces(
         return Ok(None);
     };
     let Some(ratio) = otlp.traces else { return Ok(None) };
-    let settings = auditflow::telemetry::otlp::ExportSettings {
-        endpoint: otlp.endpoint.clone(),
-        grpc: otlp.protocol == auditflow::config::OtlpProtocol::Grpc,
-        headers: otlp
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.expose().to_owned()))
-            .collect(),
-        interval: otlp.interval,
-        timeout: otlp.timeout,
-    };
+    let settings = auditflow::pipeline::otlp_export_settings(otlp);
     let provider = auditflow::telemetry::otlp::tracer_provider(&settings, ratio).map_err(|e| e.to_string())?;
     let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("auditflow"));
     handle

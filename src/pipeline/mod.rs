@@ -318,17 +318,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let otlp_telemetry = match &config_telemetry {
         Some(otlp) => {
             let (t, w) = (telemetry.clone(), window.clone());
-            let settings = crate::telemetry::otlp::ExportSettings {
-                endpoint: otlp.endpoint.clone(),
-                grpc: otlp.protocol == crate::config::OtlpProtocol::Grpc,
-                headers: otlp
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.expose().to_owned()))
-                    .collect(),
-                interval: otlp.interval,
-                timeout: otlp.timeout,
-            };
+            let settings = otlp_export_settings(otlp);
             let families = telemetry.families().to_vec();
             let render = Arc::new(move || t.render(&w.stats()));
             Some(Arc::new(OtlpTelemetry::start(&settings, families, render)?))
@@ -500,4 +490,20 @@ async fn run_processor(
         );
     }
     Ok(())
+}
+
+/// The self-telemetry exporter's settings from `[telemetry.otlp]` (telemetry imports nothing
+/// of config, so the translation lives here), for metrics and for spans alike.
+pub fn otlp_export_settings(otlp: &crate::config::TelemetryOtlpConfig) -> crate::telemetry::otlp::ExportSettings {
+    crate::telemetry::otlp::ExportSettings {
+        endpoint: otlp.endpoint.clone(),
+        grpc: otlp.protocol == crate::config::OtlpProtocol::Grpc,
+        headers: otlp
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+            .collect(),
+        interval: otlp.interval,
+        timeout: otlp.timeout,
+    }
 }

@@ -77,7 +77,7 @@ http_listen = "127.0.0.1:0"
     )
 }
 
-async fn sql(addr: std::net::SocketAddr, query: &str) -> (u16, Value) {
+pub(crate) async fn sql(addr: std::net::SocketAddr, query: &str) -> (u16, Value) {
     let response = reqwest::Client::new()
         .post(format!("http://{addr}/v1/sql"))
         .json(&json!({ "sql": query }))

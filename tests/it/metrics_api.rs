@@ -7,13 +7,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use auditflow::config::Config;
-use rdkafka::mocking::MockCluster;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::e2e_mock::config_text;
+use crate::e2e_mock::{config_text, sql};
 use crate::support::hec::HecReceiver;
-use crate::support::kafka::read_all;
+use crate::support::kafka::{mock_cluster, read_all};
 use crate::support::metrics_api::FakeMetricsApi;
 use crate::support::{eventually, logs};
 
@@ -25,19 +24,6 @@ const SECRET: &str = "cloud-secret/with+odd=chars";
 fn lagging_minute_ms() -> i64 {
     let now = chrono::Utc::now().timestamp_millis();
     (now - 180_000) / 60_000 * 60_000
-}
-
-fn cluster() -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
-    let cluster = MockCluster::new(1).unwrap();
-    for topic in [
-        "confluent-audit-log-events",
-        "confluent-metrics",
-        "auditflow-dead-letter",
-        "auditflow-alerts",
-    ] {
-        cluster.create_topic(topic, 1, 1).unwrap();
-    }
-    cluster
 }
 
 /// The shared end-to-end config, with quick idle partitions and the poller section.
@@ -71,20 +57,28 @@ schema_registry = ["lsrc-abc123"]
     Config::parse(&text, "metrics_api.toml").unwrap()
 }
 
-async fn sql(addr: std::net::SocketAddr, query: &str) -> Value {
-    let response = reqwest::Client::new()
-        .post(format!("http://{addr}/v1/sql"))
-        .json(&json!({ "sql": query }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{query}");
-    response.json().await.unwrap()
+/// A query's rows; anything but 200 fails the test.
+async fn rows(addr: std::net::SocketAddr, query: &str) -> Value {
+    let (status, v) = sql(addr, query).await;
+    assert_eq!(status, 200, "{query}: {v}");
+    v
 }
 
 async fn count(addr: std::net::SocketAddr, filter: &str) -> u64 {
-    let v = sql(addr, &format!("SELECT count(*) AS n FROM metrics {filter}")).await;
+    let v = rows(addr, &format!("SELECT count(*) AS n FROM metrics {filter}")).await;
     v[0]["n"].as_u64().unwrap_or_else(|| panic!("{v}"))
+}
+
+/// The `metrics` table's row count once it reaches `at_least`, or when `timeout` passes.
+async fn rows_within(addr: std::net::SocketAddr, at_least: u64, timeout: Duration) -> u64 {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let rows = count(addr, "").await;
+        if rows >= at_least || tokio::time::Instant::now() > deadline {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A counter's value on the `/metrics` text (0 when absent).
@@ -97,7 +91,7 @@ fn counter(text: &str, series: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn samples_reach_the_window_and_rules_through_429s_and_repeats() {
     logs();
-    let cluster = cluster();
+    let cluster = mock_cluster();
     let hec = HecReceiver::start(TOKEN).await;
     let minute = lagging_minute_ms();
     let known = vec![
@@ -122,15 +116,7 @@ async fn samples_reach_the_window_and_rules_through_429s_and_repeats() {
 
     // First poll: two 429s, then every sample, none lost. 2 topics x 3 metrics + partitions on
     // the cluster, and the schema count.
-    let mut rows = 0;
-    for _ in 0..300 {
-        rows = count(http, "").await;
-        if rows >= 8 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(rows, 8);
+    assert_eq!(rows_within(http, 8, Duration::from_secs(40)).await, 8);
     assert_eq!(api.state.num_rate_limited.load(Ordering::SeqCst), 2);
     let metrics = running.telemetry.render(&[]);
     assert_eq!(
@@ -154,7 +140,7 @@ async fn samples_reach_the_window_and_rules_through_429s_and_repeats() {
     );
 
     // Names, labels and time as the Metrics API has them.
-    let v = sql(
+    let v = rows(
         http,
         "SELECT kind, value, to_unixtime(time) AS t FROM metrics \
          WHERE name = 'io.confluent.kafka.server/sent_bytes' AND cluster_id = 'lkc-9kg320' AND topic = 'payments'",
@@ -194,15 +180,7 @@ async fn samples_reach_the_window_and_rules_through_429s_and_repeats() {
 
     // The next minute is new.
     api.state.minute_ms.store(minute + 60_000, Ordering::SeqCst);
-    let mut rows = 0;
-    for _ in 0..400 {
-        rows = count(http, "").await;
-        if rows >= 16 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(rows, 16);
+    assert_eq!(rows_within(http, 16, Duration::from_secs(50)).await, 16);
     assert!(
         api.state.bad_requests.lock().unwrap().is_empty(),
         "{:?}",
@@ -216,7 +194,7 @@ async fn samples_reach_the_window_and_rules_through_429s_and_repeats() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_credentials_are_a_clear_error_and_a_counter_not_a_crash() {
     logs();
-    let cluster = cluster();
+    let cluster = mock_cluster();
     let hec = HecReceiver::start(TOKEN).await;
     let api = FakeMetricsApi::start(KEY, SECRET, vec![("kafka", "lkc-9kg320".into())], lagging_minute_ms()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -247,7 +225,7 @@ async fn wrong_credentials_are_a_clear_error_and_a_counter_not_a_crash() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_topic_routes_samples_through_kafka_once() {
     logs();
-    let cluster = cluster();
+    let cluster = mock_cluster();
     let bootstrap = cluster.bootstrap_servers();
     let hec = HecReceiver::start(TOKEN).await;
     let known = vec![
@@ -268,15 +246,7 @@ async fn publish_topic_routes_samples_through_kafka_once() {
     let shutdown = CancellationToken::new();
     let running = auditflow::pipeline::start(config, shutdown.clone()).await.unwrap();
     let http = running.http_addr.unwrap();
-    let mut rows = 0;
-    for _ in 0..300 {
-        rows = count(http, "").await;
-        if rows >= 8 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(rows, 8);
+    assert_eq!(rows_within(http, 8, Duration::from_secs(40)).await, 8);
     let records =
         tokio::task::spawn_blocking(move || read_all(&bootstrap, "confluent-metrics", 1, 8, Duration::from_secs(20)))
             .await

@@ -7,14 +7,13 @@ use std::time::Duration;
 use auditflow::config::Config;
 use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::metrics::v1::{ResourceMetrics, metric, number_data_point};
-use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
 
 use crate::e2e_mock::config_text;
 use crate::support::hec::HecReceiver;
-use crate::support::kafka::{produce, producer};
+use crate::support::kafka::{mock_cluster, produce_authentications};
+use crate::support::logs;
 use crate::support::otlp::OtlpReceiver;
-use crate::support::{audit_event, logs};
 
 const TOKEN: &str = "00000000-0000-0000-0000-000000000001";
 
@@ -63,15 +62,7 @@ fn newest(received: &[ResourceMetrics], name: &str, attr: (&str, &str)) -> Optio
 
 async fn exports_own_metrics(http: bool) {
     logs();
-    let cluster = MockCluster::new(1).unwrap();
-    for topic in [
-        "confluent-audit-log-events",
-        "confluent-metrics",
-        "auditflow-dead-letter",
-        "auditflow-alerts",
-    ] {
-        cluster.create_topic(topic, 1, 1).unwrap();
-    }
+    let cluster = mock_cluster();
     let bootstrap = cluster.bootstrap_servers();
     let hec = HecReceiver::start(TOKEN).await;
     let (otlp, addr) = if http {
@@ -97,16 +88,7 @@ async fn exports_own_metrics(http: bool) {
         "[telemetry.otlp]\nendpoint = \"http://{addr}\"\nprotocol = \"{protocol}\"\ninterval = \"1s\"\n[telemetry.otlp.headers]\nx-api-key = \"collector-key\"\n"
     ));
     let config = Config::parse(&text, "self_telemetry.toml").unwrap();
-    let p = producer(&bootstrap);
-    for _ in 0..3 {
-        let (_, event) = audit_event(
-            "io.confluent.kafka.server/authentication",
-            "User:1",
-            "KEY1",
-            serde_json::json!({"methodName": "kafka.Authentication", "result": {"status": "SUCCESS"}}),
-        );
-        produce(&p, "confluent-audit-log-events", None, &event, &[]).await;
-    }
+    produce_authentications(&bootstrap, 3).await;
     let shutdown = CancellationToken::new();
     let running = auditflow::pipeline::start(config, shutdown.clone()).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -197,15 +179,7 @@ async fn own_metrics_over_otlp_http() {
 /// `dispatch` a child of `process_batch`, with the resource and messaging attributes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_spans_over_otlp_traces() {
-    let cluster = MockCluster::new(1).unwrap();
-    for topic in [
-        "confluent-audit-log-events",
-        "confluent-metrics",
-        "auditflow-dead-letter",
-        "auditflow-alerts",
-    ] {
-        cluster.create_topic(topic, 1, 1).unwrap();
-    }
+    let cluster = mock_cluster();
     let bootstrap = cluster.bootstrap_servers();
     let hec = HecReceiver::start(TOKEN).await;
     let (otlp, addr) = OtlpReceiver::start().await;
@@ -222,16 +196,7 @@ async fn batch_spans_over_otlp_traces() {
     ));
     let file = dir.path().join("traces.toml");
     std::fs::write(&file, text).unwrap();
-    let p = producer(&bootstrap);
-    for _ in 0..3 {
-        let (_, event) = audit_event(
-            "io.confluent.kafka.server/authentication",
-            "User:1",
-            "KEY1",
-            serde_json::json!({"methodName": "kafka.Authentication", "result": {"status": "SUCCESS"}}),
-        );
-        produce(&p, "confluent-audit-log-events", None, &event, &[]).await;
-    }
+    produce_authentications(&bootstrap, 3).await;
     let _process = crate::e2e_tansu::Process(
         std::process::Command::new(env!("CARGO_BIN_EXE_auditflow"))
             .args(["run", "--config", file.to_str().unwrap()])

@@ -8,6 +8,7 @@
 //! across endpoints. Events HEC rejects for their content (codes 6, 7, 12, 13, 15) are isolated
 //! by splitting the request and sent to the dead-letter topic; the rest is delivered.
 
+mod acks;
 pub mod encoder;
 pub mod refused;
 pub mod response;

@@ -9,7 +9,6 @@
 //! connection keeps sending while up to `max_pending_acks` groups wait for acknowledgement, so
 //! acknowledgement costs latency, not throughput.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,9 +16,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use super::acks::{AwaitingAck, PendingGroup};
 use super::encoder::{Body, encode, gzip};
 use super::refused;
-use super::response::{AckResponse, HecResponse, classify, classify_transport, retry_after};
+use super::response::{HecResponse, classify, classify_transport, retry_after};
 use crate::config::{HecSinkConfig, redact_url};
 use crate::event::{Alert, now_us};
 use crate::retry::{Verdict, wait_after};
@@ -37,40 +37,11 @@ enum Outcome {
     EventRejected { reason: String },
 }
 
-/// A body HEC accepted whose indexer acknowledgement is outstanding.
-struct AwaitingAck {
-    body: Body,
-    endpoint: usize,
-    ack_id: u64,
-    sent: Instant,
-    /// `(endpoint, ackId)` of earlier sends of this body that timed out. Their acknowledgement
-    /// may still come (a loaded indexer answers late); any one of them completes the body, so a
-    /// late ack ends the resending instead of causing another copy.
-    earlier: Vec<(usize, u64)>,
-}
-
-/// How many timed-out sends of one body are still polled for: enough for an indexer a few
-/// `ack_timeout`s behind, bounded so a body HEC never acknowledges keeps a fixed size.
-const MAX_EARLIER_SENDS: usize = 4;
-
-impl AwaitingAck {
-    fn ids(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
-        std::iter::once((self.endpoint, self.ack_id)).chain(self.earlier.iter().copied())
-    }
-}
-
 /// Sink items sent together, and the request bodies they were encoded into.
 struct Group {
     items: Vec<SinkItem>,
     bodies: Vec<Body>,
     num_events: usize,
-}
-
-/// A group whose bodies were accepted, some of them not yet acknowledged.
-struct PendingGroup {
-    items: Vec<SinkItem>,
-    num_events: usize,
-    awaiting: Vec<AwaitingAck>,
 }
 
 /// Which endpoint is in use and which are known unhealthy; shared by the connections.
@@ -81,14 +52,14 @@ struct Endpoints {
 }
 
 /// What the connections share.
-struct Shared {
-    config: HecSinkConfig,
+pub(super) struct Shared {
+    pub(super) config: HecSinkConfig,
     endpoints: Mutex<Endpoints>,
     /// For health probes.
     probe: reqwest::Client,
     dead_letters: DeadLetters,
-    telemetry: Telemetry,
-    label: SinkLabel,
+    pub(super) telemetry: Telemetry,
+    pub(super) label: SinkLabel,
     /// Where the refused-token alert goes (the pipeline publishes it to every sink).
     system_alerts: Option<mpsc::Sender<Alert>>,
     /// Since when (µs) the refused-token alert is firing; 0 when it is not.
@@ -224,12 +195,12 @@ impl HecSink {
 }
 
 /// One sending connection: its own HTTP client and channel GUIDs.
-struct Connection {
-    index: usize,
-    client: reqwest::Client,
+pub(super) struct Connection {
+    pub(super) index: usize,
+    pub(super) client: reqwest::Client,
     /// A channel GUID per endpoint.
-    channels: Vec<String>,
-    shared: Arc<Shared>,
+    pub(super) channels: Vec<String>,
+    pub(super) shared: Arc<Shared>,
 }
 
 impl Connection {
@@ -297,54 +268,6 @@ impl Connection {
         }
     }
 
-    /// Polls every endpoint once for the ackIds it holds (one request per endpoint), and sends
-    /// again the bodies whose acknowledgement did not come within `ack_timeout` (the receiver
-    /// may then index them twice: at least once).
-    async fn poll_pending(&self, pending: &mut [PendingGroup]) {
-        let timeout = self.shared.config.ack_timeout;
-        for endpoint in 0..self.shared.config.endpoints.len() {
-            let ids: Vec<u64> = pending
-                .iter()
-                .flat_map(|g| g.awaiting.iter())
-                .flat_map(AwaitingAck::ids)
-                .filter(|(e, _)| *e == endpoint)
-                .map(|(_, id)| id)
-                .collect();
-            if ids.is_empty() {
-                continue;
-            }
-            let acked = self.poll_acks(endpoint, &ids).await;
-            for group in pending.iter_mut() {
-                group
-                    .awaiting
-                    .retain(|a| !a.ids().any(|(e, id)| e == endpoint && acked.contains(&id)));
-            }
-        }
-        for group in pending.iter_mut() {
-            let (expired, waiting): (Vec<AwaitingAck>, Vec<AwaitingAck>) = std::mem::take(&mut group.awaiting)
-                .into_iter()
-                .partition(|a| a.sent.elapsed() >= timeout);
-            group.awaiting = waiting;
-            for a in expired {
-                tracing::warn!(
-                    ack_id = a.ack_id,
-                    events = a.body.num_events(),
-                    connection = self.index,
-                    "HEC never acknowledged a batch; sending it again"
-                );
-                let telemetry = &self.shared.telemetry;
-                telemetry.sink_retries.get_or_create(&self.shared.label).inc();
-                let num_events = a.body.num_events() as u64;
-                let mut earlier: Vec<(usize, u64)> = a.ids().collect();
-                earlier.truncate(MAX_EARLIER_SENDS);
-                self.deliver(a.body, earlier, &mut group.awaiting).await;
-                // Counted once HEC has the copy (deliver returns when it is accepted or dead-
-                // lettered), so the figure is what reached the indexer, not what was planned.
-                telemetry.hec_resent_events.inc_by(num_events);
-            }
-        }
-    }
-
     /// The shared endpoint state. A connection that panicked while holding it left plain
     /// indices behind, still usable, so a poisoned lock is taken over rather than spread.
     fn endpoint_state(&self) -> std::sync::MutexGuard<'_, Endpoints> {
@@ -393,44 +316,10 @@ impl Connection {
         matches!(self.shared.probe.get(&url).send().await, Ok(r) if r.status().is_success())
     }
 
-    /// Asks `endpoint` which of `ids` are indexed; failures just mean "not yet".
-    async fn poll_acks(&self, endpoint: usize, ids: &[u64]) -> HashSet<u64> {
-        let config = &self.shared.config;
-        let base = &config.endpoints[endpoint];
-        let url = format!("{}/services/collector/ack", base.trim_end_matches('/'));
-        let response = self
-            .client
-            .post(&url)
-            .header("Authorization", format!("Splunk {}", config.token.expose()))
-            .header("X-Splunk-Request-Channel", &self.channels[endpoint])
-            .json(&serde_json::json!({ "acks": ids }))
-            .send()
-            .await;
-        match response {
-            Ok(r) if r.status().is_success() => {
-                let parsed: AckResponse = r.json().await.unwrap_or_default();
-                parsed
-                    .acks
-                    .into_iter()
-                    .filter(|(_, done)| *done)
-                    .filter_map(|(id, _)| id.parse().ok())
-                    .collect()
-            }
-            Ok(r) => {
-                tracing::warn!(endpoint = %redact_url(base), status = r.status().as_u16(), "HEC ack poll refused; polling again");
-                Default::default()
-            }
-            Err(e) => {
-                tracing::warn!(endpoint = %redact_url(base), error = %e, "HEC ack poll failed; polling again");
-                Default::default()
-            }
-        }
-    }
-
     /// Delivers a body; events rejected for their content are isolated and dead-lettered.
     /// With acknowledgements on, accepted bodies join `awaiting`.
     /// `earlier` are the ackIds of previous sends of `body` (see [`AwaitingAck::earlier`]).
-    async fn deliver(&self, body: Body, earlier: Vec<(usize, u64)>, awaiting: &mut Vec<AwaitingAck>) {
+    pub(super) async fn deliver(&self, body: Body, earlier: Vec<(usize, u64)>, awaiting: &mut Vec<AwaitingAck>) {
         let acknowledgements = self.shared.config.acknowledgements;
         let mut stack = vec![body];
         while let Some(body) = stack.pop() {

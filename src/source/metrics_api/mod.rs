@@ -52,6 +52,8 @@ const FORGET_AFTER_POLLS: u64 = 60;
 pub enum MetricsApiError {
     #[error("building the Metrics API client for {url}: {source}")]
     Client { url: String, source: reqwest::Error },
+    #[error("sources.confluent_metrics_api.url {url}: not a base for the export endpoint: {source}")]
+    Url { url: String, source: url::ParseError },
 }
 
 /// Where polled samples go.
@@ -67,6 +69,8 @@ pub struct MetricsApiPoller {
     client: reqwest::Client,
     telemetry: Telemetry,
     output: Output,
+    /// Per resource kind, its export request's URL (built once: the query never changes).
+    exports: Vec<(&'static str, url::Url)>,
     /// Series key -> (newest timestamp fed, poll that last saw it).
     seen: HashMap<String, (i64, u64)>,
     /// Resources the export currently reports it cannot read (logged when that changes).
@@ -95,11 +99,13 @@ impl MetricsApiPoller {
                 url: crate::config::redact_url(&config.url),
                 source,
             })?;
+        let exports = export_urls(&config)?;
         Ok(MetricsApiPoller {
             config,
             client,
             telemetry,
             output,
+            exports,
             seen: HashMap::new(),
             failing: BTreeSet::new(),
             polls: 0,
@@ -129,9 +135,8 @@ impl MetricsApiPoller {
             let started = Instant::now();
             self.polls += 1;
             let mut fresh = Vec::new();
-            let resources = self.config.resources.clone();
-            for (kind, ids) in &resources {
-                match self.export(kind, ids, &shutdown).await {
+            for index in 0..self.exports.len() {
+                match self.export(index, &shutdown).await {
                     Some(mut samples) => fresh.append(&mut samples),
                     None => return,
                 }
@@ -152,22 +157,8 @@ impl MetricsApiPoller {
     }
 
     /// One kind's export, retried until it succeeds; its new samples. None on shutdown.
-    async fn export(
-        &mut self,
-        kind: &'static str,
-        ids: &[String],
-        shutdown: &CancellationToken,
-    ) -> Option<Vec<CanonicalSample>> {
-        let mut url = url::Url::parse(&format!("{}/v2/metrics/cloud/export", self.config.url)).ok()?;
-        {
-            let mut query = url.query_pairs_mut();
-            for id in ids {
-                query.append_pair(&format!("resource.{kind}.id"), id);
-            }
-            for metric in self.config.metrics.iter().flatten() {
-                query.append_pair("metric", metric);
-            }
-        }
+    async fn export(&mut self, index: usize, shutdown: &CancellationToken) -> Option<Vec<CanonicalSample>> {
+        let (kind, url) = self.exports[index].clone();
         let mut attempt = 0u32;
         if let Some(last) = self.last_success.get(kind) {
             self.not_before = self.not_before.max(*last + PER_RESOURCE_SPACING);
@@ -346,8 +337,8 @@ impl MetricsApiPoller {
                 let mut records = Vec::new();
                 for chunk in samples.chunks(SAMPLES_PER_RECORD) {
                     let mut payload = Vec::new();
-                    for s in chunk {
-                        serde_json::to_writer(&mut payload, s).ok()?;
+                    for json in chunk.iter().filter_map(sample_json) {
+                        payload.extend_from_slice(&json);
                         payload.push(b'\n');
                     }
                     records.push(Record {
@@ -374,6 +365,44 @@ impl MetricsApiPoller {
     }
 }
 
+/// Per resource kind, `GET {url}/v2/metrics/cloud/export?resource.<kind>.id=..[&metric=..]`.
+fn export_urls(config: &MetricsApiConfig) -> Result<Vec<(&'static str, url::Url)>, MetricsApiError> {
+    let base = format!("{}/v2/metrics/cloud/export", config.url);
+    let parsed = url::Url::parse(&base).map_err(|source| MetricsApiError::Url {
+        url: crate::config::redact_url(&config.url),
+        source,
+    })?;
+    Ok(config
+        .resources
+        .iter()
+        .map(|(kind, ids)| {
+            let mut url = parsed.clone();
+            {
+                let mut query = url.query_pairs_mut();
+                for id in ids {
+                    query.append_pair(&format!("resource.{kind}.id"), id);
+                }
+                for metric in config.metrics.iter().flatten() {
+                    query.append_pair("metric", metric);
+                }
+            }
+            (*kind, url)
+        })
+        .collect())
+}
+
+/// A sample as canonical JSON. Serialising plain strings and numbers does not fail; were it to,
+/// the sample is skipped with a log line rather than sent as an empty (poison) payload.
+fn sample_json(sample: &CanonicalSample) -> Option<Vec<u8>> {
+    match serde_json::to_vec(sample) {
+        Ok(json) => Some(json),
+        Err(e) => {
+            tracing::error!(metric = %sample.metric, error = %e, "a Metrics API sample could not be serialised; skipped");
+            None
+        }
+    }
+}
+
 /// Produces each sample to `topic`, retrying failed ones until the broker takes them.
 async fn publish(
     producer: &FutureProducer,
@@ -383,14 +412,14 @@ async fn publish(
 ) -> Option<()> {
     let payloads: Vec<(String, Vec<u8>)> = samples
         .iter()
-        .map(|s| {
+        .filter_map(|s| {
             // Keyed by resource and topic: one series stays in one partition, in order.
             let key = format!(
                 "{}/{}",
                 s.resource.values().next().map_or("", String::as_str),
                 s.labels.get("topic").map_or("", String::as_str)
             );
-            (key, serde_json::to_vec(s).unwrap_or_default())
+            Some((key, sample_json(s)?))
         })
         .collect();
     let mut pending: Vec<usize> = (0..payloads.len()).collect();

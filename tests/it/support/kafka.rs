@@ -118,3 +118,32 @@ pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> 
         })
         .collect()
 }
+
+/// A one-broker mock cluster with the topics the shared end-to-end config names, one partition
+/// each: audit, metrics, dead letters and alerts.
+pub fn mock_cluster() -> rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    for topic in [
+        "confluent-audit-log-events",
+        "confluent-metrics",
+        "auditflow-dead-letter",
+        "auditflow-alerts",
+    ] {
+        cluster.create_topic(topic, 1, 1).unwrap();
+    }
+    cluster
+}
+
+/// Produces `n` successful authentication events of one principal to the audit topic.
+pub async fn produce_authentications(bootstrap: &str, n: usize) {
+    let p = producer(bootstrap);
+    for _ in 0..n {
+        let (_, event) = super::audit_event(
+            "io.confluent.kafka.server/authentication",
+            "User:1",
+            "KEY1",
+            serde_json::json!({"methodName": "kafka.Authentication", "result": {"status": "SUCCESS"}}),
+        );
+        produce(&p, "confluent-audit-log-events", None, &event, &[]).await;
+    }
+}
