@@ -40,8 +40,6 @@ mod support;
 
 const TOKEN: &str = "00000000-0000-0000-0000-00000000drain";
 const TOPIC: &str = "confluent-audit-log-events";
-/// Bytes per partition the backlog may use (the mock cluster keeps 5 MB).
-const PARTITION_BUDGET: usize = 4_300_000;
 /// The event times a backlog spans.
 const BACKLOG_SPAN: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 /// Events the broker-only latency check produces (10 s at 10,000 events/s).
@@ -351,7 +349,7 @@ async fn run_mode(
         .map(|s| serde_json::to_vec(s).unwrap().len() + 40)
         .sum::<usize>()
         / samples.len();
-    let total = ((rate * seconds) as usize).min(partitions as usize * PARTITION_BUDGET / mean);
+    let total = ((rate * seconds) as usize).min(partitions as usize * support::PARTITION_BUDGET / mean);
     let p = producer(bootstrap);
     let tick = Duration::from_millis(5);
     let mut interval = tokio::time::interval(tick);
@@ -469,7 +467,7 @@ fn main() {
             _ => support::samples(),
         };
         let mean = samples.iter().map(|s| serde_json::to_vec(s).unwrap().len() + 40).sum::<usize>() / samples.len();
-        let partitions = (n * mean).div_ceil(PARTITION_BUDGET).max(6) as i32;
+        let partitions = (n * mean).div_ceil(support::PARTITION_BUDGET).max(6) as i32;
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic(TOPIC, partitions, 1).unwrap();
         cluster.create_topic("confluent-metrics", 1, 1).unwrap();

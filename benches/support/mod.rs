@@ -6,6 +6,9 @@ use std::path::Path;
 use axum::body::Bytes;
 use axum::http::StatusCode;
 
+/// Bytes per partition the backlog may use (the mock cluster keeps 5 MB).
+pub const PARTITION_BUDGET: usize = 4_300_000;
+
 /// The shipped audit samples (~1 KB each), in file-name order, to be given fresh ids.
 pub fn samples() -> Vec<serde_json::Value> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/samples/audit");
