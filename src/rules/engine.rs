@@ -90,6 +90,27 @@ impl<'a> BatchView<'a> {
     }
 }
 
+/// `batch` with its `raw` column (the original event, most of a row's bytes) emptied, for rules
+/// that do not read it: the reorder buffer copies every column when it releases rows. The
+/// schema stays the same, so batches buffered before and after a rule reload still concatenate;
+/// rows already waiting when a rule that reads `raw` is loaded are seen with `raw` empty.
+fn without_raw(batch: RecordBatch) -> RecordBatch {
+    let Ok(index) = batch.schema().index_of("raw") else {
+        return batch;
+    };
+    if batch.column(index).data_type() != &datafusion::arrow::datatypes::DataType::Utf8 {
+        return batch;
+    }
+    let empty = datafusion::arrow::array::StringArray::new(
+        datafusion::arrow::buffer::OffsetBuffer::new_zeroed(batch.num_rows()),
+        datafusion::arrow::buffer::Buffer::from_vec(Vec::<u8>::new()),
+        None,
+    );
+    let mut columns = batch.columns().to_vec();
+    columns[index] = std::sync::Arc::new(empty);
+    RecordBatch::try_new(batch.schema(), columns).unwrap_or(batch)
+}
+
 /// Labels of a series: group-by column names to the key's values.
 pub fn labels_of(columns: &[String], key: &[String]) -> BTreeMap<String, String> {
     columns.iter().cloned().zip(key.iter().cloned()).collect()
@@ -198,6 +219,11 @@ impl RuleEngine {
         }
         let started = Instant::now();
         if let Some(batch) = batch {
+            let batch = if self.reads_raw(source) {
+                batch
+            } else {
+                without_raw(batch)
+            };
             self.reorder[slot].push(batch);
         }
         let mut alerts = Vec::new();
@@ -207,6 +233,11 @@ impl RuleEngine {
             alerts.append(&mut self.evaluate_at(source, &cell, now));
         }
         (alerts, started.elapsed().as_micros() as u64)
+    }
+
+    /// Whether a loaded rule over `source` reads its `raw` column.
+    fn reads_raw(&self, source: Source) -> bool {
+        self.rules.iter().any(|r| r.meta.source == source && r.meta.reads_raw)
     }
 
     /// Rows waiting for their clock, per table (audit, metrics).
@@ -437,5 +468,62 @@ mod clock_tests {
             "resolved when the window moved past the burst"
         );
         assert_eq!(engine.num_buffered(), [0, 0]);
+    }
+
+    /// Rows wait for the rules without `raw` unless a rule reads it: a rule over `raw` still
+    /// sees it through the reorder buffer, and one that does not gets the same rows, emptied.
+    #[test]
+    fn raw_waits_for_the_rules_only_when_a_rule_reads_it() {
+        let rule = |id: &str, condition: &str| {
+            format!(
+                "      - id: {id}\n        kind: match\n        where: \"{condition}\"\n        severity: low\n        summary: s\n"
+            )
+        };
+        let text = format!(
+            "groups:\n  - name: g\n    rules:\n{}{}",
+            rule("needle", "raw LIKE '%needle%'"),
+            rule("denied", "granted = false")
+        );
+        let load = |text: &str| super::super::parse_rules(&SessionContext::new(), text, Path::new("r.yaml")).unwrap();
+        let rules = load(&text);
+        let reads: Vec<(&str, bool)> = rules.iter().map(|r| (r.meta.id.as_str(), r.meta.reads_raw)).collect();
+        assert_eq!(reads, [("needle", true), ("denied", false)]);
+
+        let rows = [AuditRow {
+            raw: Arc::from(&br#"{"data":"a needle"}"#[..]),
+            ..denied(100, 0)
+        }];
+        let topic: Arc<str> = Arc::from("audit");
+        let run = |mut engine: RuleEngine| {
+            let mut clock = EventClock::new(std::time::Duration::from_secs(30), std::time::Duration::ZERO);
+            clock.assign(&topic, 0, 0);
+            clock.observe(&topic, 0, rows[0].time_us, 0);
+            let mut ids: Vec<String> = engine
+                .ingest(Source::Audit, Some(audit_batch(&rows)), clock.watermark(0))
+                .0
+                .into_iter()
+                .chain(engine.ingest(Source::Audit, None, clock.watermark(30 * S)).0)
+                .map(|a| a.rule_id)
+                .collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(run(RuleEngine::new(rules)), ["denied", "needle"]);
+        let only_denied = load(&text.replace("raw LIKE '%needle%'", "principal = 'nobody'"));
+        assert!(only_denied.iter().all(|r| !r.meta.reads_raw));
+        assert_eq!(run(RuleEngine::new(only_denied)), ["denied"]);
+
+        let emptied = without_raw(audit_batch(&rows));
+        assert_eq!(
+            emptied.schema(),
+            audit_batch(&rows).schema(),
+            "same schema: batches still concatenate"
+        );
+        let raw = emptied.column_by_name("raw").unwrap();
+        let raw = raw
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::StringArray>()
+            .unwrap();
+        assert_eq!((raw.len(), raw.value(0)), (1, ""));
     }
 }

@@ -387,6 +387,17 @@ fn validate(ctx: &SessionContext, r: RawRule, group: &str, text: &str, path: &Pa
             return Err(fields.err(field, format!("unknown column `{column}`")));
         }
     }
+    let reads_raw = r
+        .group_by
+        .iter()
+        .chain(r.distinct.iter())
+        .chain(r.field.iter())
+        .any(|c| c == "raw")
+        || r.where_.as_deref().is_some_and(|sql| {
+            super::predicate::column_names(ctx, sql, schema)
+                .iter()
+                .any(|c| c == "raw")
+        });
     let kind = match r.kind.as_str() {
         "match" => RuleKind::Match(MatchRule::validate(&fields)?),
         "count" => RuleKind::Count(CountRule::validate(&fields)?),
@@ -414,6 +425,7 @@ fn validate(ctx: &SessionContext, r: RawRule, group: &str, text: &str, path: &Pa
             labels: r.labels.clone(),
             file: path.to_owned(),
             fingerprint,
+            reads_raw,
             directory: None,
         },
         kind,

@@ -96,6 +96,9 @@ pub struct RuleMeta {
     /// The rule's definition as loaded: a reload keeps the state of rules whose fingerprint
     /// did not change.
     pub fingerprint: String,
+    /// Whether the rule reads the `raw` column (its `where`, `group_by`, `distinct` or
+    /// `field`). Rows wait for the rules without their `raw` when no rule reads it.
+    pub reads_raw: bool,
     /// Names principals in alerts (`payments-batch (sa-m3n8zd, Tech03)`), when configured.
     pub directory: Option<std::sync::Arc<crate::enrich::directory::Directory>>,
 }

@@ -55,6 +55,17 @@ impl Predicate {
     }
 }
 
+/// The columns `sql` names (none when it does not parse: compiling reports that).
+pub fn column_names(ctx: &SessionContext, sql: &str, schema: &SchemaRef) -> Vec<String> {
+    let Ok(df_schema) = DFSchema::try_from(schema.as_ref().clone()) else {
+        return Vec::new();
+    };
+    match ctx.parse_sql_expr(sql, &df_schema) {
+        Ok(expr) => expr.column_refs().into_iter().map(|c| c.name.clone()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 fn clean(message: String) -> String {
     message
         .replace("Schema error: ", "")
