@@ -321,7 +321,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             let settings = otlp_export_settings(otlp);
             let families = telemetry.families().to_vec();
             let render = Arc::new(move || t.render(&w.stats()));
-            Some(Arc::new(OtlpTelemetry::start(&settings, families, render)?))
+            let otlp = OtlpTelemetry::start(&settings, families, render)?;
+            telemetry.export_latency(otlp.latency_histogram());
+            Some(Arc::new(otlp))
         }
         None => None,
     };

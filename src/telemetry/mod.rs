@@ -2,11 +2,12 @@
 //! `[telemetry.otlp]`, through the OpenTelemetry SDK ([`otlp`]) from the same instruments.
 //!
 //! Counters are lock-free; end-to-end latency (Kafka record timestamp to every sink accepted)
-//! goes into an HDR histogram whose percentiles are exported as gauges.
+//! goes into an HDR histogram whose percentiles are exported as gauges, and, with OTLP on, into
+//! an OpenTelemetry histogram (`auditflow.end_to_end.duration`, seconds) at the same call.
 
 pub mod otlp;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use hdrhistogram::Histogram;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -130,6 +131,10 @@ pub struct Telemetry {
     window_evicted: Family<TableLabel, Gauge>,
     latency_ms: Family<QuantileLabel, Gauge>,
     latency: Arc<Mutex<Histogram<u64>>>,
+    /// With `[telemetry.otlp]`: where each latency observation also goes. The SDK has no
+    /// observable histogram that could read the HDR one, so the observation is recorded into
+    /// both at the one place it is made.
+    latency_otlp: Arc<OnceLock<opentelemetry::metrics::Histogram<f64>>>,
 }
 
 impl Default for Telemetry {
@@ -176,6 +181,7 @@ impl Telemetry {
             latency: Arc::new(Mutex::new(
                 Histogram::new_with_bounds(1, 3_600_000, 3).expect("static histogram bounds are valid"),
             )),
+            latency_otlp: Arc::new(OnceLock::new()),
         };
         register(
             &mut registry,
@@ -389,6 +395,15 @@ impl Telemetry {
     pub fn observe_latency_ms(&self, ms: u64) {
         let mut h = self.latency.lock().unwrap_or_else(|e| e.into_inner());
         h.saturating_record(ms.max(1));
+        drop(h);
+        if let Some(otlp) = self.latency_otlp.get() {
+            otlp.record(ms as f64 / 1000.0, &[]);
+        }
+    }
+
+    /// Sends latency observations to `histogram` as well (once; later calls are ignored).
+    pub fn export_latency(&self, histogram: opentelemetry::metrics::Histogram<f64>) {
+        let _ = self.latency_otlp.set(histogram);
     }
 
     /// Latency percentile in milliseconds (0 when nothing was observed).

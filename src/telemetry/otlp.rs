@@ -153,6 +153,20 @@ impl OtlpTelemetry {
         Ok(OtlpTelemetry { provider })
     }
 
+    /// The end-to-end latency histogram, in seconds, with buckets from 5 ms to a minute
+    /// (pass it to `Telemetry::export_latency`).
+    pub fn latency_histogram(&self) -> opentelemetry::metrics::Histogram<f64> {
+        self.provider
+            .meter("auditflow")
+            .f64_histogram("auditflow.end_to_end.duration")
+            .with_unit("s")
+            .with_description("Kafka record timestamp to every sink accepted, per committed batch (its oldest record)")
+            .with_boundaries(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ])
+            .build()
+    }
+
     /// Exports what the instruments hold now and stops.
     pub fn shutdown(&self) {
         if let Err(e) = self.provider.shutdown() {

@@ -150,6 +150,22 @@ async fn exports_own_metrics(http: bool) {
         );
         assert!(newest(&received.metrics, "auditflow.end_to_end.latency", ("quantile", "0.99")).is_some());
     }
+    // End-to-end latency as an OTLP histogram too: one observation per committed batch.
+    crate::support::eventually(Duration::from_secs(20), "the latency histogram over OTLP", || {
+        let received = otlp.received.lock().unwrap();
+        received
+            .metrics
+            .iter()
+            .flat_map(|rm| rm.scope_metrics.iter().flat_map(|s| &s.metrics))
+            .filter(|m| m.name == "auditflow.end_to_end.duration" && m.unit == "s")
+            .filter_map(|m| match &m.data {
+                Some(metric::Data::Histogram(h)) => Some(h),
+                _ => None,
+            })
+            .flat_map(|h| &h.data_points)
+            .any(|p| p.count >= 1 && p.bucket_counts.iter().sum::<u64>() == p.count && p.explicit_bounds.len() == 13)
+    })
+    .await;
     assert!(otlp.api_keys.lock().unwrap().iter().any(|k| k == "collector-key"));
     // Consumer lag per partition, from librdkafka's statistics, with messaging.* attributes.
     crate::support::eventually(Duration::from_secs(20), "consumer lag over OTLP", || {
