@@ -138,6 +138,11 @@ async fn samples_reach_the_window_and_rules_through_429s_and_repeats() {
         ) >= 1.0,
         "{metrics}"
     );
+    // A status series of 0 is a resource the export could read: no error.
+    for readable in ["lkc-9kg320", "lsrc-abc123"] {
+        let series = format!("auditflow_metrics_api_access_errors_total{{resource=\"{readable}\"}}");
+        assert_eq!(counter(&metrics, &series), 0.0, "{metrics}");
+    }
 
     // Names, labels and time as the Metrics API has them.
     let v = rows(

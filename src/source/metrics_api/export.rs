@@ -15,7 +15,8 @@ use serde::Serialize;
 
 use crate::decode::metrics::default_kind;
 
-/// The series the export writes for a resource it could not read (wrong permissions, deleted).
+/// The series the export writes per queried resource: 1 when it could not read it (not found,
+/// or the key's owner may not see it), 0 when it could.
 pub const ACCESS_ERROR_SERIES: &str = "confluent_scrape_resource_access_error";
 
 /// Prometheus name prefixes back to Metrics API namespaces, longest first.
@@ -73,7 +74,7 @@ impl CanonicalSample {
 #[derive(Debug, Default)]
 pub struct Exported {
     pub samples: Vec<CanonicalSample>,
-    /// Label sets of `confluent_scrape_resource_access_error` series.
+    /// Label sets of `confluent_scrape_resource_access_error` series whose value is not 0.
     pub access_errors: Vec<BTreeMap<String, String>>,
     /// Points skipped: histograms or summaries (the export writes none), non-finite values.
     pub skipped: usize,
@@ -103,10 +104,6 @@ pub fn parse(body: &str, fallback_ms: i64) -> Result<Exported, ExportError> {
                 continue;
             };
             let raw: BTreeMap<String, String> = set.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            if name == ACCESS_ERROR_SERIES {
-                out.access_errors.push(raw);
-                continue;
-            }
             let value = match &sample.value {
                 PrometheusValue::Gauge(n) | PrometheusValue::Unknown(n) => number(n),
                 PrometheusValue::Counter(c) => number(&c.value),
@@ -115,6 +112,13 @@ pub fn parse(body: &str, fallback_ms: i64) -> Result<Exported, ExportError> {
                     continue;
                 }
             };
+            if name == ACCESS_ERROR_SERIES {
+                // 0: the resource was found and readable, which is no error.
+                if value != 0.0 {
+                    out.access_errors.push(raw);
+                }
+                continue;
+            }
             if !value.is_finite() {
                 out.skipped += 1;
                 continue;
@@ -194,9 +198,11 @@ confluent_kafka_server_retained_bytes{kafka_id=\"lkc-9kg320\",topic=\"payments\"
 # HELP confluent_kafka_schema_registry_schema_count The number of registered schemas.
 # TYPE confluent_kafka_schema_registry_schema_count gauge
 confluent_kafka_schema_registry_schema_count{schema_registry_id=\"lsrc-abc123\",} 42.0 1638297960000
-# HELP confluent_scrape_resource_access_error Indicates an error accessing a resource.
+# HELP confluent_scrape_resource_access_error Error status of resources queried. A value of 1 signifies that the resource was not found, whereas a value of 0 signifies that the resource was successfully found and the user principal was authorized to access it.
 # TYPE confluent_scrape_resource_access_error gauge
-confluent_scrape_resource_access_error{resource_id=\"lkc-gone\",resource_type=\"kafka\",} 1.0 1638297960000
+confluent_scrape_resource_access_error{resource_type=\"resource.kafka.id\",resource_id=\"lkc-gone\",} 1.0
+confluent_scrape_resource_access_error{resource_type=\"resource.kafka.id\",resource_id=\"lkc-9kg320\",} 0.0
+confluent_scrape_resource_access_error{resource_type=\"resource.schema_registry.id\",resource_id=\"lsrc-abc123\",} 0.0
 ";
 
     #[test]
@@ -219,8 +225,9 @@ confluent_scrape_resource_access_error{resource_id=\"lkc-gone\",resource_type=\"
         let schemas = e.samples.iter().find(|s| s.metric.contains("schema_registry")).unwrap();
         assert_eq!(schemas.metric, "io.confluent.kafka.schema_registry/schema_count");
         assert_eq!(schemas.resource["schema_registry.id"], "lsrc-abc123");
-        assert_eq!(e.access_errors.len(), 1);
+        assert_eq!(e.access_errors.len(), 1, "0 means readable: {:?}", e.access_errors);
         assert_eq!(e.access_errors[0]["resource_id"], "lkc-gone");
+        assert_eq!(e.access_errors[0]["resource_type"], "resource.kafka.id");
         assert_eq!(
             metrics_api_name("confluent_kafka_ksql_streaming_unit_count"),
             "io.confluent.kafka.ksql/streaming_unit_count"

@@ -187,18 +187,15 @@ async fn export(State(state): State<Arc<FakeState>>, uri: Uri, headers: HeaderMa
         }
         _ => {}
     }
-    let unreadable: Vec<String> = ids
-        .iter()
-        .filter(|id| !known.contains(id))
-        .map(|id| format!("{{resource_id=\"{id}\",resource_type=\"{kind}\",}} 1.0"))
-        .collect();
-    if !unreadable.is_empty() {
-        family(
-            &mut body,
-            "confluent_scrape_resource_access_error",
-            "Indicates whether the scrape could access the resource.",
-            &unreadable,
-        );
+    // One status series per queried resource, as the export writes it (no timestamp): 1 for a
+    // resource it cannot read, 0 for one it can.
+    let name = "confluent_scrape_resource_access_error";
+    body.push_str(&format!("# HELP {name} Error status of resources queried. A value of 1 signifies that the resource was not found, whereas a value of 0 signifies that the resource was successfully found and the user principal was authorized to access it.\n# TYPE {name} gauge\n"));
+    for id in &ids {
+        let status = if known.contains(&id) { "0.0" } else { "1.0" };
+        body.push_str(&format!(
+            "{name}{{resource_type=\"resource.{kind}.id\",resource_id=\"{id}\",}} {status}\n"
+        ));
     }
     let mut response = (StatusCode::OK, [("content-type", "text/plain; version=0.0.4")], body).into_response();
     let h = response.headers_mut();
