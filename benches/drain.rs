@@ -418,29 +418,6 @@ fn broker_ceiling(bootstrap: &str, n: usize, mut latency: Option<&mut Histogram<
     n as f64 / first.unwrap().elapsed().as_secs_f64()
 }
 
-/// About one event in a thousand raises an alert (two in 1,000 here: an API key created, a
-/// topic deleted); the rest cycle through the samples no shipped rule fires on by itself.
-/// Without `DRAIN_MIX=realistic` the samples cycle as they are: a quarter raise an alert.
-fn realistic_mix(samples: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
-    let alerting = |s: &serde_json::Value| {
-        let method = s["data"]["methodName"].as_str().unwrap_or_default();
-        method == "CreateApiKey" || method == "kafka.DeleteTopics"
-    };
-    let (loud, quiet): (Vec<_>, Vec<_>) = samples.into_iter().partition(alerting);
-    assert!(
-        !loud.is_empty() && !quiet.is_empty(),
-        "the samples changed: {} alerting",
-        loud.len()
-    );
-    (0..1000)
-        .map(|i| match i {
-            0 => loud[0].clone(),
-            500 => loud[loud.len() - 1].clone(),
-            _ => quiet[i % quiet.len()].clone(),
-        })
-        .collect()
-}
-
 fn main() {
     // `cargo test --benches` runs benches without `--bench`: keep that quick.
     let quick = !std::env::args().any(|a| a == "--bench");
@@ -463,7 +440,7 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let samples = match std::env::var("DRAIN_MIX").as_deref() {
-            Ok("realistic") => realistic_mix(support::samples()),
+            Ok("realistic") => support::realistic_mix(support::samples()),
             _ => support::samples(),
         };
         let mean = samples.iter().map(|s| serde_json::to_vec(s).unwrap().len() + 40).sum::<usize>() / samples.len();
