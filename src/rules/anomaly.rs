@@ -33,7 +33,7 @@ struct Series {
 }
 
 pub struct AnomalyRule {
-    predicate: Predicate,
+    pub(super) predicate: Predicate,
     group_by: Vec<String>,
     /// Sum the `value` column (metrics) rather than count rows (audit).
     sum_values: bool,

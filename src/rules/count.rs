@@ -33,7 +33,7 @@ impl Series {
 }
 
 pub struct CountRule {
-    predicate: Predicate,
+    pub(super) predicate: Predicate,
     group_by: Vec<String>,
     distinct: Option<String>,
     window_us: i64,
@@ -83,11 +83,14 @@ impl CountRule {
                 continue; // later than the window can take
             }
             let key = view.key(&self.group_by, row);
-            if !self.series.contains_key(&key) && self.series.len() >= self.max_series {
-                self.num_shed += 1;
-                continue;
+            if !self.series.contains_key(&key) {
+                if self.series.len() >= self.max_series {
+                    self.num_shed += 1;
+                    continue;
+                }
+                self.series.insert(key.clone(), Series::default());
             }
-            let s = self.series.entry(key.clone()).or_default();
+            let Some(s) = self.series.get_mut(&key) else { continue };
             let at = s.times.partition_point(|&x| x <= t);
             s.times.insert(at, t);
             s.newest = s.newest.max(t);
@@ -115,6 +118,12 @@ impl CountRule {
             } else {
                 s.times.len()
             } as f64;
+            let fires = value >= self.threshold;
+            // Most series change nothing: still firing inside `repeat_interval`, or quiet and
+            // not firing. Skip building their observation (labels, evidence).
+            if (fires && !self.lifecycle.notifies(meta, &key, now)) || (!fires && !self.lifecycle.is_firing(&key)) {
+                continue;
+            }
             let obs = Observation {
                 key: &key,
                 labels: labels_of(&self.group_by, &key),
@@ -123,7 +132,7 @@ impl CountRule {
                 evidence: s.recent_ids.iter().cloned().collect(),
                 context: Default::default(),
             };
-            let alert = if value >= self.threshold {
+            let alert = if fires {
                 self.lifecycle.firing(meta, obs, now)
             } else {
                 self.lifecycle.clear(meta, obs, now)

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::array_value_to_string;
@@ -224,15 +224,30 @@ impl RuleEngine {
             } else {
                 without_raw(batch)
             };
-            self.reorder[slot].push(batch);
+            let selected = self.selected(source, &batch);
+            self.reorder[slot].push(batch, selected.as_ref());
         }
         let mut alerts = Vec::new();
         for cell in self.reorder[slot].release(watermark) {
-            let newest = BatchView::new(&cell).max_time().unwrap_or(i64::MIN);
-            let now = newest.max(self.last_now[slot]);
-            alerts.append(&mut self.evaluate_at(source, &cell, now));
+            let now = cell.newest_us.max(self.last_now[slot]);
+            alerts.append(&mut self.evaluate_at(source, &cell.rows, now));
         }
         (alerts, started.elapsed().as_micros() as u64)
+    }
+
+    /// The rows of `batch` some loaded rule over `source` selects (its `where` is true): the
+    /// only rows any rule reads. `None` keeps every row (a `where` that failed to evaluate).
+    /// Rows waiting across a rule reload were selected by the rules loaded when they came.
+    fn selected(&self, source: Source, batch: &RecordBatch) -> Option<BooleanArray> {
+        let mut any = BooleanArray::from(vec![false; batch.num_rows()]);
+        for rule in self.rules.iter().filter(|r| r.meta.source == source) {
+            let Some(predicate) = rule.kind.predicate() else {
+                continue;
+            };
+            let mask = predicate.evaluate(batch).ok()?;
+            any = datafusion::arrow::compute::or(&any, &mask).ok()?;
+        }
+        Some(any)
     }
 
     /// Whether a loaded rule over `source` reads its `raw` column.
@@ -250,11 +265,10 @@ impl RuleEngine {
         self.reorder.iter().map(Reorder::num_forced).sum()
     }
 
+    /// Runs the rules over `source` on `batch` at `now`; an empty batch still moves their clock
+    /// (windows slide, alerts resolve).
     fn evaluate_at(&mut self, source: Source, batch: &RecordBatch, now: i64) -> Vec<Alert> {
         let mut alerts = Vec::new();
-        if batch.num_rows() == 0 {
-            return alerts;
-        }
         let slot = source as usize;
         self.last_now[slot] = self.last_now[slot].max(now);
         let mut view = BatchView::new(batch);

@@ -9,7 +9,7 @@ use super::predicate::Predicate;
 use crate::event::Alert;
 
 pub struct MatchRule {
-    predicate: Predicate,
+    pub(super) predicate: Predicate,
     group_by: Vec<String>,
     lifecycle: Lifecycle,
 }

@@ -141,4 +141,16 @@ impl RuleKind {
             RuleKind::Sql(_) => "sql",
         }
     }
+
+    /// The rule's `where`, compiled (none for `sql` rules, which query the window instead).
+    pub fn predicate(&self) -> Option<&predicate::Predicate> {
+        match self {
+            RuleKind::Match(r) => Some(&r.predicate),
+            RuleKind::Count(r) => Some(&r.predicate),
+            RuleKind::Threshold(r) => Some(&r.predicate),
+            RuleKind::Anomaly(r) => Some(&r.predicate),
+            RuleKind::NewValue(r) => Some(&r.predicate),
+            RuleKind::Sql(_) => None,
+        }
+    }
 }

@@ -21,7 +21,7 @@ struct Known {
 }
 
 pub struct NewValueRule {
-    predicate: Predicate,
+    pub(super) predicate: Predicate,
     group_by: Vec<String>,
     field: String,
     learn_us: i64,

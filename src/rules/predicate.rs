@@ -41,6 +41,9 @@ impl Predicate {
 
     /// Rows for which the predicate is true (NULL counts as false).
     pub fn evaluate(&self, batch: &RecordBatch) -> Result<BooleanArray, String> {
+        if batch.num_rows() == 0 {
+            return Ok(BooleanArray::from(Vec::<bool>::new()));
+        }
         let value = self.expr.evaluate(batch).map_err(|e| e.to_string())?;
         let array = value.into_array(batch.num_rows()).map_err(|e| e.to_string())?;
         let mask = array

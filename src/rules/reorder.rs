@@ -5,23 +5,55 @@
 //! with the same contents, whether the records arrived in time order, partition by partition, or
 //! interleaved: counts, evidence and alert times do not depend on how the consumer fetched.
 //!
-//! Memory is bounded: past `max_rows` buffered rows (a partition that holds the clock back for
-//! long while others stream), everything buffered is released at once and counted.
+//! Only the rows some rule may select wait whole. A rule reads nothing but the rows its `where`
+//! selects, and a `where` reads only its own row, so the engine evaluates every rule's `where`
+//! as a batch arrives and hands over those rows ([`Reorder::push`]'s `selected`); of the rest
+//! (most of a backlog) only each cell's newest event time and row count wait, since a cell is
+//! evaluated at its newest time even when no row of it is selected (alerts resolve as time
+//! moves). Copying, concatenating and sorting whole rows on every release had been a quarter of
+//! the pipeline's CPU.
+//!
+//! Memory is bounded: past `max_rows` waiting rows (a partition that holds the clock back for
+//! long while others stream), everything waiting is released at once and counted.
+
+use std::collections::BTreeMap;
 
 use datafusion::arrow::array::{Array, BooleanArray, RecordBatch, TimestampMicrosecondArray};
 use datafusion::arrow::compute::{concat_batches, filter_record_batch, sort_to_indices, take_record_batch};
+use datafusion::arrow::datatypes::SchemaRef;
 
 use super::clock::Watermark;
 
 /// Event-time cell: rows are released a whole second at a time.
 pub const CELL_US: i64 = 1_000_000;
 
-/// Rows buffered per table before everything is released regardless of the clock.
+/// Rows waiting per table before everything is released regardless of the clock.
 pub const MAX_ROWS: usize = 1_000_000;
 
+/// One released one-second cell.
+#[derive(Debug)]
+pub struct Cell {
+    /// The newest event time of any row in the cell, selected or not: the rules' clock.
+    pub newest_us: i64,
+    /// The cell's selected rows, in time order (possibly none).
+    pub rows: RecordBatch,
+}
+
+/// What waits of one cell beside its selected rows.
+#[derive(Clone, Copy)]
+struct Waiting {
+    newest_us: i64,
+    rows: usize,
+}
+
 pub struct Reorder {
-    /// Buffered batches with the oldest and newest event time in each.
+    /// Selected rows waiting, as pushed, with the oldest and newest event time in each batch.
     pending: Vec<(i64, i64, RecordBatch)>,
+    /// Every cell with rows waiting, selected or not.
+    cells: BTreeMap<i64, Waiting>,
+    /// Rows without a `time` column (no table has none): released at the next call, as one cell.
+    untimed: Vec<RecordBatch>,
+    schema: Option<SchemaRef>,
     /// Every row before this time (µs) has been released.
     released_until: i64,
     num_rows: usize,
@@ -35,8 +67,7 @@ impl Default for Reorder {
     }
 }
 
-/// The `time` column every table has (`event::arrow`); a batch without one is not ordered but
-/// passed on as it came.
+/// The `time` column every table has (`event::arrow`).
 fn times(batch: &RecordBatch) -> Option<&TimestampMicrosecondArray> {
     batch
         .column_by_name("time")
@@ -51,6 +82,9 @@ impl Reorder {
     pub fn with_max_rows(max_rows: usize) -> Reorder {
         Reorder {
             pending: Vec::new(),
+            cells: BTreeMap::new(),
+            untimed: Vec::new(),
+            schema: None,
             released_until: i64::MIN,
             num_rows: 0,
             max_rows,
@@ -58,17 +92,72 @@ impl Reorder {
         }
     }
 
-    pub fn push(&mut self, batch: RecordBatch) {
+    /// Adds `batch`'s rows: each counts in its cell, and those `selected` marks true (all rows
+    /// when `None`; a mask of another length is ignored, keeping every row) wait whole.
+    pub fn push(&mut self, batch: RecordBatch, selected: Option<&BooleanArray>) {
         if batch.num_rows() == 0 {
             return;
         }
-        let t = times(&batch);
-        let min = t.and_then(datafusion::arrow::compute::min).unwrap_or(i64::MIN);
-        let max = t.and_then(datafusion::arrow::compute::max).unwrap_or(i64::MIN);
+        self.schema = Some(batch.schema());
         self.num_rows += batch.num_rows();
-        self.pending.push((min, max, batch));
+        let Some(t) = times(&batch) else {
+            self.untimed.push(batch);
+            return;
+        };
+        // Rows of one partition come in time order: one map update per run of a cell.
+        let mut run: Option<(i64, Waiting)> = None;
+        for &time in t.values().iter() {
+            let cell = cell_of(time);
+            match &mut run {
+                Some((c, w)) if *c == cell => {
+                    w.newest_us = w.newest_us.max(time);
+                    w.rows += 1;
+                }
+                _ => {
+                    if let Some((c, w)) = run.take() {
+                        self.add_to_cell(c, w);
+                    }
+                    run = Some((
+                        cell,
+                        Waiting {
+                            newest_us: time,
+                            rows: 1,
+                        },
+                    ));
+                }
+            }
+        }
+        if let Some((c, w)) = run {
+            self.add_to_cell(c, w);
+        }
+        let selected = match selected {
+            Some(mask) if mask.len() == batch.num_rows() && mask.null_count() == 0 => {
+                match mask.true_count() {
+                    0 => return,
+                    n if n == batch.num_rows() => batch,
+                    // A mask of the batch's own length cannot fail to filter; if it did, keeping
+                    // every row is safe (the rules evaluate their `where` again).
+                    _ => filter_record_batch(&batch, mask).unwrap_or(batch),
+                }
+            }
+            _ => batch,
+        };
+        let Some(t) = times(&selected) else { return };
+        let min = datafusion::arrow::compute::min(t).unwrap_or(i64::MIN);
+        let max = datafusion::arrow::compute::max(t).unwrap_or(i64::MIN);
+        self.pending.push((min, max, selected));
     }
 
+    fn add_to_cell(&mut self, cell: i64, add: Waiting) {
+        let w = self.cells.entry(cell).or_insert(Waiting {
+            newest_us: add.newest_us,
+            rows: 0,
+        });
+        w.newest_us = w.newest_us.max(add.newest_us);
+        w.rows += add.rows;
+    }
+
+    /// Rows waiting (selected or not).
     pub fn num_rows(&self) -> usize {
         self.num_rows
     }
@@ -78,16 +167,28 @@ impl Reorder {
         self.num_forced
     }
 
-    /// The cells the clock allows, oldest first, each a time-sorted batch. Rows that arrive
-    /// after their cell was released (later than the clock allowed for) come out at the front.
-    pub fn release(&mut self, watermark: Watermark) -> Vec<RecordBatch> {
-        // Everything buffered: up to the end of the newest row's cell.
+    /// The cells the clock allows, oldest first. Rows that arrive after their cell was
+    /// released (later than the clock allowed for) come out at the front.
+    pub fn release(&mut self, watermark: Watermark) -> Vec<Cell> {
+        let mut out = Vec::new();
+        if !self.untimed.is_empty() {
+            let untimed = std::mem::take(&mut self.untimed);
+            let rows = untimed.iter().map(RecordBatch::num_rows).sum::<usize>();
+            self.num_rows -= rows;
+            if let Some(schema) = &self.schema
+                && let Ok(rows) = concat_batches(schema, &untimed)
+            {
+                out.push(Cell {
+                    newest_us: i64::MIN,
+                    rows,
+                });
+            }
+        }
+        // Everything waiting: up to the end of the newest row's cell.
         let everything = self
-            .pending
-            .iter()
-            .map(|(_, max, _)| (cell_of(*max) + 1).saturating_mul(CELL_US))
-            .max()
-            .unwrap_or(self.released_until);
+            .cells
+            .last_key_value()
+            .map_or(self.released_until, |(cell, _)| (cell + 1).saturating_mul(CELL_US));
         let mut until = match watermark {
             Watermark::Unknown => self.released_until,
             // The cell holding `w + 1` may still receive rows; every cell before it is complete.
@@ -99,85 +200,87 @@ impl Reorder {
             self.num_forced += 1;
         }
         until = until.max(self.released_until);
-        let mut out = Vec::new();
+        self.released_until = until;
+        let kept = self.cells.split_off(&cell_of(until));
+        let released = std::mem::replace(&mut self.cells, kept);
+        if released.is_empty() {
+            return out;
+        }
+        self.num_rows -= released.values().map(|w| w.rows).sum::<usize>();
+        let Some(schema) = self.schema.clone() else {
+            return out;
+        };
+        let rows = self.take_selected(until, &schema);
+        let t = times(&rows);
+        let mut start = 0;
+        for (cell, waiting) in released {
+            let mut end = start;
+            while let Some(t) = t
+                && end < rows.num_rows()
+                && cell_of(t.value(end)) == cell
+            {
+                end += 1;
+            }
+            out.push(Cell {
+                newest_us: waiting.newest_us,
+                rows: rows.slice(start, end - start),
+            });
+            start = end;
+        }
+        out
+    }
+
+    /// The selected rows before `until`, in time order; the rest stay.
+    fn take_selected(&mut self, until: i64, schema: &SchemaRef) -> RecordBatch {
+        let mut early = Vec::new();
         let mut kept = Vec::new();
         for (min, max, batch) in std::mem::take(&mut self.pending) {
             if min >= until {
                 kept.push((min, max, batch));
-                continue;
-            }
-            if max < until {
-                // Released whole: no copy.
-                self.num_rows -= batch.num_rows();
-                out.push(batch);
-                continue;
-            }
-            let Some(t) = times(&batch) else {
-                self.num_rows -= batch.num_rows();
-                out.push(batch);
-                continue;
-            };
-            let early: BooleanArray = t.iter().map(|v| Some(v.is_some_and(|v| v < until))).collect();
-            let late: BooleanArray = early.iter().map(|v| v.map(|b| !b)).collect();
-            match (filter_record_batch(&batch, &early), filter_record_batch(&batch, &late)) {
-                (Ok(e), Ok(l)) => {
-                    self.num_rows -= e.num_rows();
-                    out.push(e);
-                    if l.num_rows() > 0
-                        && let Some(m) = times(&l).and_then(datafusion::arrow::compute::min)
-                    {
-                        kept.push((m, max, l));
+            } else if max < until {
+                early.push(batch); // released whole: no copy
+            } else if let Some(t) = times(&batch) {
+                let before: BooleanArray = t.values().iter().map(|&v| Some(v < until)).collect();
+                let after: BooleanArray = t.values().iter().map(|&v| Some(v >= until)).collect();
+                match (
+                    filter_record_batch(&batch, &before),
+                    filter_record_batch(&batch, &after),
+                ) {
+                    (Ok(e), Ok(l)) => {
+                        early.push(e);
+                        if let Some(m) = times(&l).and_then(datafusion::arrow::compute::min) {
+                            kept.push((m, max, l));
+                        }
                     }
+                    // Filtering a batch by a mask of its own length cannot fail; if it ever
+                    // did, evaluating the whole batch now beats losing it.
+                    _ => early.push(batch),
                 }
-                // Filtering a batch by a mask of its own length cannot fail; if it ever did,
-                // evaluating the whole batch now beats losing it.
-                _ => {
-                    self.num_rows -= batch.num_rows();
-                    out.push(batch);
-                }
+            } else {
+                early.push(batch); // `push` keeps only timed batches here
             }
         }
         self.pending = kept;
-        self.released_until = until;
-        if out.is_empty() {
-            return Vec::new();
+        let all = match early.len() {
+            0 => return RecordBatch::new_empty(schema.clone()),
+            1 => early.remove(0),
+            // Rows of one table share its schema, so this cannot fail; if it did, say so.
+            _ => concat_batches(schema, &early).unwrap_or_else(|e| {
+                let rows: usize = early.iter().map(RecordBatch::num_rows).sum();
+                tracing::error!(rows, error = %e, "rows waiting for the rules could not be combined; the rules skip them");
+                RecordBatch::new_empty(schema.clone())
+            }),
+        };
+        // Rows of one partition come sorted; only a mix of partitions needs the sort.
+        match times(&all) {
+            Some(t) if !t.values().windows(2).all(|w| w[0] <= w[1]) => {
+                match sort_to_indices(t, None, None).and_then(|i| take_record_batch(&all, &i)) {
+                    Ok(sorted) => sorted,
+                    Err(_) => all,
+                }
+            }
+            _ => all,
         }
-        let Some(schema) = out.first().map(RecordBatch::schema) else {
-            return Vec::new();
-        };
-        let all = if out.len() == 1 {
-            out.remove(0)
-        } else {
-            match concat_batches(&schema, &out) {
-                Ok(all) => all,
-                Err(_) => return out,
-            }
-        };
-        // Rows of one partition come sorted; only a mix of partitions needs the sort (and the
-        // copy of every column it makes).
-        let Some(t) = times(&all) else {
-            return vec![all];
-        };
-        let sorted = if t.values().windows(2).all(|w| w[0] <= w[1]) {
-            all
-        } else {
-            match sort_to_indices(t, None, None).and_then(|i| take_record_batch(&all, &i)) {
-                Ok(s) => s,
-                Err(_) => return vec![all],
-            }
-        };
-        let Some(t) = times(&sorted) else {
-            return vec![sorted];
-        };
-        let mut cells = Vec::new();
-        let mut start = 0;
-        for row in 1..=sorted.num_rows() {
-            if row == sorted.num_rows() || cell_of(t.value(row)) != cell_of(t.value(start)) {
-                cells.push(sorted.slice(start, row - start));
-                start = row;
-            }
-        }
-        cells
     }
 }
 
@@ -204,21 +307,32 @@ mod tests {
         audit_batch(&rows)
     }
 
-    fn shape(cells: &[RecordBatch]) -> Vec<Vec<i64>> {
+    /// The selected rows' times of each released cell, in ms.
+    fn shape(cells: &[Cell]) -> Vec<Vec<i64>> {
         cells
             .iter()
-            .map(|c| times(c).unwrap().iter().map(|t| t.unwrap_or_default() / 1000).collect())
+            .map(|c| {
+                times(&c.rows)
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.unwrap_or_default() / 1000)
+                    .collect()
+            })
             .collect()
     }
 
     #[test]
     fn cells_are_released_whole_sorted_and_only_once_complete() {
         let mut r = Reorder::default();
-        r.push(batch(&[3.5, 1.2, 2.0]));
-        r.push(batch(&[1.9, 3.1]));
+        r.push(batch(&[3.5, 1.2, 2.0]), None);
+        r.push(batch(&[1.9, 3.1]), None);
         // The clock is at 3.2 s: cells 1 and 2 are complete, cell 3 is not.
         let cells = r.release(Watermark::At(3_200_000));
         assert_eq!(shape(&cells), vec![vec![1200, 1900], vec![2000]]);
+        assert_eq!(
+            cells.iter().map(|c| c.newest_us / 1000).collect::<Vec<_>>(),
+            [1900, 2000]
+        );
         assert_eq!(r.num_rows(), 2);
         assert!(r.release(Watermark::At(3_999_998)).is_empty());
         let cells = r.release(Watermark::At(3_999_999));
@@ -229,10 +343,10 @@ mod tests {
     #[test]
     fn unknown_holds_everything_idle_releases_everything_and_late_rows_come_first() {
         let mut r = Reorder::default();
-        r.push(batch(&[5.0, 7.5]));
+        r.push(batch(&[5.0, 7.5]), None);
         assert!(r.release(Watermark::Unknown).is_empty());
         assert_eq!(shape(&r.release(Watermark::Idle)), vec![vec![5000], vec![7500]]);
-        r.push(batch(&[9.0, 1.0]));
+        r.push(batch(&[9.0, 1.0]), None);
         let cells = r.release(Watermark::Unknown);
         assert_eq!(
             shape(&cells),
@@ -245,10 +359,35 @@ mod tests {
     #[test]
     fn a_full_buffer_is_released_whole() {
         let mut r = Reorder::with_max_rows(3);
-        r.push(batch(&[1.0, 2.0]));
+        r.push(batch(&[1.0, 2.0]), None);
         assert!(r.release(Watermark::Unknown).is_empty());
-        r.push(batch(&[3.0, 4.0]));
+        r.push(batch(&[3.0, 4.0]), None);
         assert_eq!(r.release(Watermark::Unknown).len(), 4);
         assert_eq!(r.num_forced(), 1);
+    }
+
+    /// Rows no rule selects do not wait whole, but their cells still come out, in order, at
+    /// their newest event time, so rules move their clocks as before.
+    #[test]
+    fn unselected_rows_release_their_cells_without_rows() {
+        let mut r = Reorder::default();
+        let mask = |v: &[bool]| BooleanArray::from(v.to_vec());
+        r.push(batch(&[1.2, 1.7, 2.4, 3.9]), Some(&mask(&[false, true, false, false])));
+        r.push(batch(&[2.8, 1.1]), Some(&mask(&[false, false])));
+        assert_eq!(r.num_rows(), 6, "every row counts while it waits");
+        assert_eq!(r.pending.len(), 1, "only the selected row waits whole");
+        let cells = r.release(Watermark::At(3_000_000));
+        assert_eq!(shape(&cells), vec![vec![1700], vec![]]);
+        assert_eq!(
+            cells.iter().map(|c| c.newest_us / 1000).collect::<Vec<_>>(),
+            [1700, 2800],
+            "each cell at its newest row, selected or not"
+        );
+        assert!(cells.iter().all(|c| c.rows.schema() == batch(&[]).schema()));
+        assert_eq!(r.num_rows(), 1);
+        let cells = r.release(Watermark::Idle);
+        assert_eq!(shape(&cells), vec![Vec::<i64>::new()]);
+        assert_eq!(cells[0].newest_us, 3_900_000);
+        assert_eq!(r.num_rows(), 0);
     }
 }

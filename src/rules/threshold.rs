@@ -111,7 +111,7 @@ pub struct ThresholdSettings {
 }
 
 pub struct ThresholdRule {
-    predicate: Predicate,
+    pub(super) predicate: Predicate,
     group_by: Vec<String>,
     settings: ThresholdSettings,
     series: HashMap<Vec<String>, Series>,
