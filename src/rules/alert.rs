@@ -53,6 +53,18 @@ impl Lifecycle {
             .is_none_or(|a| now_us - a.last_notified_us >= meta.repeat_interval_us)
     }
 
+    /// Whether [`firing`](Self::firing) (the condition `holds`) or [`clear`](Self::clear) (it
+    /// does not) would notify for `key` at `now_us`: a new alert or a repeat past
+    /// `repeat_interval`, or the resolution of a firing one. Rules that re-evaluate every series
+    /// as time moves skip building observations that change nothing.
+    pub fn would_notify(&self, meta: &RuleMeta, key: &[String], holds: bool, now_us: i64) -> bool {
+        if holds {
+            self.notifies(meta, key, now_us)
+        } else {
+            self.is_firing(key)
+        }
+    }
+
     /// The condition holds for `obs` at `now_us`: fire, repeat, or stay quiet.
     pub fn firing(&mut self, meta: &RuleMeta, obs: Observation<'_>, now_us: i64) -> Option<Alert> {
         match self.active.get_mut(obs.key) {

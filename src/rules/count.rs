@@ -119,9 +119,7 @@ impl CountRule {
                 s.times.len()
             } as f64;
             let fires = value >= self.threshold;
-            // Most series change nothing: still firing inside `repeat_interval`, or quiet and
-            // not firing. Skip building their observation (labels, evidence).
-            if (fires && !self.lifecycle.notifies(meta, &key, now)) || (!fires && !self.lifecycle.is_firing(&key)) {
+            if !self.lifecycle.would_notify(meta, &key, fires, now) {
                 continue;
             }
             let obs = Observation {

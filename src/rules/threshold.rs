@@ -182,26 +182,31 @@ impl ThresholdRule {
             let compared = observed.is_some_and(|v| self.settings.comparison.holds(v, self.settings.value))
                 && (covered || !about_the_whole_window);
             let holds = absent || compared;
-            let obs = Observation {
-                key: &key,
-                labels: labels_of(&self.group_by, &key),
-                value: observed.unwrap_or(0.0),
-                threshold: Some(self.settings.value).filter(|v| !v.is_nan()),
-                evidence: Vec::new(),
-                context: Default::default(),
-            };
-            if holds {
+            let due = if holds {
                 let since = *s.pending_since.get_or_insert(now);
-                if now - since >= self.settings.for_us {
-                    alerts.extend(self.lifecycle.firing(meta, obs, now));
-                }
+                now - since >= self.settings.for_us
             } else {
                 s.pending_since = None;
-                alerts.extend(self.lifecycle.clear(meta, obs, now));
-                // An `absent` rule must remember a series that went quiet; others forget it.
-                if s.points.is_empty() && !self.settings.absent && !self.lifecycle.is_firing(&key) {
-                    dead.push(key);
-                }
+                true
+            };
+            if due && self.lifecycle.would_notify(meta, &key, holds, now) {
+                let obs = Observation {
+                    key: &key,
+                    labels: labels_of(&self.group_by, &key),
+                    value: observed.unwrap_or(0.0),
+                    threshold: Some(self.settings.value).filter(|v| !v.is_nan()),
+                    evidence: Vec::new(),
+                    context: Default::default(),
+                };
+                alerts.extend(if holds {
+                    self.lifecycle.firing(meta, obs, now)
+                } else {
+                    self.lifecycle.clear(meta, obs, now)
+                });
+            }
+            // An `absent` rule must remember a series that went quiet; others forget it.
+            if !holds && s.points.is_empty() && !self.settings.absent && !self.lifecycle.is_firing(&key) {
+                dead.push(key);
             }
         }
         for key in dead {
