@@ -42,7 +42,7 @@ fn records() -> Vec<Vec<Record>> {
                 offset: i as i64,
                 timestamp_ms: None,
                 key: None,
-                payload: Some(serde_json::to_vec(&v).unwrap()),
+                payload: Some(serde_json::to_vec(&v).unwrap().into()),
                 headers: Vec::new(),
             }
         })

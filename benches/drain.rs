@@ -78,6 +78,13 @@ async fn event(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) 
     } else {
         &body
     };
+    let measuring = r.latency.lock().unwrap().is_some();
+    if !measuring {
+        // Counting only: the events are found by their sourcetype rather than parsed, so this
+        // receiver, on the same two cores, takes as little as it can from the process measured.
+        let n = memchr::memmem::find_iter(body, br#""sourcetype":"confluent:audit""#).count() as u64;
+        return r.accepted(n);
+    }
     let now_ms = chrono::Utc::now().timestamp_millis() as f64;
     let mut n = 0;
     let mut latencies = Vec::new();
@@ -100,13 +107,20 @@ async fn event(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) 
             h.saturating_record(ms);
         }
     }
-    r.events.fetch_add(n, Ordering::Relaxed);
-    let now = Instant::now();
-    r.first.lock().unwrap().get_or_insert(now);
-    *r.last.lock().unwrap() = Some(now);
-    // One counter across channels: ackIds only need to be unique per channel.
-    let id = r.next_ack.fetch_add(1, Ordering::Relaxed);
-    (StatusCode::OK, format!(r#"{{"text":"Success","code":0,"ackId":{id}}}"#))
+    r.accepted(n)
+}
+
+impl Receiver {
+    /// Counts `n` audit events in and answers the request.
+    fn accepted(&self, n: u64) -> (StatusCode, String) {
+        self.events.fetch_add(n, Ordering::Relaxed);
+        let now = Instant::now();
+        self.first.lock().unwrap().get_or_insert(now);
+        *self.last.lock().unwrap() = Some(now);
+        // One counter across channels: ackIds only need to be unique per channel.
+        let id = self.next_ack.fetch_add(1, Ordering::Relaxed);
+        (StatusCode::OK, format!(r#"{{"text":"Success","code":0,"ackId":{id}}}"#))
+    }
 }
 
 async fn start_receiver() -> (Arc<Receiver>, String) {

@@ -36,7 +36,7 @@ fn records(samples: &[serde_json::Value]) -> Vec<Record> {
                 offset: i as i64,
                 timestamp_ms: None,
                 key: None,
-                payload: Some(serde_json::to_vec(&v).unwrap()),
+                payload: Some(serde_json::to_vec(&v).unwrap().into()),
                 headers: Vec::new(),
             }
         })
@@ -64,12 +64,12 @@ fn processor() -> (Processor, Window) {
 
 fn bench(c: &mut Criterion) {
     let records = records(&support::samples());
-    let payloads: Vec<Vec<u8>> = records.iter().map(|r| r.payload.clone().unwrap()).collect();
+    let payloads: Vec<Vec<u8>> = records.iter().map(|r| r.payload.as_deref().unwrap().to_vec()).collect();
     let mut group = c.benchmark_group("audit");
     group.throughput(Throughput::Elements(BATCH as u64));
     group.sample_size(20);
 
-    let decoder = AuditDecoder::new(true, 1 << 20);
+    let mut decoder = AuditDecoder::new(true, 1 << 20);
     group.bench_function("decode_validate", |b| {
         b.iter(|| {
             payloads
@@ -78,7 +78,7 @@ fn bench(c: &mut Criterion) {
                 .sum::<usize>()
         })
     });
-    let unvalidated = AuditDecoder::new(false, 1 << 20);
+    let mut unvalidated = AuditDecoder::new(false, 1 << 20);
     group.bench_function("decode_only", |b| {
         b.iter(|| {
             payloads
@@ -120,11 +120,10 @@ fn bench(c: &mut Criterion) {
                             offset: n as i64,
                             timestamp_ms: None,
                             key: None,
-                            payload: Some(support::event_bytes(
-                                &samples,
-                                n,
-                                start + chrono::Duration::milliseconds(n as i64),
-                            )),
+                            payload: Some(
+                                support::event_bytes(&samples, n, start + chrono::Duration::milliseconds(n as i64))
+                                    .into(),
+                            ),
                             headers: Vec::new(),
                         })
                         .collect::<Vec<_>>()
@@ -207,9 +206,9 @@ fn bench_rules(c: &mut Criterion) {
                             time_us: 1_767_225_600_000_000 + (n as i64) * 1_000,
                             id: format!("e{n}"),
                             event_type: "io.confluent.kafka.server/authentication".into(),
-                            auth_identifier: Some(format!("KEY{n:08}")),
+                            auth_identifier: Some(format!("KEY{n:08}").into()),
                             auth_mechanism: Some("SASL_SSL/PLAIN".into()),
-                            client_ip: Some(format!("10.0.{}.{}", n % 200, n % 250)),
+                            client_ip: Some(format!("10.0.{}.{}", n % 200, n % 250).into()),
                             result_status: Some("UNAUTHENTICATED".into()),
                             raw: raw.clone(),
                             ..AuditRow::default()

@@ -6,6 +6,7 @@
 //! into the dead-letter record's headers.
 
 pub mod audit;
+pub mod intern;
 pub mod metrics;
 pub mod schema_registry;
 pub mod strict;

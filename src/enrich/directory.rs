@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::EnrichError;
-use crate::event::AuditRow;
+use crate::event::{AuditRow, Text};
 
 /// One directory entry. `id` is a principal (`User:sa-abc123`), a service-account or user id
 /// (`sa-abc123`, `u-xyz`), an e-mail, or an API key.
@@ -54,6 +54,28 @@ pub struct Cluster {
 pub struct Directory {
     entries: HashMap<String, Entry>,
     clusters: HashMap<String, Cluster>,
+    /// What enrichment copies into each row, resolved once at load (API keys to their owners)
+    /// and shared, so a row costs a lookup and reference counts, not string copies.
+    resolved: HashMap<String, Names>,
+    cluster_names: HashMap<String, ClusterNames>,
+}
+
+#[derive(Debug, Clone)]
+struct Names {
+    display_name: Option<Text>,
+    application: Option<Text>,
+    team: Option<Text>,
+}
+
+#[derive(Debug, Clone)]
+struct ClusterNames {
+    environment_name: Option<Text>,
+    region: Option<Text>,
+    cloud: Option<Text>,
+}
+
+fn shared(s: &Option<String>) -> Option<Text> {
+    s.as_deref().map(Text::from)
 }
 
 fn normalise(id: &str) -> &str {
@@ -117,8 +139,38 @@ impl Directory {
                 });
             }
         }
-        let clusters = clusters.into_iter().map(|c| (c.id.clone(), c)).collect();
-        Ok(Directory { entries, clusters })
+        let clusters: HashMap<String, Cluster> = clusters.into_iter().map(|c| (c.id.clone(), c)).collect();
+        let mut directory = Directory {
+            entries,
+            clusters,
+            ..Directory::default()
+        };
+        directory.resolved = directory
+            .entries
+            .keys()
+            .filter_map(|key| {
+                let e = directory.lookup(key)?;
+                let names = Names {
+                    display_name: shared(&e.display_name),
+                    application: shared(&e.application),
+                    team: shared(&e.team),
+                };
+                Some((key.clone(), names))
+            })
+            .collect();
+        directory.cluster_names = directory
+            .clusters
+            .iter()
+            .map(|(id, c)| {
+                let names = ClusterNames {
+                    environment_name: shared(&c.environment_name),
+                    region: shared(&c.region),
+                    cloud: shared(&c.cloud),
+                };
+                (id.clone(), names)
+            })
+            .collect();
+        Ok(directory)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -166,20 +218,21 @@ impl Directory {
     /// must be recomputed).
     pub fn enrich_audit(&self, row: &mut AuditRow) -> bool {
         let mut changed = false;
+        let resolved = |id: &str| self.resolved.get(normalise(id));
         let entry = row
             .principal
             .as_deref()
-            .and_then(|p| self.lookup(p))
-            .or_else(|| row.auth_identifier.as_deref().and_then(|k| self.lookup(k)));
+            .and_then(resolved)
+            .or_else(|| row.auth_identifier.as_deref().and_then(resolved));
         if let Some(e) = entry {
-            row.principal_name = e.display_name;
-            row.principal_team = e.team;
+            row.principal_name = e.display_name.clone();
+            row.principal_team = e.team.clone();
             if row.principal_app.is_none() && e.application.is_some() {
-                row.principal_app = e.application;
+                row.principal_app = e.application.clone();
                 changed = true;
             }
         }
-        if let Some(c) = row.cluster_id.as_deref().and_then(|c| self.clusters.get(c)) {
+        if let Some(c) = row.cluster_id.as_deref().and_then(|c| self.cluster_names.get(c)) {
             row.environment_name = c.environment_name.clone();
             row.region = c.region.clone();
             row.cloud = c.cloud.clone();

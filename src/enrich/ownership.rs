@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::EnrichError;
-use crate::event::{AuditRow, MetricSample};
+use crate::event::{AuditRow, MetricSample, Text};
 
 /// The namespace file, as written (`deploy/namespaces.example.yaml`).
 #[derive(Debug, Deserialize)]
@@ -34,8 +34,8 @@ pub struct Application {
 #[derive(Debug, Default, Clone)]
 pub struct Ownership {
     /// Sorted by descending prefix length, so the first match is the longest.
-    prefixes: Vec<(String, String)>,
-    principals: HashMap<String, String>,
+    prefixes: Vec<(String, Text)>,
+    principals: HashMap<String, Text>,
 }
 
 impl Ownership {
@@ -88,26 +88,35 @@ impl Ownership {
                 }
             }
         }
-        let mut prefixes: Vec<(String, String)> = by_prefix.into_iter().collect();
+        let mut prefixes: Vec<(String, Text)> = by_prefix.into_iter().map(|(p, a)| (p, Text::from(a))).collect();
         prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        let principals = principals.into_iter().map(|(p, a)| (p, Text::from(a))).collect();
         Ok(Ownership { prefixes, principals })
     }
 
     /// The application owning a resource name, by longest prefix.
     pub fn resource_app(&self, resource: &str) -> Option<&str> {
-        self.prefixes
-            .iter()
-            .find(|(p, _)| resource.starts_with(p.as_str()))
-            .map(|(_, a)| a.as_str())
+        self.resource_app_text(resource).map(|a| &**a)
     }
 
     /// The application a principal runs for.
     pub fn principal_app(&self, principal: &str) -> Option<&str> {
-        self.principals.get(normalise_principal(principal)).map(String::as_str)
+        self.principal_app_text(principal).map(|a| &**a)
+    }
+
+    fn resource_app_text(&self, resource: &str) -> Option<&Text> {
+        self.prefixes
+            .iter()
+            .find(|(p, _)| resource.starts_with(p.as_str()))
+            .map(|(_, a)| a)
+    }
+
+    fn principal_app_text(&self, principal: &str) -> Option<&Text> {
+        self.principals.get(normalise_principal(principal))
     }
 
     pub fn num_applications(&self) -> usize {
-        let mut apps: Vec<&String> = self
+        let mut apps: Vec<&Text> = self
             .prefixes
             .iter()
             .map(|(_, a)| a)
@@ -128,16 +137,16 @@ impl Ownership {
         row.resource_app = if namespaced {
             row.resource_name
                 .as_deref()
-                .and_then(|r| self.resource_app(r))
-                .map(str::to_owned)
+                .and_then(|r| self.resource_app_text(r))
+                .cloned()
         } else {
             None
         };
         row.principal_app = row
             .principal
             .as_deref()
-            .and_then(|p| self.principal_app(p))
-            .map(str::to_owned);
+            .and_then(|p| self.principal_app_text(p))
+            .cloned();
         set_cross_namespace(row);
     }
 

@@ -12,48 +12,54 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+/// Shared, immutable text: cloning it counts a reference instead of copying the bytes.
+pub type Text = Arc<str>;
+
 /// One normalised audit event: the `audit_events` row of docs/PRODUCT.md §1.1.
 ///
 /// Strings are owned because the row outlives the Kafka message it came from (it is held by the
-/// sinks until they are acknowledged). `raw` keeps the original JSON bytes, so sinks forward the
-/// event exactly as Confluent wrote it (integers above 2^53 included) without re-serialising.
+/// sinks until they are acknowledged). Apart from `id`, they are shared [`Text`]: most fields
+/// repeat from event to event (types, methods, clusters, principals, topics), so the decoder
+/// hands out one copy of each recent value instead of allocating and freeing it per row. `raw`
+/// keeps the original JSON bytes, so sinks forward the event exactly as Confluent wrote it
+/// (integers above 2^53 included) without re-serialising.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AuditRow {
     /// Event time, microseconds since the Unix epoch (UTC).
     pub time_us: i64,
     pub id: String,
-    pub event_type: String,
-    pub method: Option<String>,
-    pub service: Option<String>,
-    pub organization: Option<String>,
-    pub environment: Option<String>,
-    pub cluster_id: Option<String>,
-    pub resource_type: Option<String>,
-    pub resource_name: Option<String>,
-    pub principal: Option<String>,
+    pub event_type: Text,
+    pub method: Option<Text>,
+    pub service: Option<Text>,
+    pub organization: Option<Text>,
+    pub environment: Option<Text>,
+    pub cluster_id: Option<Text>,
+    pub resource_type: Option<Text>,
+    pub resource_name: Option<Text>,
+    pub principal: Option<Text>,
     pub principal_type: PrincipalType,
-    pub auth_mechanism: Option<String>,
-    pub auth_identifier: Option<String>,
+    pub auth_mechanism: Option<Text>,
+    pub auth_identifier: Option<Text>,
     pub granted: Option<bool>,
-    pub operation: Option<String>,
+    pub operation: Option<Text>,
     pub authz_via: AuthzVia,
-    pub role: Option<String>,
-    pub result_status: Option<String>,
-    pub result_message: Option<String>,
-    pub client_ip: Option<String>,
+    pub role: Option<Text>,
+    pub result_status: Option<Text>,
+    pub result_message: Option<Text>,
+    pub client_ip: Option<Text>,
     pub client_port: Option<u16>,
-    pub client_id: Option<String>,
+    pub client_id: Option<Text>,
     // Enrichment (docs/PRODUCT.md §1.4).
-    pub resource_app: Option<String>,
-    pub principal_app: Option<String>,
+    pub resource_app: Option<Text>,
+    pub principal_app: Option<Text>,
     pub cross_namespace: Option<bool>,
     /// Directory: the principal's display name and team.
-    pub principal_name: Option<String>,
-    pub principal_team: Option<String>,
+    pub principal_name: Option<Text>,
+    pub principal_team: Option<Text>,
     /// Directory: the cluster's environment name, region and cloud.
-    pub environment_name: Option<String>,
-    pub region: Option<String>,
-    pub cloud: Option<String>,
+    pub environment_name: Option<Text>,
+    pub region: Option<Text>,
+    pub cloud: Option<Text>,
     /// The original event JSON, Schema Registry framing removed.
     pub raw: Arc<[u8]>,
     /// Where the record was read, for the archive's offset accounting (none for rows built

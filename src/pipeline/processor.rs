@@ -13,16 +13,25 @@ use crate::enrich::dedupe::Dedupe;
 use crate::enrich::directory::Directory;
 use crate::enrich::ownership::Ownership;
 use crate::event::arrow as tables;
-use crate::event::{Alert, Batch, DeadLetter, Origin, now_us};
+use crate::event::{Alert, AuditRow, Batch, DeadLetter, Origin, now_us};
 use crate::query::window::Window;
 use crate::rules::clock::EventClock;
 use crate::rules::{self, RuleEngine, Source};
 use crate::source::{Record, Stream, metrics_api};
 use crate::telemetry::{RuleLabel, StreamLabel, Telemetry};
 
+/// At most this many threads decode one poll.
+const MAX_DECODE_THREADS: usize = 8;
+
+/// A thread decodes at least this many records: below it, starting one costs more than it saves.
+const MIN_RECORDS_PER_THREAD: usize = 256;
+
 /// Decode, dedupe, enrich, evaluate rules and fill the window, one batch at a time.
 pub struct Processor {
     audit: AuditDecoder,
+    /// More decoders, one per further core: a large poll's audit records are decoded and
+    /// enriched on as many threads as there are cores (the rest of the stage is in order).
+    audit_helpers: Vec<AuditDecoder>,
     metrics: MetricsDecoder,
     ownership: Ownership,
     directory: Arc<Directory>,
@@ -55,8 +64,11 @@ impl Processor {
         if !directory.is_empty() {
             rules.set_directory(directory.clone());
         }
+        let audit = AuditDecoder::new(config.decode.validate_schema, config.decode.max_record_bytes);
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
         Processor {
-            audit: AuditDecoder::new(config.decode.validate_schema, config.decode.max_record_bytes),
+            audit_helpers: (1..cores.min(MAX_DECODE_THREADS)).map(|_| audit.clone()).collect(),
+            audit,
             metrics: MetricsDecoder::new(config.decode.clone()),
             ownership,
             directory,
@@ -155,6 +167,7 @@ impl Processor {
         let now = now_us();
         // Counted per batch: a label lookup per record costs more than the count.
         let (mut audit_in, mut metrics_in) = (0u64, 0u64);
+        let mut decoded = self.decode_audit(records).into_iter();
         for record in records {
             match record.stream {
                 Stream::Audit => audit_in += 1,
@@ -162,7 +175,7 @@ impl Processor {
             }
             let payload = record.payload.as_deref().unwrap_or_default();
             match record.stream {
-                Stream::Audit => match self.audit.decode(payload) {
+                Stream::Audit => match decoded.next().expect("one result per audit record") {
                     Ok(mut row) => {
                         let origin = Origin {
                             topic: record.topic.clone(),
@@ -171,10 +184,6 @@ impl Processor {
                         };
                         self.clocks[0].observe(&record.topic, record.partition, row.time_us, now);
                         if self.dedupe.insert(&row.id, now) {
-                            self.ownership.enrich_audit(&mut row);
-                            if self.directory.enrich_audit(&mut row) {
-                                crate::enrich::ownership::set_cross_namespace(&mut row);
-                            }
                             row.origin = Some(origin);
                             batch.audit.push(row);
                         } else {
@@ -282,6 +291,60 @@ impl Processor {
     pub fn rules(&self) -> &RuleEngine {
         &self.rules
     }
+
+    /// Decodes and enriches a poll's audit records, in order, on up to one thread per core.
+    /// Nothing here depends on another record (the dedupe memory and the clocks, which do, are
+    /// applied afterwards in order), so the split changes no result.
+    fn decode_audit(&mut self, records: &[Record]) -> Vec<Result<AuditRow, DecodeError>> {
+        let audit: Vec<&Record> = records.iter().filter(|r| r.stream == Stream::Audit).collect();
+        let (ownership, directory) = (&self.ownership, &*self.directory);
+        let decode = |decoder: &mut AuditDecoder, part: &[&Record]| -> Vec<Result<AuditRow, DecodeError>> {
+            part.iter()
+                .map(|r| {
+                    let mut row = match &r.payload {
+                        Some(payload) => decoder.decode_shared(payload)?,
+                        None => decoder.decode(&[])?,
+                    };
+                    ownership.enrich_audit(&mut row);
+                    if directory.enrich_audit(&mut row) {
+                        crate::enrich::ownership::set_cross_namespace(&mut row);
+                    }
+                    Ok(row)
+                })
+                .collect()
+        };
+        let threads = (audit.len() / MIN_RECORDS_PER_THREAD).clamp(1, self.audit_helpers.len() + 1);
+        if threads == 1 {
+            return decode(&mut self.audit, &audit);
+        }
+        let mut parts = audit.chunks(audit.len().div_ceil(threads));
+        let mine = parts.next().unwrap_or_default();
+        let (audit_decoder, helpers) = (&mut self.audit, &mut self.audit_helpers);
+        std::thread::scope(|scope| {
+            let mut pending = Vec::new();
+            for (part, helper) in parts.zip(helpers.iter_mut()) {
+                // A thread that cannot be started leaves its part to this one.
+                let started = std::thread::Builder::new()
+                    .name("decode".into())
+                    .spawn_scoped(scope, move || decode(helper, part));
+                pending.push(started.map_err(|e| {
+                    tracing::debug!(error = %e, "no decode thread; decoding in line");
+                    part
+                }));
+            }
+            let mut out = decode(audit_decoder, mine);
+            for p in pending {
+                match p {
+                    Ok(handle) => match handle.join() {
+                        Ok(rows) => out.extend(rows),
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    },
+                    Err(part) => out.extend(decode(audit_decoder, part)),
+                }
+            }
+            out
+        })
+    }
 }
 
 /// A record that could not be decoded, as the dead-letter sink takes it.
@@ -292,7 +355,7 @@ fn dead_letter(record: &Record, error: &DecodeError) -> DeadLetter {
         partition: record.partition,
         offset: record.offset,
         key: record.key.clone(),
-        payload: record.payload.clone().unwrap_or_default(),
+        payload: record.payload.as_deref().map(<[u8]>::to_vec).unwrap_or_default(),
         class: error.class(),
         message: error.to_string(),
     }

@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use crate::event::AuditRow;
+use crate::event::{AuditRow, Text};
 
 /// Methods that change configuration, for the Change data model.
 fn change_type(method: &str) -> Option<&'static str> {
@@ -38,7 +38,7 @@ pub fn fields<'r>(row: &'r AuditRow) -> Vec<(&'static str, Cow<'r, str>)> {
             out.push((k, v));
         }
     };
-    let text = |v: &'r Option<String>| v.as_deref().map(Cow::Borrowed);
+    let text = |v: &'r Option<Text>| v.as_deref().map(Cow::Borrowed);
     push("user", text(&row.principal));
     push("src", text(&row.client_ip));
     push("dest", text(&row.cluster_id));

@@ -362,6 +362,25 @@ impl Backpressure {
     }
 }
 
+/// A topic's name, shared: one allocation per topic and thread instead of one per record.
+fn topic_name(topic: &str) -> Arc<str> {
+    /// More topics than this (a consumer reads two or three) are not remembered.
+    const MAX_TOPICS: usize = 64;
+    thread_local! {
+        static NAMES: std::cell::RefCell<Vec<Arc<str>>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    NAMES.with_borrow_mut(|names| {
+        if let Some(name) = names.iter().find(|n| &***n == topic) {
+            return name.clone();
+        }
+        let name: Arc<str> = Arc::from(topic);
+        if names.len() < MAX_TOPICS {
+            names.push(name.clone());
+        }
+        name
+    })
+}
+
 fn detach(m: &rdkafka::message::BorrowedMessage<'_>, topics: &TopicsConfig) -> Record {
     let topic = m.topic();
     let stream = stream_of(topics, topic);
@@ -375,12 +394,12 @@ fn detach(m: &rdkafka::message::BorrowedMessage<'_>, topics: &TopicsConfig) -> R
         .unwrap_or_default();
     Record {
         stream,
-        topic: Arc::from(topic),
+        topic: topic_name(topic),
         partition: m.partition(),
         offset: m.offset(),
         timestamp_ms: m.timestamp().to_millis(),
         key: m.key().map(<[u8]>::to_vec),
-        payload: m.payload().map(<[u8]>::to_vec),
+        payload: m.payload().map(Arc::from),
         headers,
     }
 }

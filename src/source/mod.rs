@@ -33,7 +33,8 @@ pub struct Record {
     pub offset: i64,
     pub timestamp_ms: Option<i64>,
     pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
+    /// Shared: a decoded audit row keeps these bytes as its `raw` without copying them again.
+    pub payload: Option<Arc<[u8]>>,
     pub headers: Vec<(String, Vec<u8>)>,
 }
 

@@ -2,7 +2,7 @@
 //! client address shapes audit events carry.
 
 /// `/172.21.0.1`, `/10.0.0.4:53422`, `/[::1]:9092` or `::1` to (ip, port).
-pub fn parse_client_address(text: &str) -> (Option<String>, Option<u16>) {
+pub fn parse_client_address(text: &str) -> (Option<&str>, Option<u16>) {
     let text = text.trim().trim_start_matches('/');
     if text.is_empty() {
         return (None, None);
@@ -11,16 +11,16 @@ pub fn parse_client_address(text: &str) -> (Option<String>, Option<u16>) {
         // Bracketed IPv6, maybe with a port.
         if let Some((ip, tail)) = rest.split_once(']') {
             let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
-            return (Some(ip.to_owned()), port);
+            return (Some(ip), port);
         }
     }
     match text.rsplit_once(':') {
         // One colon: IPv4 or host name with a port. More colons: a bare IPv6 address.
         Some((ip, port)) if !ip.contains(':') => match port.parse() {
-            Ok(port) => (Some(ip.to_owned()), Some(port)),
-            Err(_) => (Some(text.to_owned()), None),
+            Ok(port) => (Some(ip), Some(port)),
+            Err(_) => (Some(text), None),
         },
-        _ => (Some(text.to_owned()), None),
+        _ => (Some(text), None),
     }
 }
 
@@ -80,13 +80,10 @@ mod tests {
 
     #[test]
     fn client_addresses() {
-        assert_eq!(parse_client_address("/172.21.0.1"), (Some("172.21.0.1".into()), None));
-        assert_eq!(
-            parse_client_address("/10.0.0.4:53422"),
-            (Some("10.0.0.4".into()), Some(53422))
-        );
-        assert_eq!(parse_client_address("/[::1]:9092"), (Some("::1".into()), Some(9092)));
-        assert_eq!(parse_client_address("fe80::1"), (Some("fe80::1".into()), None));
+        assert_eq!(parse_client_address("/172.21.0.1"), (Some("172.21.0.1"), None));
+        assert_eq!(parse_client_address("/10.0.0.4:53422"), (Some("10.0.0.4"), Some(53422)));
+        assert_eq!(parse_client_address("/[::1]:9092"), (Some("::1"), Some(9092)));
+        assert_eq!(parse_client_address("fe80::1"), (Some("fe80::1"), None));
         assert_eq!(parse_client_address(""), (None, None));
     }
 

@@ -26,6 +26,7 @@ pub use crn::{Crn, parse_client_address};
 use envelope::Envelope;
 use row::to_row;
 
+use super::intern::Interner;
 use super::strict::Object;
 use super::{DecodeError, schema_registry};
 use crate::event::AuditRow;
@@ -34,24 +35,48 @@ const AUDIT_SCHEMA: &str = include_str!("../audit_event.schema.json");
 
 /// Decodes audit records. Build once (the schema is compiled here), use for every record.
 pub struct AuditDecoder {
-    validator: Option<jsonschema::Validator>,
+    validator: Option<Arc<jsonschema::Validator>>,
     max_record_bytes: usize,
+    strings: Interner,
+}
+
+/// Another decoder with the same compiled schema and its own string set (one per decoding
+/// thread).
+impl Clone for AuditDecoder {
+    fn clone(&self) -> AuditDecoder {
+        AuditDecoder {
+            validator: self.validator.clone(),
+            max_record_bytes: self.max_record_bytes,
+            strings: Interner::default(),
+        }
+    }
 }
 
 impl AuditDecoder {
     pub fn new(validate_schema: bool, max_record_bytes: usize) -> AuditDecoder {
         let validator = validate_schema.then(|| {
             let schema: Value = serde_json::from_str(AUDIT_SCHEMA).expect("the shipped audit schema is valid JSON");
-            jsonschema::validator_for(&schema).expect("the shipped audit schema compiles")
+            Arc::new(jsonschema::validator_for(&schema).expect("the shipped audit schema compiles"))
         });
         AuditDecoder {
             validator,
             max_record_bytes,
+            strings: Interner::default(),
         }
     }
 
     /// Decodes one record value.
-    pub fn decode(&self, payload: &[u8]) -> Result<AuditRow, DecodeError> {
+    pub fn decode(&mut self, payload: &[u8]) -> Result<AuditRow, DecodeError> {
+        self.decode_into_raw(payload, None)
+    }
+
+    /// Decodes one record value the caller already holds shared: without Schema Registry
+    /// framing, the row's `raw` is those same bytes rather than a copy.
+    pub fn decode_shared(&mut self, payload: &Arc<[u8]>) -> Result<AuditRow, DecodeError> {
+        self.decode_into_raw(payload, Some(payload))
+    }
+
+    fn decode_into_raw(&mut self, payload: &[u8], shared: Option<&Arc<[u8]>>) -> Result<AuditRow, DecodeError> {
         if payload.len() > self.max_record_bytes {
             return Err(DecodeError::TooLarge {
                 size: payload.len(),
@@ -68,7 +93,11 @@ impl AuditDecoder {
         if let Ok(Object(envelope)) = serde_json::from_slice::<Object<Envelope>>(json)
             && (self.validator.is_none() || envelope.schema_problem().is_none())
         {
-            return to_row(envelope, Arc::from(json));
+            let raw = match shared {
+                Some(whole) if whole.len() == json.len() => whole.clone(),
+                _ => Arc::from(json),
+            };
+            return to_row(envelope, raw, &mut self.strings);
         }
         // Anything else (bad JSON, a schema violation, an event the typed view is stricter
         // about, duplicate keys) takes the slow path, whose errors say exactly what is wrong.
@@ -77,7 +106,7 @@ impl AuditDecoder {
 
     /// Parses into a `serde_json::Value`, checks it with the JSON Schema validator, and reads
     /// the typed view from the value.
-    fn decode_slowly(&self, json: &[u8]) -> Result<AuditRow, DecodeError> {
+    fn decode_slowly(&mut self, json: &[u8]) -> Result<AuditRow, DecodeError> {
         let value: Value = serde_json::from_slice(json)?;
         if let Some(validator) = &self.validator
             && let Err(e) = validator.validate(&value)
@@ -89,7 +118,7 @@ impl AuditDecoder {
         }
         let Object(envelope) =
             Object::<Envelope>::deserialize(&value).map_err(|e| DecodeError::InvalidEvent(e.to_string()))?;
-        to_row(envelope, Arc::from(json))
+        to_row(envelope, Arc::from(json), &mut self.strings)
     }
 }
 
@@ -112,7 +141,7 @@ mod tests {
     fn cloud_authentication_failure_unknown_user() {
         let r = decode("cloud-authentication-failure-unknown-user.json");
         assert_eq!(r.id, "a7d4e2c0-1f5b-4c3a-8e9d-6b2f0c1a7e55");
-        assert_eq!(r.event_type, "io.confluent.kafka.server/authentication");
+        assert_eq!(&*r.event_type, "io.confluent.kafka.server/authentication");
         assert_eq!(r.method.as_deref(), Some("kafka.Authentication"));
         assert_eq!(r.principal.as_deref(), Some("None:UNKNOWN_USER"));
         assert_eq!(r.principal_type, PrincipalType::Unknown);
@@ -168,7 +197,7 @@ mod tests {
     #[test]
     fn cloud_request_create_api_key() {
         let r = decode("cloud-request-create-api-key.json");
-        assert_eq!(r.event_type, "io.confluent.cloud/request");
+        assert_eq!(&*r.event_type, "io.confluent.cloud/request");
         assert_eq!(r.method.as_deref(), Some("CreateApiKey"));
         assert_eq!(r.principal.as_deref(), Some("ops-admin@example.com"));
         assert_eq!(r.principal_type, PrincipalType::User);
@@ -237,7 +266,7 @@ mod tests {
 
     #[test]
     fn malformed_inputs_are_errors_not_panics() {
-        let d = AuditDecoder::new(true, 1 << 20);
+        let mut d = AuditDecoder::new(true, 1 << 20);
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (b"not json".to_vec(), "NotJson"),
             (br#"{"id":"x","specversion":"1.0","#.to_vec(), "NotJson"),
@@ -391,7 +420,7 @@ mod tests {
 
     #[test]
     fn the_fast_and_slow_paths_decode_alike() {
-        let decoder = AuditDecoder::new(true, 1 << 20);
+        let mut decoder = AuditDecoder::new(true, 1 << 20);
         for name in samples() {
             let bytes = sample(&name);
             assert_eq!(

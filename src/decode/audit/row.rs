@@ -1,24 +1,21 @@
 //! An [`Envelope`] to an [`AuditRow`]: the fields of docs/PRODUCT.md §1.1, with the
 //! quirks of each producer smoothed out.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::crn::{Crn, parse_client_address};
 use super::envelope::*;
+use crate::decode::intern::Interner;
 use crate::decode::strict::{Object, Str};
 use crate::decode::{DecodeError, parse_time_us};
 use crate::event::{AuditRow, AuthzVia, PrincipalType};
-
-fn owned<'a>(s: Option<impl Into<Cow<'a, str>>>) -> Option<String> {
-    s.map(Into::into).filter(|s| !s.is_empty()).map(Cow::into_owned)
-}
 
 fn text<'s>(s: &'s Option<Str<'_>>) -> Option<&'s str> {
     s.as_ref().map(Str::as_str)
 }
 
-pub(super) fn to_row(e: Envelope<'_>, raw: Arc<[u8]>) -> Result<AuditRow, DecodeError> {
+pub(super) fn to_row(e: Envelope<'_>, raw: Arc<[u8]>, strings: &mut Interner) -> Result<AuditRow, DecodeError> {
+    let mut owned = |s: Option<&str>| strings.non_empty(s);
     let time_us = parse_time_us(e.time.as_str())
         .ok_or_else(|| DecodeError::InvalidEvent(format!("`time` is not RFC 3339: {:?}", e.time.as_str())))?;
     if e.id.as_str().is_empty() {
@@ -32,21 +29,24 @@ pub(super) fn to_row(e: Envelope<'_>, raw: Arc<[u8]>) -> Result<AuditRow, Decode
         .or(text(&e.source))
         .unwrap_or_default();
     let crn = Crn::parse(crn_text);
-    let cluster_id = crn
-        .get("kafka")
-        .or_else(|| crn.get("cloud-cluster"))
-        .map(str::to_owned)
-        .or_else(|| text(&e.source).and_then(|s| Crn::parse(s).get("kafka").map(str::to_owned)));
+    let source_crn;
+    let cluster_id = match crn.get("kafka").or_else(|| crn.get("cloud-cluster")) {
+        Some(id) => Some(id),
+        None => {
+            source_crn = text(&e.source).map(Crn::parse);
+            source_crn.as_ref().and_then(|c| c.get("kafka"))
+        }
+    };
 
     let mut row = AuditRow {
         time_us,
         id: e.id.0.into_owned(),
-        event_type: e.event_type.0.into_owned(),
-        method: owned(data.method_name),
-        service: owned(data.service_name),
-        organization: crn.get("organization").map(str::to_owned),
-        environment: crn.get("environment").map(str::to_owned),
-        cluster_id,
+        event_type: owned(Some(e.event_type.as_str())).unwrap_or_default(),
+        method: owned(text(&data.method_name)),
+        service: owned(text(&data.service_name)),
+        organization: owned(crn.get("organization")),
+        environment: owned(crn.get("environment")),
+        cluster_id: owned(cluster_id),
         raw,
         ..AuditRow::default()
     };
@@ -54,19 +54,19 @@ pub(super) fn to_row(e: Envelope<'_>, raw: Arc<[u8]>) -> Result<AuditRow, Decode
     // The resource: the authorisation's own fields are the most precise; else the CRN's last
     // segment; else a cloud resource (API keys, service accounts).
     let (crn_type, crn_name) = crn.resource();
-    row.resource_type = crn_type.map(str::to_owned);
-    row.resource_name = crn_name.map(str::to_owned);
+    row.resource_type = owned(crn_type);
+    row.resource_name = owned(crn_name);
     if let Some(cloud) = data.cloud_resources.into_iter().find_map(|c| c.resource) {
-        row.resource_type = owned(cloud.resource_type).or(row.resource_type);
-        row.resource_name = owned(cloud.resource_id).or(row.resource_name);
+        row.resource_type = owned(cloud.resource_type.as_deref()).or(row.resource_type);
+        row.resource_name = owned(cloud.resource_id.as_deref()).or(row.resource_name);
     }
 
     if let Some(Object(authn)) = data.authentication_info {
-        let resource_id = owned(authn.principal_resource_id);
+        let resource_id = owned(text(&authn.principal_resource_id));
         match authn.principal {
             Some(Principal::Name(name)) => {
                 row.principal_type = principal_type_of_name(name.as_str());
-                row.principal = owned(Some(name));
+                row.principal = owned(Some(name.as_str()));
             }
             Some(Principal::Object(Object(obj))) => {
                 let id = obj
@@ -80,29 +80,29 @@ pub(super) fn to_row(e: Envelope<'_>, raw: Arc<[u8]>) -> Result<AuditRow, Decode
                     None if obj.email.is_some() => PrincipalType::User,
                     None => PrincipalType::Unknown,
                 };
-                row.principal = owned(obj.email).or_else(|| owned(id));
+                row.principal = owned(obj.email.as_deref()).or_else(|| owned(id.as_deref()));
             }
             None => row.principal = resource_id,
         }
         if let Some(Object(meta)) = authn.metadata {
-            row.auth_mechanism = owned(meta.mechanism);
-            row.auth_identifier = owned(meta.identifier);
+            row.auth_mechanism = owned(text(&meta.mechanism));
+            row.auth_identifier = owned(text(&meta.identifier));
         }
     }
 
     if let Some(Object(authz)) = data.authorization_info {
         row.granted = authz.granted;
-        row.operation = owned(authz.operation);
-        if let Some(t) = owned(authz.resource_type) {
+        row.operation = owned(text(&authz.operation));
+        if let Some(t) = owned(text(&authz.resource_type)) {
             row.resource_type = Some(t);
         }
-        if let Some(n) = owned(authz.resource_name) {
+        if let Some(n) = owned(text(&authz.resource_name)) {
             row.resource_name = Some(n);
         }
         row.authz_via = if authz.super_user_authorization == Some(true) {
             AuthzVia::SuperUser
         } else if let Some(Object(rbac)) = authz.rbac_authorization {
-            row.role = owned(rbac.role);
+            row.role = owned(text(&rbac.role));
             AuthzVia::Rbac
         } else if authz.acl_authorization.is_some() {
             AuthzVia::Acl
@@ -112,22 +112,25 @@ pub(super) fn to_row(e: Envelope<'_>, raw: Arc<[u8]>) -> Result<AuditRow, Decode
     }
 
     if let Some(Object(request)) = data.request {
-        row.client_id = owned(request.client_id.or(request.client_id_camel));
+        row.client_id = owned(text(&request.client_id.or(request.client_id_camel)));
     }
     let address = data
         .request_metadata
         .and_then(|Object(m)| m.client_address.map(ClientAddress::Text).or(m.client_address_camel));
     if let Some(address) = address {
-        let (ip, port) = match address {
-            ClientAddress::Text(text) => parse_client_address(text.as_str()),
-            ClientAddress::List(list) => (list.into_iter().find_map(|e| owned(e.ip)), None),
+        let (ip, port) = match &address {
+            ClientAddress::Text(address) => parse_client_address(address.as_str()),
+            ClientAddress::List(list) => (
+                list.iter().find_map(|e| e.ip.as_deref().filter(|ip| !ip.is_empty())),
+                None,
+            ),
         };
-        row.client_ip = ip;
+        row.client_ip = owned(ip);
         row.client_port = port;
     }
     if let Some(Object(result)) = data.result {
-        row.result_status = owned(result.status);
-        row.result_message = owned(result.message);
+        row.result_status = owned(text(&result.status));
+        row.result_message = owned(text(&result.message));
     }
     Ok(row)
 }

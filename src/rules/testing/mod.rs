@@ -28,7 +28,7 @@ mod replay;
 use serde::Deserialize;
 
 use super::{RuleEngine, RulesError, parse_rules};
-use crate::event::{Alert, AuditRow, AuthzVia, MetricKind, MetricSample, PrincipalType};
+use crate::event::{Alert, AuditRow, AuthzVia, MetricKind, MetricSample, PrincipalType, Text};
 
 /// Test time zero: 2026-01-01T00:00:00Z.
 pub(crate) const BASE_US: i64 = 1_767_225_600_000_000;
@@ -192,48 +192,52 @@ fn fill(text: &Option<String>, n: u32) -> Option<String> {
     text.as_ref().map(|t| t.replace("{n}", &n.to_string()))
 }
 
+fn fill_text(text: &Option<String>, n: u32) -> Option<Text> {
+    fill(text, n).map(Text::from)
+}
+
 fn audit_row(e: &TestAuditEvent, time_us: i64, n: u32, seq: usize) -> AuditRow {
     AuditRow {
         time_us,
         id: fill(&e.id, n).unwrap_or_else(|| format!("test-{seq}")),
-        event_type: fill(&e.event_type, n).unwrap_or_else(|| "io.confluent.kafka.server/authorization".into()),
-        method: fill(&e.method, n),
-        service: fill(&e.service, n),
-        organization: fill(&e.organization, n),
-        environment: fill(&e.environment, n),
-        cluster_id: fill(&e.cluster_id, n),
-        resource_type: fill(&e.resource_type, n),
-        resource_name: fill(&e.resource_name, n),
-        principal: fill(&e.principal, n),
+        event_type: fill_text(&e.event_type, n).unwrap_or_else(|| "io.confluent.kafka.server/authorization".into()),
+        method: fill_text(&e.method, n),
+        service: fill_text(&e.service, n),
+        organization: fill_text(&e.organization, n),
+        environment: fill_text(&e.environment, n),
+        cluster_id: fill_text(&e.cluster_id, n),
+        resource_type: fill_text(&e.resource_type, n),
+        resource_name: fill_text(&e.resource_name, n),
+        principal: fill_text(&e.principal, n),
         principal_type: match e.principal_type.as_deref() {
             Some("user") => PrincipalType::User,
             Some("service_account") => PrincipalType::ServiceAccount,
             _ => PrincipalType::Unknown,
         },
-        auth_mechanism: fill(&e.auth_mechanism, n),
-        auth_identifier: fill(&e.auth_identifier, n),
+        auth_mechanism: fill_text(&e.auth_mechanism, n),
+        auth_identifier: fill_text(&e.auth_identifier, n),
         granted: e.granted,
-        operation: fill(&e.operation, n),
+        operation: fill_text(&e.operation, n),
         authz_via: match e.authz_via.as_deref() {
             Some("acl") => AuthzVia::Acl,
             Some("rbac") => AuthzVia::Rbac,
             Some("super_user") => AuthzVia::SuperUser,
             _ => AuthzVia::None,
         },
-        role: fill(&e.role, n),
-        result_status: fill(&e.result_status, n),
-        result_message: fill(&e.result_message, n),
-        client_ip: fill(&e.client_ip, n),
+        role: fill_text(&e.role, n),
+        result_status: fill_text(&e.result_status, n),
+        result_message: fill_text(&e.result_message, n),
+        client_ip: fill_text(&e.client_ip, n),
         client_port: e.client_port,
-        client_id: fill(&e.client_id, n),
-        resource_app: fill(&e.resource_app, n),
-        principal_app: fill(&e.principal_app, n),
+        client_id: fill_text(&e.client_id, n),
+        resource_app: fill_text(&e.resource_app, n),
+        principal_app: fill_text(&e.principal_app, n),
         cross_namespace: e.cross_namespace,
-        principal_name: fill(&e.principal_name, n),
-        principal_team: fill(&e.principal_team, n),
-        environment_name: fill(&e.environment_name, n),
-        region: fill(&e.region, n),
-        cloud: fill(&e.cloud, n),
+        principal_name: fill_text(&e.principal_name, n),
+        principal_team: fill_text(&e.principal_team, n),
+        environment_name: fill_text(&e.environment_name, n),
+        region: fill_text(&e.region, n),
+        cloud: fill_text(&e.cloud, n),
         raw: Arc::from(&b"{}"[..]),
         origin: None,
     }

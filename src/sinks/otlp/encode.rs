@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
-use crate::event::{Alert, AlertStatus, AuditRow, Batch, MetricKind, MetricSample, now_us};
+use crate::event::{Alert, AlertStatus, AuditRow, Batch, MetricKind, MetricSample, Text, now_us};
 
 fn kv(key: &str, value: any_value::Value) -> KeyValue {
     KeyValue {
@@ -58,7 +58,7 @@ pub fn audit_log_record(row: &AuditRow, observed_ns: u64) -> LogRecord {
         kv_str("cloudevents.event_id", &row.id),
         kv_str("cloudevents.event_type", &row.event_type),
     ];
-    let mut opt = |key: &str, value: &Option<String>| {
+    let mut opt = |key: &str, value: &Option<Text>| {
         if let Some(v) = value {
             attributes.push(kv_str(key, v));
         }

@@ -348,7 +348,7 @@ impl MetricsApiPoller {
                         offset: self.next_offset,
                         timestamp_ms: Some(received_ms),
                         key: None,
-                        payload: Some(payload),
+                        payload: Some(payload.into()),
                         headers: vec![("content-type".into(), b"application/json".to_vec())],
                     });
                     self.next_offset += 1;
