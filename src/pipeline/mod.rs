@@ -368,7 +368,8 @@ async fn run_source(
     shutdown: CancellationToken,
 ) -> Result<(), PipelineError> {
     let (tx, rx) = mpsc::channel(POLL_AHEAD);
-    let processing = tokio::spawn(run_processor(processor, dispatcher, rx));
+    let processor_idle = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let processing = tokio::spawn(run_processor(processor, dispatcher, rx, processor_idle.clone()));
     if let Some(mut polled) = polled {
         // Polled records have no Kafka positions: nothing to commit, and they queue behind (and
         // between) the consumer's polls. The poller stops on shutdown, closing this sender.
@@ -388,7 +389,7 @@ async fn run_source(
             }
         });
     }
-    let polled = poll_loop(&config, &consumer, tx, &shutdown).await;
+    let polled = poll_loop(&config, &consumer, tx, &shutdown, &processor_idle).await;
     tracing::info!("stopped fetching; draining");
     let processed = match processing.await {
         Ok(r) => r,
@@ -404,23 +405,36 @@ async fn poll_loop(
     consumer: &kafka::KafkaConsumer,
     tx: mpsc::Sender<Polled>,
     shutdown: &CancellationToken,
+    processor_idle: &std::sync::atomic::AtomicBool,
 ) -> Result<(), PipelineError> {
     let max = config.kafka.batch_max_records;
     let linger = config.kafka.batch_linger;
     let mut carried = Vec::new();
     let mut backpressure = kafka::Backpressure::new();
     let mut polling = std::time::Instant::now();
-    while let Some(records) = kafka::poll_batch(consumer, &config.topics, max, linger, shutdown, &mut carried).await {
-        // The stage timeline (`auditflow::pipeline=debug`): what each stage waited on per batch.
-        tracing::debug!(
-            records = records.len(),
-            took_ms = polling.elapsed().as_secs_f64() * 1e3,
-            "polled"
-        );
+    while let Some(records) = kafka::poll_batch(
+        consumer,
+        &config.topics,
+        max,
+        linger,
+        shutdown,
+        &mut carried,
+        processor_idle,
+    )
+    .await
+    {
         let mut positions = Positions::default();
         for r in &records {
             positions.record(&r.topic, r.partition, r.offset, r.timestamp_ms);
         }
+        // The stage timeline (`auditflow::pipeline=debug`): what each stage waited on per batch,
+        // and how old the oldest record was when polled (the time spent before this process).
+        tracing::debug!(
+            records = records.len(),
+            took_ms = polling.elapsed().as_secs_f64() * 1e3,
+            oldest_age_ms = positions.oldest_record_ms.map(|ms| now_us() / 1000 - ms),
+            "polled"
+        );
         let assigned = kafka::changed_assignment(consumer, &config.topics);
         let bytes = records.iter().map(|r| r.payload.as_ref().map_or(0, |p| p.len())).sum();
         let polled = Polled {
@@ -448,8 +462,14 @@ async fn run_processor(
     mut processor: Processor,
     dispatcher: Dispatcher,
     mut rx: mpsc::Receiver<Polled>,
+    idle: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(), PipelineError> {
-    while let Some(polled) = rx.recv().await {
+    use std::sync::atomic::Ordering;
+    loop {
+        // Idle while waiting with nothing queued: the poll side then hands over what it has at once.
+        idle.store(rx.is_empty(), Ordering::Release);
+        let Some(polled) = rx.recv().await else { break };
+        idle.store(false, Ordering::Release);
         // A span per batch (exported as OTLP traces with `telemetry.otlp.traces`, sampled).
         let span = tracing::info_span!(
             "process_batch",

@@ -120,6 +120,10 @@ impl Drop for KafkaConsumer {
 /// A batch closes when no record arrived for this long (or at `kafka.batch_linger`).
 const BATCH_IDLE: Duration = Duration::from_millis(5);
 
+/// The same while the processor waits for work: a fetch response's records arrive together,
+/// microseconds apart, so this only ends the batch with the burst.
+const BATCH_IDLE_DOWNSTREAM_IDLE: Duration = Duration::from_millis(1);
+
 /// With nothing to read, [`poll_batch`] returns an empty batch this often, so event-time clocks
 /// whose partitions went idle move on and what they held back is evaluated.
 pub const IDLE_TICK: Duration = Duration::from_secs(1);
@@ -169,7 +173,9 @@ pub fn consumer(config: &Config, telemetry: Telemetry) -> KafkaResult<KafkaConsu
 /// Reads up to `max` records, waiting at most `linger` after the first.
 ///
 /// `carried` holds records received while the assignment was paused (see [`Backpressure`]);
-/// they come first.
+/// they come first. While `downstream_idle` is set (the processor waits for work), the batch
+/// closes as soon as what was fetched has been read: lingering for more only pays while the
+/// processor is busy, and costs latency when it is not.
 pub async fn poll_batch(
     consumer: &KafkaConsumer,
     topics: &TopicsConfig,
@@ -177,6 +183,7 @@ pub async fn poll_batch(
     linger: Duration,
     shutdown: &CancellationToken,
     carried: &mut Vec<Record>,
+    downstream_idle: &std::sync::atomic::AtomicBool,
 ) -> Option<Vec<Record>> {
     if shutdown.is_cancelled() {
         return None;
@@ -211,7 +218,12 @@ pub async fn poll_batch(
     // low rate would only add latency).
     let deadline = tokio::time::Instant::now() + linger;
     while records.len() < max {
-        let idle = tokio::time::Instant::now() + BATCH_IDLE;
+        let cut = if downstream_idle.load(std::sync::atomic::Ordering::Acquire) {
+            BATCH_IDLE_DOWNSTREAM_IDLE
+        } else {
+            BATCH_IDLE
+        };
+        let idle = tokio::time::Instant::now() + cut;
         match tokio::time::timeout_at(deadline.min(idle), consumer.recv()).await {
             Ok(Ok(m)) => records.push(detach(&m, topics)),
             Ok(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),

@@ -9,7 +9,7 @@
 //! connection keeps sending while up to `max_pending_acks` groups wait for acknowledgement, so
 //! acknowledgement costs latency, not throughput.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,6 +64,28 @@ pub(super) struct Shared {
     system_alerts: Option<mpsc::Sender<Alert>>,
     /// Since when (µs) the refused-token alert is firing; 0 when it is not.
     refused_since_us: AtomicI64,
+    /// Connections waiting for a group, and a signal when one starts waiting: while one is
+    /// idle, a group is sent as soon as it is taken instead of lingering for more events
+    /// (lingering only pays while every connection is busy).
+    idle: AtomicUsize,
+    became_idle: tokio::sync::Notify,
+}
+
+/// Counts a connection as idle while it waits for a group.
+struct IdleGuard<'a>(&'a Shared);
+
+impl<'a> IdleGuard<'a> {
+    fn new(shared: &'a Shared) -> IdleGuard<'a> {
+        shared.idle.fetch_add(1, Ordering::AcqRel);
+        shared.became_idle.notify_one();
+        IdleGuard(shared)
+    }
+}
+
+impl Drop for IdleGuard<'_> {
+    fn drop(&mut self) {
+        self.0.idle.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 pub struct HecSink {
@@ -109,6 +131,8 @@ impl HecSink {
                 label: SinkLabel { sink: "splunk_hec" },
                 system_alerts: None,
                 refused_since_us: AtomicI64::new(0),
+                idle: AtomicUsize::new(0),
+                became_idle: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -150,14 +174,28 @@ impl HecSink {
             let mut num_bytes: usize = estimate(&items[0]);
             let deadline = Instant::now() + linger;
             while num_events < config.batch_max_events && num_bytes < config.batch_max_bytes {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(item)) => {
-                        num_events += item.batch.len();
-                        num_bytes += estimate(&item);
-                        items.push(item);
+                // What is already queued joins the group; then, with a connection idle, the
+                // group goes now (waiting would only add latency), else it lingers for more
+                // until a connection frees up or the linger ends.
+                let item = match rx.try_recv() {
+                    Ok(item) => Some(item),
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        let idle = self.shared.became_idle.notified();
+                        if self.shared.idle.load(Ordering::Acquire) > 0 {
+                            break;
+                        }
+                        tokio::select! {
+                            item = rx.recv() => item,
+                            _ = idle => break,
+                            _ = tokio::time::sleep_until(deadline) => break,
+                        }
                     }
-                    Ok(None) | Err(_) => break,
-                }
+                };
+                let Some(item) = item else { break };
+                num_events += item.batch.len();
+                num_bytes += estimate(&item);
+                items.push(item);
             }
             // Encoding is CPU work: off the runtime's workers, beside the next poll's processing.
             let shared = self.shared.clone();
@@ -230,7 +268,10 @@ impl Connection {
             }
             let can_take = !closed && pending.len() < config.max_pending_acks;
             tokio::select! {
-                group = async { groups.lock().await.recv().await }, if can_take => match group {
+                group = async {
+                    let _idle = IdleGuard::new(&self.shared);
+                    groups.lock().await.recv().await
+                }, if can_take => match group {
                     None => closed = true,
                     Some(group) => {
                         let mut awaiting = Vec::new();
