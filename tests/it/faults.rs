@@ -592,3 +592,63 @@ async fn hec_failover_to_the_healthy_endpoint() {
     stop(running, shutdown, &s.bootstrap, group, 40).await;
     drop(s.cluster);
 }
+
+/// An idle HEC sink sends what it has at once: `batch_linger` bounds the wait for more events
+/// while every connection is busy; it is not a delay every batch pays (it was: a lone batch
+/// waited the whole linger).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_hec_sink_sends_without_lingering() {
+    use auditflow::decode::audit::AuditDecoder;
+    use auditflow::event::{Ack, Batch};
+    use auditflow::sinks::SinkItem;
+    use auditflow::sinks::dead_letter::DeadLetters;
+    use auditflow::sinks::splunk_hec::sink::HecSink;
+
+    let hec = HecReceiver::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(
+        "127.0.0.1:9",
+        "Tech00-linger",
+        &hec.url(),
+        None,
+        &dir.path().join("o.jsonl"),
+    );
+    let hec_linger = "index = \"kafka_audit\"\nbatch_linger = \"20ms\"";
+    assert!(text.contains(hec_linger));
+    let text = text.replace(hec_linger, "index = \"kafka_audit\"\nbatch_linger = \"60s\"");
+    let config = Config::parse(&text, "linger.toml").unwrap();
+    let telemetry = auditflow::telemetry::Telemetry::new();
+    let dead_letters = DeadLetters::new(
+        &config.kafka.client_properties,
+        "auditflow-dead-letter",
+        telemetry.clone(),
+    )
+    .unwrap();
+    let sink = HecSink::new(config.sinks.splunk_hec.clone().unwrap(), dead_letters, telemetry).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let task = tokio::spawn(sink.run(rx));
+
+    for round in 0..3 {
+        let row = AuditDecoder::new(true, 1 << 20)
+            .decode(&crate::support::fixture("audit/cloud-request-create-api-key.json"))
+            .unwrap();
+        let (ack, acked) = Ack::new();
+        let batch = Batch {
+            audit: vec![row],
+            ..Batch::default()
+        };
+        tx.send(SinkItem {
+            batch: std::sync::Arc::new(batch),
+            ack,
+        })
+        .await
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), acked)
+            .await
+            .unwrap_or_else(|_| panic!("batch {round} waited for the 60 s linger"))
+            .expect("the sink dropped the acknowledgement");
+        assert_eq!(hec.events().len(), round + 1);
+    }
+    drop(tx);
+    task.await.unwrap();
+}
