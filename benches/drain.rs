@@ -424,14 +424,15 @@ async fn run_mode(
 
 /// How fast a bare librdkafka consumer (no processing) drains the backlog: the ceiling the mock
 /// cluster sets for every mode.
-/// With `latency`, the backlog is read first and `caught_up` told, so the records timed are
-/// the live ones only.
-fn broker_ceiling(
-    bootstrap: &str,
-    n: usize,
-    mut latency: Option<&mut Histogram<u64>>,
-    caught_up: Option<(usize, std::sync::mpsc::Sender<()>)>,
-) -> f64 {
+/// Timing the live records that follow a backlog: the reader tells `caught_up` once it has read
+/// the `backlog` records, then records each later one's latency in `histogram`.
+struct LiveTiming<'a> {
+    backlog: usize,
+    caught_up: std::sync::mpsc::Sender<()>,
+    histogram: &'a mut Histogram<u64>,
+}
+
+fn broker_ceiling(bootstrap: &str, n: usize, mut timing: Option<LiveTiming<'_>>) -> f64 {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -449,16 +450,16 @@ fn broker_ceiling(
     while seen < n {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
             first.get_or_insert_with(Instant::now);
-            if let Some((backlog, tx)) = &caught_up
-                && seen + 1 == *backlog
-            {
-                let _ = tx.send(());
-            }
-            if let Some(h) = latency.as_deref_mut()
-                && caught_up.as_ref().is_some_and(|(backlog, _)| seen >= *backlog)
-                && let Some(ms) = rdkafka::Message::timestamp(&m).to_millis()
-            {
-                h.saturating_record((chrono::Utc::now().timestamp_millis() - ms).max(1) as u64);
+            if let Some(t) = timing.as_mut() {
+                if seen + 1 == t.backlog {
+                    let _ = t.caught_up.send(());
+                }
+                if seen >= t.backlog
+                    && let Some(ms) = rdkafka::Message::timestamp(&m).to_millis()
+                {
+                    t.histogram
+                        .saturating_record((chrono::Utc::now().timestamp_millis() - ms).max(1) as u64);
+                }
             }
             seen += 1;
         }
@@ -518,7 +519,7 @@ fn main() {
         );
         if std::env::var("DRAIN_MODES").as_deref() == Ok("broker") {
             let b = bootstrap.clone();
-            let rate = tokio::task::spawn_blocking(move || broker_ceiling(&b, n, None, None))
+            let rate = tokio::task::spawn_blocking(move || broker_ceiling(&b, n, None))
                 .await
                 .unwrap();
             println!("drain/broker: a bare consumer in this process reads {rate:.0} events/s from the mock cluster");
@@ -533,7 +534,12 @@ fn main() {
             let (caught_up_tx, caught_up) = std::sync::mpsc::channel();
             let reader = tokio::task::spawn_blocking(move || {
                 let mut h = Histogram::<u64>::new_with_bounds(1, 600_000, 3).unwrap();
-                broker_ceiling(&b, n + total, Some(&mut h), Some((n, caught_up_tx)));
+                let timing = LiveTiming {
+                    backlog: n,
+                    caught_up: caught_up_tx,
+                    histogram: &mut h,
+                };
+                broker_ceiling(&b, n + total, Some(timing));
                 [0.5, 0.99].map(|q| h.value_at_quantile(q))
             });
             tokio::task::spawn_blocking(move || caught_up.recv()).await.unwrap().unwrap();

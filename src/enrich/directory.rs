@@ -53,7 +53,6 @@ pub struct Cluster {
 #[derive(Debug, Default, Clone)]
 pub struct Directory {
     entries: HashMap<String, Entry>,
-    clusters: HashMap<String, Cluster>,
     /// What enrichment copies into each row, resolved once at load (API keys to their owners)
     /// and shared, so a row costs a lookup and reference counts, not string copies.
     resolved: HashMap<String, Names>,
@@ -139,10 +138,8 @@ impl Directory {
                 });
             }
         }
-        let clusters: HashMap<String, Cluster> = clusters.into_iter().map(|c| (c.id.clone(), c)).collect();
         let mut directory = Directory {
             entries,
-            clusters,
             ..Directory::default()
         };
         directory.resolved = directory
@@ -158,23 +155,22 @@ impl Directory {
                 Some((key.clone(), names))
             })
             .collect();
-        directory.cluster_names = directory
-            .clusters
+        directory.cluster_names = clusters
             .iter()
-            .map(|(id, c)| {
+            .map(|c| {
                 let names = ClusterNames {
                     environment_name: shared(&c.environment_name),
                     region: shared(&c.region),
                     cloud: shared(&c.cloud),
                 };
-                (id.clone(), names)
+                (c.id.clone(), names)
             })
             .collect();
         Ok(directory)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.clusters.is_empty()
+        self.entries.is_empty() && self.cluster_names.is_empty()
     }
 
     /// The entry of a principal or API key; an API key resolves to its owner's entry, with the
@@ -191,10 +187,6 @@ impl Directory {
             }),
             None => Some(e.clone()),
         }
-    }
-
-    pub fn cluster(&self, id: &str) -> Option<&Cluster> {
-        self.clusters.get(id)
     }
 
     /// `payments-batch (sa-m3n8zd, Tech03)`; the bare id when unknown.

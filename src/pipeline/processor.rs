@@ -301,10 +301,10 @@ impl Processor {
         let decode = |decoder: &mut AuditDecoder, part: &[&Record]| -> Vec<Result<AuditRow, DecodeError>> {
             part.iter()
                 .map(|r| {
-                    let mut row = match &r.payload {
-                        Some(payload) => decoder.decode_shared(payload)?,
-                        None => decoder.decode(&[])?,
+                    let Some(payload) = &r.payload else {
+                        return Err(DecodeError::Empty);
                     };
+                    let mut row = decoder.decode_shared(payload)?;
                     ownership.enrich_audit(&mut row);
                     if directory.enrich_audit(&mut row) {
                         crate::enrich::ownership::set_cross_namespace(&mut row);

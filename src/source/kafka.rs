@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Record, Stream};
 use crate::config::{Config, TopicsConfig};
+use crate::decode::intern::Interner;
 use crate::telemetry::{PartitionLabel, Telemetry};
 
 /// Logs rebalances and notes that one happened; librdkafka does the rest. Its statistics give
@@ -376,21 +377,10 @@ impl Backpressure {
 
 /// A topic's name, shared: one allocation per topic and thread instead of one per record.
 fn topic_name(topic: &str) -> Arc<str> {
-    /// More topics than this (a consumer reads two or three) are not remembered.
-    const MAX_TOPICS: usize = 64;
     thread_local! {
-        static NAMES: std::cell::RefCell<Vec<Arc<str>>> = const { std::cell::RefCell::new(Vec::new()) };
+        static NAMES: std::cell::RefCell<Interner> = std::cell::RefCell::new(Interner::default());
     }
-    NAMES.with_borrow_mut(|names| {
-        if let Some(name) = names.iter().find(|n| &***n == topic) {
-            return name.clone();
-        }
-        let name: Arc<str> = Arc::from(topic);
-        if names.len() < MAX_TOPICS {
-            names.push(name.clone());
-        }
-        name
-    })
+    NAMES.with_borrow_mut(|names| names.text(topic))
 }
 
 fn detach(m: &rdkafka::message::BorrowedMessage<'_>, topics: &TopicsConfig) -> Record {
