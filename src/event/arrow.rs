@@ -1,13 +1,16 @@
 //! Arrow schemas of the SQL tables and the builders that turn a batch of rows into one
 //! `RecordBatch` (built once per batch: rules evaluate on it and the window keeps it).
 
+use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
+use datafusion::arrow::array::NullBufferBuilder;
 use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int32Array, Int32Builder, Int64Array, ListBuilder, MapBuilder,
-    RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+    ArrayRef, BooleanBuilder, DictionaryArray, Float64Builder, Int32Array, Int32Builder, Int64Array, ListBuilder,
+    MapBuilder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondBuilder,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::buffer::{Buffer, OffsetBuffer};
+use datafusion::arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit};
 
 use super::{Alert, AuditRow, MetricSample, Origin};
 
@@ -76,7 +79,7 @@ pub static ARCHIVE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// and must not be named).
 pub fn archive_batch(rows: &[AuditRow], indices: &[usize]) -> RecordBatch {
     let picked: Vec<&AuditRow> = indices.iter().map(|&i| &rows[i]).collect();
-    let audit = audit_batch_of(&picked);
+    let audit = audit_batch_of(&picked, &AUDIT_SCHEMA, Raw::Kept);
     fn origin<'r>(r: &&'r AuditRow) -> &'r Origin {
         r.origin.as_ref().expect("archived rows have an origin")
     }
@@ -142,6 +145,66 @@ fn strings<'a>(capacity: usize, values: impl Iterator<Item = Option<&'a str>> + 
     Arc::new(b.finish())
 }
 
+/// A text column of the type `data_type` names: plain strings, or a dictionary with Int32 keys
+/// (how the window stores repetitive columns).
+fn text<'a>(data_type: &DataType, n: usize, values: impl Iterator<Item = Option<&'a str>> + Clone) -> ArrayRef {
+    match data_type {
+        DataType::Dictionary(..) => dictionary(n, values),
+        _ => strings(n, values),
+    }
+}
+
+/// Dictionary-encoded text, each distinct value once, in order of first use. The decoder hands
+/// out one shared copy of each repeated value ([`super::Text`]), so a row's value is found by
+/// its address (hashing a pointer, not the string); a value met at a new address (long, or
+/// decoded before the decoder's set started over) is looked up by its contents once.
+/// Building the dictionary this way, instead of plain strings cast to a dictionary, was the
+/// window's largest cost per row.
+fn dictionary<'a>(n: usize, values: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
+    let state = foldhash::fast::RandomState::default();
+    let mut by_address: HashMap<(usize, usize), i32, _> = HashMap::with_hasher(state.clone());
+    let mut by_value: HashMap<&str, i32, _> = HashMap::with_hasher(state);
+    let mut keys = Vec::with_capacity(n);
+    let mut nulls = NullBufferBuilder::new(n);
+    let mut distinct = StringBuilder::new();
+    for value in values {
+        let Some(value) = value else {
+            keys.push(0);
+            nulls.append_null();
+            continue;
+        };
+        // Two live strings at one address with one length are the same string.
+        let address = (value.as_ptr() as usize, value.len());
+        let key = match by_address.get(&address) {
+            Some(&key) => key,
+            None => {
+                let next = by_value.len() as i32;
+                let key = *by_value.entry(value).or_insert_with(|| {
+                    distinct.append_value(value);
+                    next
+                });
+                by_address.insert(address, key);
+                key
+            }
+        };
+        keys.push(key);
+        nulls.append_non_null();
+    }
+    let keys = Int32Array::new(keys.into(), nulls.finish());
+    let array = DictionaryArray::<Int32Type>::try_new(keys, Arc::new(distinct.finish()))
+        .expect("every key indexes the dictionary built beside it");
+    Arc::new(array)
+}
+
+/// A string column of `n` empty strings: no bytes, one offset per row.
+fn empty_strings(n: usize) -> ArrayRef {
+    Arc::new(StringArray::new(
+        OffsetBuffer::new_zeroed(n),
+        Buffer::from_vec(Vec::<u8>::new()),
+        None,
+    ))
+}
+
 fn times(capacity: usize, values: impl Iterator<Item = Option<i64>>) -> ArrayRef {
     let mut b = TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC");
     for v in values {
@@ -176,52 +239,77 @@ fn batch(schema: &SchemaRef, columns: Vec<ArrayRef>) -> RecordBatch {
 
 pub fn audit_batch(rows: &[AuditRow]) -> RecordBatch {
     let refs: Vec<&AuditRow> = rows.iter().collect();
-    audit_batch_of(&refs)
+    audit_batch_of(&refs, &AUDIT_SCHEMA, Raw::Kept)
 }
 
-fn audit_batch_of(rows: &[&AuditRow]) -> RecordBatch {
+/// [`audit_batch`] with `raw` empty: what the rules read when none of them reads `raw` (copying
+/// ~1 KB a row for nobody was most of building their batch).
+pub fn audit_batch_without_raw(rows: &[AuditRow]) -> RecordBatch {
+    let refs: Vec<&AuditRow> = rows.iter().collect();
+    audit_batch_of(&refs, &AUDIT_SCHEMA, Raw::Empty)
+}
+
+/// `rows` in `schema`: the `audit_events` columns, each text column plain or dictionary-encoded
+/// as `schema` says (the window's stored form, built without a plain batch in between).
+pub fn audit_batch_as(rows: &[&AuditRow], schema: &SchemaRef) -> RecordBatch {
+    audit_batch_of(rows, schema, Raw::Kept)
+}
+
+/// Whether a batch carries the events' `raw` text.
+#[derive(Clone, Copy, PartialEq)]
+enum Raw {
+    Kept,
+    Empty,
+}
+
+fn audit_batch_of(rows: &[&AuditRow], schema: &SchemaRef, raw: Raw) -> RecordBatch {
     let n = rows.len();
-    let s = |f: fn(&AuditRow) -> Option<&str>| strings(n, rows.iter().map(|r| f(r)));
+    let s = |name: &str, f: fn(&AuditRow) -> Option<&str>| {
+        let field = schema.field_with_name(name).expect("an audit_events column");
+        text(field.data_type(), n, rows.iter().map(|r| f(r)))
+    };
     let mut port = Int32Builder::with_capacity(n);
     for r in rows {
         port.append_option(r.client_port.map(i32::from));
     }
     batch(
-        &AUDIT_SCHEMA,
+        schema,
         vec![
             times(n, rows.iter().map(|r| Some(r.time_us))),
-            s(|r| Some(&r.id)),
-            s(|r| Some(&r.event_type)),
-            s(|r| r.method.as_deref()),
-            s(|r| r.service.as_deref()),
-            s(|r| r.organization.as_deref()),
-            s(|r| r.environment.as_deref()),
-            s(|r| r.cluster_id.as_deref()),
-            s(|r| r.resource_type.as_deref()),
-            s(|r| r.resource_name.as_deref()),
-            s(|r| r.principal.as_deref()),
-            s(|r| Some(r.principal_type.as_str())),
-            s(|r| r.auth_mechanism.as_deref()),
-            s(|r| r.auth_identifier.as_deref()),
+            s("id", |r| Some(&r.id)),
+            s("type", |r| Some(&r.event_type)),
+            s("method", |r| r.method.as_deref()),
+            s("service", |r| r.service.as_deref()),
+            s("organization", |r| r.organization.as_deref()),
+            s("environment", |r| r.environment.as_deref()),
+            s("cluster_id", |r| r.cluster_id.as_deref()),
+            s("resource_type", |r| r.resource_type.as_deref()),
+            s("resource_name", |r| r.resource_name.as_deref()),
+            s("principal", |r| r.principal.as_deref()),
+            s("principal_type", |r| Some(r.principal_type.as_str())),
+            s("auth_mechanism", |r| r.auth_mechanism.as_deref()),
+            s("auth_identifier", |r| r.auth_identifier.as_deref()),
             bools(n, rows.iter().map(|r| r.granted)),
-            s(|r| r.operation.as_deref()),
-            s(|r| Some(r.authz_via.as_str())),
-            s(|r| r.role.as_deref()),
-            s(|r| r.result_status.as_deref()),
-            s(|r| r.result_message.as_deref()),
-            s(|r| r.client_ip.as_deref()),
+            s("operation", |r| r.operation.as_deref()),
+            s("authz_via", |r| Some(r.authz_via.as_str())),
+            s("role", |r| r.role.as_deref()),
+            s("result_status", |r| r.result_status.as_deref()),
+            s("result_message", |r| r.result_message.as_deref()),
+            s("client_ip", |r| r.client_ip.as_deref()),
             Arc::new(port.finish()),
-            s(|r| r.client_id.as_deref()),
-            s(|r| r.resource_app.as_deref()),
-            s(|r| r.principal_app.as_deref()),
+            s("client_id", |r| r.client_id.as_deref()),
+            s("resource_app", |r| r.resource_app.as_deref()),
+            s("principal_app", |r| r.principal_app.as_deref()),
             bools(n, rows.iter().map(|r| r.cross_namespace)),
-            s(|r| r.principal_name.as_deref()),
-            s(|r| r.principal_team.as_deref()),
-            s(|r| r.environment_name.as_deref()),
-            s(|r| r.region.as_deref()),
-            s(|r| r.cloud.as_deref()),
-            // Raw is valid UTF-8: it parsed as JSON.
-            raw_column(rows),
+            s("principal_name", |r| r.principal_name.as_deref()),
+            s("principal_team", |r| r.principal_team.as_deref()),
+            s("environment_name", |r| r.environment_name.as_deref()),
+            s("region", |r| r.region.as_deref()),
+            s("cloud", |r| r.cloud.as_deref()),
+            match raw {
+                Raw::Kept => raw_column(rows),
+                Raw::Empty => empty_strings(n),
+            },
         ],
     )
 }
@@ -236,8 +324,18 @@ fn raw_column(rows: &[&AuditRow]) -> ArrayRef {
 }
 
 pub fn metrics_batch(rows: &[MetricSample]) -> RecordBatch {
+    let refs: Vec<&MetricSample> = rows.iter().collect();
+    metrics_batch_as(&refs, &METRICS_SCHEMA)
+}
+
+/// `rows` in `schema`: the `metrics` columns, each text column plain or dictionary-encoded as
+/// `schema` says.
+pub fn metrics_batch_as(rows: &[&MetricSample], schema: &SchemaRef) -> RecordBatch {
     let n = rows.len();
-    let s = |f: fn(&MetricSample) -> Option<&str>| strings(n, rows.iter().map(f));
+    let s = |name: &str, f: fn(&MetricSample) -> Option<&str>| {
+        let field = schema.field_with_name(name).expect("a metrics column");
+        text(field.data_type(), n, rows.iter().map(|r| f(r)))
+    };
     let mut value = Float64Builder::with_capacity(n);
     let mut partition = Int32Builder::with_capacity(n);
     for r in rows {
@@ -245,17 +343,17 @@ pub fn metrics_batch(rows: &[MetricSample]) -> RecordBatch {
         partition.append_option(r.partition);
     }
     batch(
-        &METRICS_SCHEMA,
+        schema,
         vec![
             times(n, rows.iter().map(|r| Some(r.time_us))),
-            s(|r| Some(&r.name)),
+            s("name", |r| Some(&r.name)),
             Arc::new(value.finish()),
-            s(|r| Some(r.kind.as_str())),
-            s(|r| r.cluster_id.as_deref()),
-            s(|r| r.topic.as_deref()),
+            s("kind", |r| Some(r.kind.as_str())),
+            s("cluster_id", |r| r.cluster_id.as_deref()),
+            s("topic", |r| r.topic.as_deref()),
             Arc::new(partition.finish()),
             labels_map(rows.iter().map(|r| &r.labels)),
-            s(|r| r.resource_app.as_deref()),
+            s("resource_app", |r| r.resource_app.as_deref()),
         ],
     )
 }
@@ -314,5 +412,54 @@ mod tests {
         let b = audit_batch(&[row]);
         assert_eq!(b.num_rows(), 1);
         assert_eq!(b.schema(), *AUDIT_SCHEMA);
+    }
+
+    #[test]
+    fn a_dictionary_holds_each_value_once_whatever_its_address() {
+        use datafusion::arrow::array::{Array, AsArray};
+        use datafusion::arrow::compute::cast;
+
+        use crate::event::Text;
+        let shared: Text = Text::from("alice");
+        let copy = String::from("alice");
+        let other = String::from("bob");
+        let values = [
+            Some(&*shared),
+            None,
+            Some(copy.as_str()),
+            Some(&*shared),
+            Some(other.as_str()),
+        ];
+        let column = dictionary(values.len(), values.iter().copied());
+        let keys = column.as_dictionary::<Int32Type>();
+        assert_eq!(keys.values().len(), 2, "alice once, bob once");
+        assert_eq!(column.null_count(), 1);
+        let plain = cast(&column, &DataType::Utf8).unwrap();
+        let plain: Vec<Option<&str>> = plain.as_string::<i32>().iter().collect();
+        assert_eq!(plain, values);
+    }
+
+    #[test]
+    fn the_rules_batch_without_raw_differs_only_in_raw() {
+        let row = AuditRow {
+            id: "x".into(),
+            event_type: "t".into(),
+            principal: Some("User:1".into()),
+            raw: Arc::from(&b"{\"a\":1}"[..]),
+            ..AuditRow::default()
+        };
+        let (full, lean) = (audit_batch(std::slice::from_ref(&row)), audit_batch_without_raw(&[row]));
+        assert_eq!(full.schema(), lean.schema());
+        let raw = AUDIT_SCHEMA.index_of("raw").unwrap();
+        for i in 0..full.num_columns() {
+            if i == raw {
+                assert_eq!(
+                    lean.column(i).as_any().downcast_ref::<StringArray>().unwrap().value(0),
+                    ""
+                );
+            } else {
+                assert_eq!(full.column(i), lean.column(i), "column {i}");
+            }
+        }
     }
 }

@@ -240,25 +240,31 @@ impl Processor {
 
         // Rules see each table in event-time order (the clocks release whole one-second cells);
         // the SQL window takes rows as they come. An empty poll still moves idle clocks on.
-        let audit = (!batch.audit.is_empty()).then(|| {
+        // The window builds its own batches by minute, dictionary-encoded; the rules' batch
+        // carries `raw` only when a rule reads it.
+        if !batch.audit.is_empty() {
             let newest = batch.audit.iter().map(|r| r.time_us).max().unwrap_or(now);
-            (tables::audit_batch(&batch.audit), newest)
-        });
-        let metrics = (!batch.metrics.is_empty()).then(|| {
+            (self.window.audit).append_rows(&batch.audit, |r| r.time_us, tables::audit_batch_as, newest);
+        }
+        if !batch.metrics.is_empty() {
             let newest = batch.metrics.iter().map(|m| m.time_us).max().unwrap_or(now);
-            (tables::metrics_batch(&batch.metrics), newest)
-        });
-        let mut alerts = Vec::new();
-        let tables = [
-            (Source::Audit, &self.window.audit, audit),
-            (Source::Metrics, &self.window.metrics, metrics),
-        ];
-        for (slot, (source, table, rows)) in tables.into_iter().enumerate() {
-            if let Some((arrow, newest)) = &rows {
-                table.append(arrow.clone(), *newest);
+            (self.window.metrics).append_rows(&batch.metrics, |m| m.time_us, tables::metrics_batch_as, newest);
+        }
+        let audit = (!batch.audit.is_empty()).then(|| {
+            if self.rules.reads_raw(Source::Audit) {
+                tables::audit_batch(&batch.audit)
+            } else {
+                tables::audit_batch_without_raw(&batch.audit)
             }
+        });
+        let metrics = (!batch.metrics.is_empty()).then(|| tables::metrics_batch(&batch.metrics));
+        let mut alerts = Vec::new();
+        for (slot, (source, rows)) in [(Source::Audit, audit), (Source::Metrics, metrics)]
+            .into_iter()
+            .enumerate()
+        {
             let watermark = self.clocks[slot].watermark(now);
-            let (mut raised, micros) = self.rules.ingest(source, rows.map(|(arrow, _)| arrow), watermark);
+            let (mut raised, micros) = self.rules.ingest(source, rows, watermark);
             self.telemetry.rule_eval_micros.inc_by(micros);
             alerts.append(&mut raised);
         }

@@ -251,7 +251,7 @@ impl RuleEngine {
     }
 
     /// Whether a loaded rule over `source` reads its `raw` column.
-    fn reads_raw(&self, source: Source) -> bool {
+    pub fn reads_raw(&self, source: Source) -> bool {
         self.rules.iter().any(|r| r.meta.source == source && r.meta.reads_raw)
     }
 

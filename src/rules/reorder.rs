@@ -18,8 +18,8 @@
 
 use std::collections::BTreeMap;
 
-use datafusion::arrow::array::{Array, BooleanArray, RecordBatch, TimestampMicrosecondArray};
-use datafusion::arrow::compute::{concat_batches, filter_record_batch, sort_to_indices, take_record_batch};
+use datafusion::arrow::array::{Array, BooleanArray, RecordBatch, TimestampMicrosecondArray, UInt32Array};
+use datafusion::arrow::compute::{concat_batches, interleave_record_batch, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 
 use super::clock::Watermark;
@@ -130,22 +130,32 @@ impl Reorder {
         if let Some((c, w)) = run {
             self.add_to_cell(c, w);
         }
-        let selected = match selected {
+        // The selected rows wait sorted by time (one copy, here), so a release cuts them at
+        // its time by slicing instead of copying every waiting batch that straddles it.
+        let times_of = t.values();
+        let mut keep: Vec<u32> = match selected {
             Some(mask) if mask.len() == batch.num_rows() && mask.null_count() == 0 => {
-                match mask.true_count() {
-                    0 => return,
-                    n if n == batch.num_rows() => batch,
-                    // A mask of the batch's own length cannot fail to filter; if it did, keeping
-                    // every row is safe (the rules evaluate their `where` again).
-                    _ => filter_record_batch(&batch, mask).unwrap_or(batch),
-                }
+                mask.values().set_indices().map(|i| i as u32).collect()
             }
-            _ => batch,
+            _ => (0..batch.num_rows() as u32).collect(),
         };
-        let Some(t) = times(&selected) else { return };
-        let min = datafusion::arrow::compute::min(t).unwrap_or(i64::MIN);
-        let max = datafusion::arrow::compute::max(t).unwrap_or(i64::MIN);
-        self.pending.push((min, max, selected));
+        if keep.is_empty() {
+            return;
+        }
+        let in_order = keep
+            .windows(2)
+            .all(|w| times_of[w[0] as usize] <= times_of[w[1] as usize]);
+        let rows = if in_order && keep.len() == batch.num_rows() {
+            batch
+        } else {
+            if !in_order {
+                keep.sort_by_key(|&i| times_of[i as usize]); // stable: ties keep arrival order
+            }
+            take_record_batch(&batch, &UInt32Array::from(keep)).expect("row indices come from the batch")
+        };
+        let Some(t) = times(&rows) else { return };
+        let (min, max) = (t.value(0), t.value(t.len() - 1));
+        self.pending.push((min, max, rows));
     }
 
     fn add_to_cell(&mut self, cell: i64, add: Waiting) {
@@ -230,7 +240,9 @@ impl Reorder {
         out
     }
 
-    /// The selected rows before `until`, in time order; the rest stay.
+    /// The selected rows before `until`, in time order; the rest stay. Each waiting batch is
+    /// sorted, so it is cut by slicing; the pieces are merged by time in one copy (ties keep
+    /// the order the rows came in).
     fn take_selected(&mut self, until: i64, schema: &SchemaRef) -> RecordBatch {
         let mut early = Vec::new();
         let mut kept = Vec::new();
@@ -240,48 +252,46 @@ impl Reorder {
             } else if max < until {
                 early.push(batch); // released whole: no copy
             } else if let Some(t) = times(&batch) {
-                let before: BooleanArray = t.values().iter().map(|&v| Some(v < until)).collect();
-                let after: BooleanArray = t.values().iter().map(|&v| Some(v >= until)).collect();
-                match (
-                    filter_record_batch(&batch, &before),
-                    filter_record_batch(&batch, &after),
-                ) {
-                    (Ok(e), Ok(l)) => {
-                        early.push(e);
-                        if let Some(m) = times(&l).and_then(datafusion::arrow::compute::min) {
-                            kept.push((m, max, l));
-                        }
-                    }
-                    // Filtering a batch by a mask of its own length cannot fail; if it ever
-                    // did, evaluating the whole batch now beats losing it.
-                    _ => early.push(batch),
-                }
+                let split = t.values().partition_point(|&v| v < until);
+                kept.push((t.value(split), max, batch.slice(split, batch.num_rows() - split)));
+                early.push(batch.slice(0, split));
             } else {
                 early.push(batch); // `push` keeps only timed batches here
             }
         }
         self.pending = kept;
-        let all = match early.len() {
-            0 => return RecordBatch::new_empty(schema.clone()),
+        match early.len() {
+            0 => RecordBatch::new_empty(schema.clone()),
             1 => early.remove(0),
-            // Rows of one table share its schema, so this cannot fail; if it did, say so.
-            _ => concat_batches(schema, &early).unwrap_or_else(|e| {
-                let rows: usize = early.iter().map(RecordBatch::num_rows).sum();
-                tracing::error!(rows, error = %e, "rows waiting for the rules could not be combined; the rules skip them");
-                RecordBatch::new_empty(schema.clone())
-            }),
-        };
-        // Rows of one partition come sorted; only a mix of partitions needs the sort.
-        match times(&all) {
-            Some(t) if !t.values().windows(2).all(|w| w[0] <= w[1]) => {
-                match sort_to_indices(t, None, None).and_then(|i| take_record_batch(&all, &i)) {
-                    Ok(sorted) => sorted,
-                    Err(_) => all,
-                }
-            }
-            _ => all,
+            _ => merge_by_time(schema, &early),
         }
     }
+}
+
+/// `batches`, each sorted by time, as one batch sorted by time (stable across batches).
+fn merge_by_time(schema: &SchemaRef, batches: &[RecordBatch]) -> RecordBatch {
+    let mut order: Vec<(i64, usize, usize)> = Vec::with_capacity(batches.iter().map(RecordBatch::num_rows).sum());
+    for (b, batch) in batches.iter().enumerate() {
+        if let Some(t) = times(batch) {
+            order.extend(t.values().iter().enumerate().map(|(r, &time)| (time, b, r)));
+        }
+    }
+    // Already in order when the batches do not overlap (one partition's rows, or a backlog
+    // read in order): concatenating is then enough.
+    if order.windows(2).all(|w| w[0].0 <= w[1].0) {
+        return concat_batches(schema, batches).unwrap_or_else(|e| lost(schema, batches, e));
+    }
+    order.sort_by_key(|&(time, _, _)| time);
+    let indices: Vec<(usize, usize)> = order.into_iter().map(|(_, b, r)| (b, r)).collect();
+    let refs: Vec<&RecordBatch> = batches.iter().collect();
+    interleave_record_batch(&refs, &indices).unwrap_or_else(|e| lost(schema, batches, e))
+}
+
+/// Rows of one table share its schema, so combining them cannot fail; if it did, say so.
+fn lost(schema: &SchemaRef, batches: &[RecordBatch], error: datafusion::arrow::error::ArrowError) -> RecordBatch {
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    tracing::error!(rows, %error, "rows waiting for the rules could not be combined; the rules skip them");
+    RecordBatch::new_empty(schema.clone())
 }
 
 #[cfg(test)]
@@ -389,5 +399,34 @@ mod tests {
         assert_eq!(shape(&cells), vec![Vec::<i64>::new()]);
         assert_eq!(cells[0].newest_us, 3_900_000);
         assert_eq!(r.num_rows(), 0);
+    }
+
+    /// Interleaved partitions: waiting batches overlap in time and straddle each release. Every
+    /// selected row comes out once, in time order, with rows of equal time in arrival order.
+    #[test]
+    fn overlapping_batches_are_cut_and_merged_in_time_order() {
+        let mut r = Reorder::default();
+        let mask = |v: &[bool]| BooleanArray::from(v.to_vec());
+        r.push(batch(&[4.5, 1.1, 2.6, 3.3]), Some(&mask(&[true, true, false, true])));
+        r.push(batch(&[2.2, 1.5, 4.25, 3.3]), None);
+        r.push(batch(&[1.8, 5.2]), None);
+        let mut released = Vec::new();
+        let mut ids = Vec::new();
+        for watermark in [1_999_999, 2_500_000, 3_999_999, 4_999_999] {
+            for cell in r.release(Watermark::At(watermark)) {
+                released.extend(times(&cell.rows).unwrap().values().iter().map(|t| t / 1000));
+                let id = cell.rows.column_by_name("id").unwrap();
+                let id = id
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::StringArray>()
+                    .unwrap();
+                ids.extend(id.iter().map(|v| v.unwrap().to_owned()));
+            }
+        }
+        assert_eq!(released, [1100, 1500, 1800, 2200, 3300, 3300, 4250, 4500]);
+        // 3.3 came first in the first batch.
+        assert_eq!(ids[4..6], ["e3.3", "e3.3"]);
+        assert_eq!(r.num_rows(), 1, "5.2 waits");
+        assert_eq!(shape(&r.release(Watermark::Idle)), vec![vec![5200]]);
     }
 }

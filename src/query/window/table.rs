@@ -44,6 +44,10 @@ struct Stored {
     /// Made by sealing: a later seal of its bucket leaves it alone (re-merging it with every
     /// late piece would copy the bucket's rows again for each one).
     sealed: bool,
+    /// Made by concatenating a run of small batches: it ends the next run instead of joining
+    /// it, so a row is concatenated once before its bucket is sealed, not again with every
+    /// following run while its batch stays small.
+    compacted: bool,
 }
 
 impl Stored {
@@ -58,6 +62,7 @@ impl Stored {
             batch: self.batch.clone(),
             seq: self.seq,
             sealed: self.sealed,
+            compacted: self.compacted,
         }
     }
 }
@@ -169,6 +174,7 @@ impl WindowTable {
             batch,
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
             sealed: false,
+            compacted: false,
         }
     }
 
@@ -178,14 +184,15 @@ impl WindowTable {
         let run = bucket
             .iter()
             .rev()
-            .take_while(|s| s.batch.num_rows() < SMALL_BATCH_ROWS)
+            .take_while(|s| !s.compacted && s.batch.num_rows() < SMALL_BATCH_ROWS)
             .count();
         if run < MAX_SMALL_RUN {
             return 0;
         }
         let small: Vec<Stored> = bucket.split_off(bucket.len() - run);
         let before: usize = small.iter().map(|s| s.bytes).sum();
-        let merged = self.merge(&small);
+        let mut merged = self.merge(&small);
+        merged.compacted = true;
         let after = merged.bytes;
         bucket.push(merged);
         after as isize - before as isize
@@ -280,13 +287,43 @@ impl WindowTable {
         if batch.num_rows() == 0 {
             return;
         }
-        let clamped = newest_us.min(now_us() + MAX_CLOCK_SKEW_US).max(0) as u64;
-        let reference = self.newest_us.fetch_max(clamped, Ordering::Relaxed).max(clamped) as i64;
         // Encoding and id filters are built before taking the lock: queries keep reading.
         let pieces: Vec<(i64, Stored)> = split_by_bucket(&batch, newest_us)
             .into_iter()
             .map(|(bucket, piece)| (bucket, self.store(self.encode(&piece), newest_us)))
             .collect();
+        self.insert(pieces, newest_us);
+    }
+
+    /// [`WindowTable::append`] of rows not yet in Arrow: each minute's rows go to `build`,
+    /// which makes them a batch in the stored schema directly (no plain batch to cut by
+    /// minute and dictionary-encode afterwards, which copied every row's strings twice).
+    pub fn append_rows<R>(
+        &self,
+        rows: &[R],
+        time_us: impl Fn(&R) -> i64,
+        build: impl Fn(&[&R], &SchemaRef) -> RecordBatch,
+        newest_us: i64,
+    ) {
+        if rows.is_empty() {
+            return;
+        }
+        let mut by_bucket: BTreeMap<i64, Vec<&R>> = BTreeMap::new();
+        for row in rows {
+            by_bucket.entry(bucket_of(time_us(row))).or_default().push(row);
+        }
+        let pieces: Vec<(i64, Stored)> = by_bucket
+            .into_iter()
+            .map(|(bucket, rows)| (bucket, self.store(build(&rows, &self.schema), newest_us)))
+            .collect();
+        self.insert(pieces, newest_us);
+    }
+
+    /// Stores `pieces` (each in its bucket), then evicts what fell out of the retention or over
+    /// the memory cap, and seals a bucket that is due.
+    fn insert(&self, pieces: Vec<(i64, Stored)>, newest_us: i64) {
+        let clamped = newest_us.min(now_us() + MAX_CLOCK_SKEW_US).max(0) as u64;
+        let reference = self.newest_us.fetch_max(clamped, Ordering::Relaxed).max(clamped) as i64;
         let mut buckets = self.buckets.write().unwrap_or_else(|e| e.into_inner());
         let mut total = self.num_bytes.load(Ordering::Relaxed) as isize;
         for (start, stored) in pieces {
@@ -556,10 +593,10 @@ pub(super) mod tests {
             t.append(batch, base + i);
         }
         let batches = t.snapshot();
-        // The first 16 became one batch of 32 rows, which, still small, was merged again with
-        // the next 15; the last 4 wait for more.
+        // Each run of 16 became one batch of 32 rows, which is not merged again until the
+        // bucket is sealed; the last 3 wait for more.
         let rows: Vec<usize> = batches.iter().map(RecordBatch::num_rows).collect();
-        assert_eq!(rows, vec![62, 2, 2, 2, 2]);
+        assert_eq!(rows, vec![32, 32, 2, 2, 2]);
         assert_eq!(t.num_rows(), 70);
         assert!(
             t.num_bytes() < separate_bytes / 2,
@@ -581,5 +618,58 @@ pub(super) mod tests {
             .unwrap();
         assert_eq!(times.value(0), base);
         assert_eq!(times.value(31), base + 15);
+    }
+
+    #[test]
+    fn rows_appended_by_minute_read_back_as_an_appended_batch_does() {
+        let base = bucket_of(now_us() - 10 * 60 * 1_000_000);
+        let table = || {
+            WindowTable::with_options(
+                METRICS_SCHEMA.clone(),
+                Duration::from_secs(3600),
+                crate::query::window::METRICS_DICTIONARY_COLUMNS,
+                usize::MAX,
+            )
+        };
+        // Rows of three minutes, interleaved, some names shared and one cluster missing.
+        let samples: Vec<MetricSample> = (0..30)
+            .map(|i| MetricSample {
+                name: format!("m{}", i % 4),
+                cluster_id: (i % 5 != 0).then(|| format!("lkc-{}", i % 2)),
+                ..sample(base + (i % 3) * BUCKET_US + i)
+            })
+            .collect();
+        let newest = samples.iter().map(|s| s.time_us).max().unwrap();
+        let (from_rows, from_batch) = (table(), table());
+        from_rows.append_rows(&samples, |s| s.time_us, crate::event::arrow::metrics_batch_as, newest);
+        from_batch.append(metrics_batch(&samples), newest);
+        assert_eq!(from_rows.num_buckets(), 3);
+        assert_eq!(from_rows.num_rows(), 30);
+        let plain = |t: &WindowTable| -> Vec<RecordBatch> {
+            t.snapshot()
+                .iter()
+                .map(|b| {
+                    let columns = b
+                        .columns()
+                        .iter()
+                        .map(|c| match c.data_type() {
+                            DataType::Dictionary(..) => cast(c, &DataType::Utf8).unwrap(),
+                            _ => c.clone(),
+                        })
+                        .collect();
+                    RecordBatch::try_new(METRICS_SCHEMA.clone(), columns).unwrap()
+                })
+                .collect()
+        };
+        assert_eq!(plain(&from_rows), plain(&from_batch));
+        let stored = from_rows.snapshot();
+        assert_eq!(stored[0].schema(), from_rows.schema);
+        let names = stored[0]
+            .column_by_name("name")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::DictionaryArray<datafusion::arrow::datatypes::Int32Type>>()
+            .unwrap();
+        assert_eq!(names.values().len(), 4, "each distinct name once");
     }
 }
