@@ -30,6 +30,12 @@ pub const CELL_US: i64 = 1_000_000;
 /// Rows waiting per table before everything is released regardless of the clock.
 pub const MAX_ROWS: usize = 1_000_000;
 
+/// Rows (selected or not) one release hands over at most, in whole cells (at least one): when
+/// the clock jumps (idle partitions drop out after a backlog), the seconds that waited behind
+/// it are spread over the next polls instead of stalling one poll for hundreds of ms while
+/// fresh records queue behind it.
+pub const MAX_RELEASE_ROWS: usize = 8_192;
+
 /// One released one-second cell.
 #[derive(Debug)]
 pub struct Cell {
@@ -58,12 +64,13 @@ pub struct Reorder {
     released_until: i64,
     num_rows: usize,
     max_rows: usize,
+    max_release_rows: usize,
     num_forced: u64,
 }
 
 impl Default for Reorder {
     fn default() -> Reorder {
-        Reorder::with_max_rows(MAX_ROWS)
+        Reorder::with_limits(MAX_ROWS, MAX_RELEASE_ROWS)
     }
 }
 
@@ -79,7 +86,7 @@ fn cell_of(t: i64) -> i64 {
 }
 
 impl Reorder {
-    pub fn with_max_rows(max_rows: usize) -> Reorder {
+    pub fn with_limits(max_rows: usize, max_release_rows: usize) -> Reorder {
         Reorder {
             pending: Vec::new(),
             cells: BTreeMap::new(),
@@ -88,6 +95,7 @@ impl Reorder {
             released_until: i64::MIN,
             num_rows: 0,
             max_rows,
+            max_release_rows,
             num_forced: 0,
         }
     }
@@ -208,6 +216,16 @@ impl Reorder {
         if self.num_rows > self.max_rows {
             until = everything;
             self.num_forced += 1;
+        } else {
+            // At most `max_release_rows` rows of whole cells; the rest go at the next calls.
+            let mut rows = 0;
+            for (&cell, waiting) in self.cells.range(..cell_of(until)) {
+                rows += waiting.rows;
+                if rows >= self.max_release_rows {
+                    until = until.min((cell + 1).saturating_mul(CELL_US));
+                    break;
+                }
+            }
         }
         until = until.max(self.released_until);
         self.released_until = until;
@@ -368,7 +386,7 @@ mod tests {
 
     #[test]
     fn a_full_buffer_is_released_whole() {
-        let mut r = Reorder::with_max_rows(3);
+        let mut r = Reorder::with_limits(3, MAX_RELEASE_ROWS);
         r.push(batch(&[1.0, 2.0]), None);
         assert!(r.release(Watermark::Unknown).is_empty());
         r.push(batch(&[3.0, 4.0]), None);
@@ -428,5 +446,23 @@ mod tests {
         assert_eq!(ids[4..6], ["e3.3", "e3.3"]);
         assert_eq!(r.num_rows(), 1, "5.2 waits");
         assert_eq!(shape(&r.release(Watermark::Idle)), vec![vec![5200]]);
+    }
+
+    #[test]
+    fn a_jump_of_the_clock_is_released_over_several_calls_in_order() {
+        let mut r = Reorder::with_limits(MAX_ROWS, 4);
+        r.push(batch(&[1.1, 1.2, 1.3, 2.1, 2.2, 3.1, 4.0, 4.2, 4.3, 4.4, 4.5]), None);
+        assert!(r.release(Watermark::Unknown).is_empty());
+        // Idle allows everything: whole cells of at least 4 rows per call.
+        let shapes: Vec<Vec<Vec<i64>>> = (0..3).map(|_| shape(&r.release(Watermark::Idle))).collect();
+        assert_eq!(
+            shapes,
+            vec![
+                vec![vec![1100, 1200, 1300], vec![2100, 2200]],
+                vec![vec![3100], vec![4000, 4200, 4300, 4400, 4500]],
+                vec![],
+            ]
+        );
+        assert_eq!(r.num_rows(), 0);
     }
 }
