@@ -154,6 +154,11 @@ fn text<'a>(data_type: &DataType, n: usize, values: impl Iterator<Item = Option<
     }
 }
 
+/// The type `schema` gives the text column `name`: plain strings unless it says otherwise.
+fn text_type<'s>(schema: &'s Schema, name: &str) -> &'s DataType {
+    schema.field_with_name(name).map_or(&DataType::Utf8, |f| f.data_type())
+}
+
 /// Dictionary-encoded text, each distinct value once, in order of first use. The decoder hands
 /// out one shared copy of each repeated value ([`super::Text`]), so a row's value is found by
 /// its address (hashing a pointer, not the string); a value met at a new address (long, or
@@ -264,10 +269,7 @@ enum Raw {
 
 fn audit_batch_of(rows: &[&AuditRow], schema: &SchemaRef, raw: Raw) -> RecordBatch {
     let n = rows.len();
-    let s = |name: &str, f: fn(&AuditRow) -> Option<&str>| {
-        let field = schema.field_with_name(name).expect("an audit_events column");
-        text(field.data_type(), n, rows.iter().map(|r| f(r)))
-    };
+    let s = |name: &str, f: fn(&AuditRow) -> Option<&str>| text(text_type(schema, name), n, rows.iter().map(|r| f(r)));
     let mut port = Int32Builder::with_capacity(n);
     for r in rows {
         port.append_option(r.client_port.map(i32::from));
@@ -332,10 +334,8 @@ pub fn metrics_batch(rows: &[MetricSample]) -> RecordBatch {
 /// `schema` says.
 pub fn metrics_batch_as(rows: &[&MetricSample], schema: &SchemaRef) -> RecordBatch {
     let n = rows.len();
-    let s = |name: &str, f: fn(&MetricSample) -> Option<&str>| {
-        let field = schema.field_with_name(name).expect("a metrics column");
-        text(field.data_type(), n, rows.iter().map(|r| f(r)))
-    };
+    let s =
+        |name: &str, f: fn(&MetricSample) -> Option<&str>| text(text_type(schema, name), n, rows.iter().map(|r| f(r)));
     let mut value = Float64Builder::with_capacity(n);
     let mut partition = Int32Builder::with_capacity(n);
     for r in rows {

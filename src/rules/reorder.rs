@@ -159,9 +159,18 @@ impl Reorder {
             if !in_order {
                 keep.sort_by_key(|&i| times_of[i as usize]); // stable: ties keep arrival order
             }
-            take_record_batch(&batch, &UInt32Array::from(keep)).expect("row indices come from the batch")
+            // Indices of the batch's own rows cannot fail to take; if it ever did, say so.
+            match take_record_batch(&batch, &UInt32Array::from(keep)) {
+                Ok(rows) => rows,
+                Err(e) => {
+                    let schema = batch.schema();
+                    lost(&schema, std::slice::from_ref(&batch), e)
+                }
+            }
         };
-        let Some(t) = times(&rows) else { return };
+        let Some(t) = times(&rows).filter(|t| !t.is_empty()) else {
+            return;
+        };
         let (min, max) = (t.value(0), t.value(t.len() - 1));
         self.pending.push((min, max, rows));
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
-use datafusion::arrow::compute::{cast, concat};
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::TableType;
@@ -18,7 +18,6 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::buckets::{bucket_of, split_by_bucket, time_range};
-use super::dictionary::concat_dictionaries;
 use super::pruning::{IdFilter, Pruning, pruning};
 use crate::event::now_us;
 
@@ -67,21 +66,14 @@ impl Stored {
     }
 }
 
+mod sealing;
+
+#[cfg(test)]
+use sealing::MAX_SMALL_RUN;
+
 /// Width of an event-time bucket: every stored batch holds rows of one minute only, so a
 /// query's time filter picks whole buckets and retention drops whole buckets.
 pub const BUCKET_US: i64 = 60_000_000;
-/// A stored batch under this many rows counts as small (a quiet stream polls a few records at a
-/// time); a bucket's run of trailing small batches is concatenated into one once it reaches
-/// [`MAX_SMALL_RUN`] batches, so a quiet hour does not become 100,000 tiny batches, each with
-/// its own per-column overhead and per-batch query cost.
-const SMALL_BATCH_ROWS: usize = 1024;
-const MAX_SMALL_RUN: usize = 16;
-
-/// Once a bucket is two minutes behind the newest event it is sealed: its batches are merged
-/// into batches of about this many rows, so a query over the hour handles a few hundred
-/// batches instead of one per poll, each column with one dictionary.
-const SEALED_BATCH_ROWS: usize = 65_536;
-const SEAL_AFTER_US: i64 = 2 * BUCKET_US;
 
 /// One table of the window.
 #[derive(Debug)]
@@ -176,109 +168,6 @@ impl WindowTable {
             sealed: false,
             compacted: false,
         }
-    }
-
-    /// Concatenates a bucket's trailing run of small batches once it is [`MAX_SMALL_RUN`]
-    /// long; answers the change in stored bytes.
-    fn compact_small_run(&self, bucket: &mut Vec<Stored>) -> isize {
-        let run = bucket
-            .iter()
-            .rev()
-            .take_while(|s| !s.compacted && s.batch.num_rows() < SMALL_BATCH_ROWS)
-            .count();
-        if run < MAX_SMALL_RUN {
-            return 0;
-        }
-        let small: Vec<Stored> = bucket.split_off(bucket.len() - run);
-        let before: usize = small.iter().map(|s| s.bytes).sum();
-        let mut merged = self.merge(&small);
-        merged.compacted = true;
-        let after = merged.bytes;
-        bucket.push(merged);
-        after as isize - before as isize
-    }
-
-    /// One stored batch with the rows of `parts`, in order, each dictionary column with one
-    /// dictionary instead of the parts' dictionaries laid end to end.
-    fn merge(&self, parts: &[Stored]) -> Stored {
-        let columns: Vec<ArrayRef> = self
-            .schema
-            .fields()
-            .iter()
-            .enumerate()
-            .map(|(i, field)| {
-                let column: Vec<&dyn Array> = parts.iter().map(|s| s.batch.column(i).as_ref()).collect();
-                if field.data_type() == &dictionary_type() {
-                    concat_dictionaries(&column).expect("stored dictionary columns are Int32 keys over strings")
-                } else {
-                    concat(&column).expect("columns of one schema concatenate")
-                }
-            })
-            .collect();
-        let merged = RecordBatch::try_new(self.schema.clone(), columns).expect("same columns as the stored schema");
-        self.store(merged, parts[0].oldest_us)
-    }
-
-    /// Seals the oldest bucket that is two minutes behind the newest event and still holds
-    /// more than one batch under [`SEALED_BATCH_ROWS`]. The merge runs outside the lock
-    /// (queries and appends go on meanwhile); the result replaces the merged batches only if
-    /// they are all still there (eviction may have taken some).
-    fn seal_one(&self, reference_us: i64) {
-        let sealable = bucket_of(reference_us) - SEAL_AFTER_US;
-        // What a seal merges: the bucket's batches since its last seal (sealing replaces its
-        // batches with sealed ones in place and appends go to the end, so they are a suffix).
-        let unsealed = |stored: &[Stored]| stored.iter().position(|s| !s.sealed).unwrap_or(stored.len());
-        let (start, first, parts) = {
-            let buckets = self.buckets.read().unwrap_or_else(|e| e.into_inner());
-            let Some((start, stored)) = buckets.range(..=sealable).find(|(_, stored)| {
-                stored[unsealed(stored)..]
-                    .iter()
-                    .filter(|s| s.batch.num_rows() < SEALED_BATCH_ROWS)
-                    .count()
-                    > 1
-            }) else {
-                return;
-            };
-            let first = unsealed(stored);
-            let parts: Vec<Stored> = stored[first..].iter().map(Stored::shallow_clone).collect();
-            (*start, first, parts)
-        };
-        // Consecutive runs of about SEALED_BATCH_ROWS rows each; a batch that is a run by
-        // itself is kept (stored again, with its id filter).
-        let finish = |run: &[Stored]| {
-            let mut stored = match run {
-                [single] => self.store(single.batch.clone(), single.oldest_us),
-                _ => self.merge(run),
-            };
-            stored.sealed = true;
-            stored
-        };
-        let mut merged = Vec::new();
-        let mut run_start = 0;
-        let mut rows = 0;
-        for (i, part) in parts.iter().enumerate() {
-            rows += part.batch.num_rows();
-            if rows >= SEALED_BATCH_ROWS {
-                merged.push(finish(&parts[run_start..=i]));
-                run_start = i + 1;
-                rows = 0;
-            }
-        }
-        if run_start < parts.len() {
-            merged.push(finish(&parts[run_start..]));
-        }
-        let mut buckets = self.buckets.write().unwrap_or_else(|e| e.into_inner());
-        let Some(stored) = buckets.get_mut(&start) else { return };
-        let end = first + parts.len();
-        let unchanged = stored.len() >= end && stored[first..end].iter().zip(&parts).all(|(a, b)| a.seq == b.seq);
-        if !unchanged {
-            return;
-        }
-        let before: usize = parts.iter().map(|s| s.bytes).sum();
-        let after: usize = merged.iter().map(|s| s.bytes).sum();
-        stored.splice(first..end, merged);
-        let total = self.num_bytes.load(Ordering::Relaxed) as isize + after as isize - before as isize;
-        self.num_bytes.store(total.max(0) as usize, Ordering::Relaxed);
     }
 
     /// Appends a batch whose newest event time is `newest_us`, then evicts what fell out of the
@@ -462,6 +351,16 @@ pub(super) mod tests {
         }
     }
 
+    /// A metrics table of an hour, dictionary-encoded as the window's, without a memory cap.
+    fn metrics_table() -> WindowTable {
+        WindowTable::with_options(
+            METRICS_SCHEMA.clone(),
+            Duration::from_secs(3600),
+            crate::query::window::METRICS_DICTIONARY_COLUMNS,
+            usize::MAX,
+        )
+    }
+
     #[test]
     fn old_batches_are_evicted_by_event_time() {
         let t = WindowTable::new(METRICS_SCHEMA.clone(), Duration::from_secs(3600));
@@ -534,12 +433,7 @@ pub(super) mod tests {
     #[test]
     fn a_bucket_two_minutes_behind_is_sealed_into_large_batches() {
         let base = bucket_of(now_us() - 30 * 60 * 1_000_000);
-        let t = WindowTable::with_options(
-            METRICS_SCHEMA.clone(),
-            Duration::from_secs(3600),
-            crate::query::window::METRICS_DICTIONARY_COLUMNS,
-            usize::MAX,
-        );
+        let t = metrics_table();
         for i in 0..10 {
             let samples: Vec<MetricSample> = (0..2000).map(|j| sample(base + i * 2000 + j)).collect();
             t.append(metrics_batch(&samples), base + i * 2000 + 1999);
@@ -580,12 +474,7 @@ pub(super) mod tests {
     #[test]
     fn small_batches_are_concatenated_within_their_bucket() {
         let base = bucket_of(now_us() - 10 * 60 * 1_000_000);
-        let t = WindowTable::with_options(
-            METRICS_SCHEMA.clone(),
-            Duration::from_secs(3600),
-            crate::query::window::METRICS_DICTIONARY_COLUMNS,
-            usize::MAX,
-        );
+        let t = metrics_table();
         let mut separate_bytes = 0;
         for i in 0..(MAX_SMALL_RUN as i64 * 2 + 3) {
             let batch = metrics_batch(&[sample(base + i), sample(base + i)]);
@@ -623,14 +512,6 @@ pub(super) mod tests {
     #[test]
     fn rows_appended_by_minute_read_back_as_an_appended_batch_does() {
         let base = bucket_of(now_us() - 10 * 60 * 1_000_000);
-        let table = || {
-            WindowTable::with_options(
-                METRICS_SCHEMA.clone(),
-                Duration::from_secs(3600),
-                crate::query::window::METRICS_DICTIONARY_COLUMNS,
-                usize::MAX,
-            )
-        };
         // Rows of three minutes, interleaved, some names shared and one cluster missing.
         let samples: Vec<MetricSample> = (0..30)
             .map(|i| MetricSample {
@@ -640,7 +521,7 @@ pub(super) mod tests {
             })
             .collect();
         let newest = samples.iter().map(|s| s.time_us).max().unwrap();
-        let (from_rows, from_batch) = (table(), table());
+        let (from_rows, from_batch) = (metrics_table(), metrics_table());
         from_rows.append_rows(&samples, |s| s.time_us, crate::event::arrow::metrics_batch_as, newest);
         from_batch.append(metrics_batch(&samples), newest);
         assert_eq!(from_rows.num_buckets(), 3);
