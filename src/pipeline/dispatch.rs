@@ -31,18 +31,28 @@ pub(super) struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Hands `batch` on once its `bytes` fit in the in-flight budget (waiting, with the consumer
-    /// paused, while they do not).
-    pub(super) async fn dispatch(&self, batch: Batch, positions: Positions, bytes: usize) -> Result<(), PipelineError> {
-        let closed = || PipelineError::Task("a sink or the committer stopped".into());
+    /// Waits until `bytes` of polled records fit in the in-flight budget (with the consumer
+    /// paused meanwhile); the permit goes with the batch's positions to the committer, which
+    /// gives it back once they are stored.
+    pub(super) async fn reserve(&self, bytes: usize) -> Result<tokio::sync::OwnedSemaphorePermit, PipelineError> {
         // A batch larger than the whole budget still goes, alone.
         let kib = (bytes.div_ceil(1024) as u32).clamp(1, self.inflight_kib);
-        let inflight = self
-            .inflight
+        self.inflight
             .clone()
             .acquire_many_owned(kib)
             .await
-            .map_err(|_| closed())?;
+            .map_err(|_| PipelineError::Task("the committer stopped".into()))
+    }
+
+    /// Hands `batch` to every sink, and `positions` (with the in-flight permit) to the committer
+    /// behind it.
+    pub(super) async fn dispatch(
+        &self,
+        batch: Arc<Batch>,
+        positions: Positions,
+        inflight: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<(), PipelineError> {
+        let closed = || PipelineError::Task("a sink or the committer stopped".into());
         let mut acks = Vec::new();
         let ids = if self.record_ids {
             batch.audit.iter().map(|r| r.id.clone()).collect()
@@ -50,7 +60,6 @@ impl Dispatcher {
             Vec::new()
         };
         if !batch.is_empty() || !batch.dead_letters.is_empty() || !batch.duplicates.is_empty() {
-            let batch = Arc::new(batch);
             // Concurrently: a sink that is holding data (HEC refusing its token) must not keep
             // the batch, or an alert about it, from the others.
             let sends = self.sinks.iter().map(|sink| {
@@ -70,7 +79,7 @@ impl Dispatcher {
                 positions,
                 acks,
                 ids,
-                inflight: Some(inflight),
+                inflight,
             })
             .await
             .map_err(|_| closed())
@@ -94,12 +103,14 @@ impl AlertPublisher {
         }
         let newest = alerts.iter().map(|a| a.time_us).max().unwrap_or_else(now_us);
         self.window.alerts.append(tables::alerts_batch(&alerts), newest);
-        super::processor::announce(&self.telemetry, &self.alerts, &alerts);
+        super::evaluator::announce(&self.telemetry, &self.alerts, &alerts);
         let batch = Batch {
             alerts,
             ..Batch::default()
         };
-        self.dispatcher.dispatch(batch, Positions::default(), 0).await
+        self.dispatcher
+            .dispatch(Arc::new(batch), Positions::default(), None)
+            .await
     }
 }
 

@@ -1,11 +1,13 @@
 //! Wires the stages: Kafka source -> decode -> dedupe -> enrich -> {rules, window, sinks} ->
 //! committer, with bounded channels between tasks, and shuts them down in order.
 //!
-//! [`processor`] turns a poll's records into a batch (and its alerts); [`dispatch`] hands each
-//! batch to every sink and the committer, and publishes the alerts raised outside the batch
-//! path the same way; this file starts it all and runs the poll loop.
+//! [`processor`] turns a poll's records into a batch of events, [`evaluator`] fills the window
+//! and raises its alerts; [`dispatch`] hands each batch to every sink and the committer, and
+//! publishes the alerts raised outside the batch path the same way; this file starts it all and
+//! runs the poll loop.
 
 mod dispatch;
+mod evaluator;
 mod processor;
 
 use std::net::SocketAddr;
@@ -15,7 +17,6 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::config::Config;
 use crate::enrich::dedupe::{Dedupe, DedupeStore};
@@ -37,6 +38,7 @@ use crate::telemetry::Telemetry;
 use crate::telemetry::otlp::OtlpTelemetry;
 use dispatch::{AlertPublisher, Dispatcher, run_sql_rules, run_system_alerts};
 pub use processor::Processor;
+use processor::run_processor;
 
 /// Batches queued per sink before the poll loop waits.
 const SINK_QUEUE: usize = 8;
@@ -452,64 +454,6 @@ async fn poll_loop(
             return Err(PipelineError::Task("the processor stopped".into()));
         }
         polling = std::time::Instant::now();
-    }
-    Ok(())
-}
-
-/// Decodes, evaluates and dispatches polls in the order they were read, until the poll side
-/// stops (then what it already handed over is still processed and dispatched).
-async fn run_processor(
-    mut processor: Processor,
-    dispatcher: Dispatcher,
-    mut rx: mpsc::Receiver<Polled>,
-    idle: Arc<std::sync::atomic::AtomicBool>,
-) -> Result<(), PipelineError> {
-    use std::sync::atomic::Ordering;
-    loop {
-        // Idle while waiting with nothing queued: the poll side then hands over what it has at once.
-        idle.store(rx.is_empty(), Ordering::Release);
-        let Some(polled) = rx.recv().await else { break };
-        idle.store(false, Ordering::Release);
-        // A span per batch (exported as OTLP traces with `telemetry.otlp.traces`, sampled).
-        let span = tracing::info_span!(
-            "process_batch",
-            "messaging.system" = "kafka",
-            "messaging.operation.type" = "process",
-            "messaging.batch.message_count" = polled.records.len(),
-            rows = tracing::field::Empty,
-        );
-        let inside = span.clone();
-        let started = std::time::Instant::now();
-        // Decoding, rules and the window are CPU work of tens of milliseconds per poll: on the
-        // blocking pool they keep the runtime's workers free for polling and HTTP meanwhile.
-        let (returned, batch, polled) = tokio::task::spawn_blocking(move || {
-            let _entered = inside.enter();
-            if let Some(assigned) = &polled.assigned {
-                processor.set_assignment(assigned);
-            }
-            let batch = processor.process(&polled.records);
-            (processor, batch, polled)
-        })
-        .await
-        .map_err(|e| PipelineError::Task(format!("processing a poll: {e}")))?;
-        processor = returned;
-        if polled.records.is_empty() && batch.is_empty() {
-            continue; // an idle tick that released nothing
-        }
-        let processed = std::time::Instant::now();
-        let rows = batch.len();
-        span.record("rows", rows);
-        dispatcher
-            .dispatch(batch, polled.positions, polled.bytes)
-            .instrument(tracing::info_span!(parent: &span, "dispatch"))
-            .await?;
-        tracing::debug!(
-            records = polled.records.len(),
-            rows,
-            process_ms = (processed - started).as_secs_f64() * 1e3,
-            dispatch_ms = processed.elapsed().as_secs_f64() * 1e3,
-            "processed"
-        );
     }
     Ok(())
 }

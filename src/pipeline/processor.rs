@@ -1,7 +1,10 @@
-//! One poll's records to one batch: decode, drop repeats, enrich, evaluate the rules (alerts
-//! over alerts included) and fill the window.
+//! One poll's records to one batch: decode, drop repeats and enrich (the [`Intake`]), then
+//! fill the window and evaluate the rules (the [`Evaluator`]). The pipeline runs the two halves
+//! on two threads, one poll apart; [`Processor`] runs them in series.
 
 use std::sync::Arc;
+
+use tracing::Instrument;
 
 use tokio::sync::{broadcast, mpsc};
 
@@ -12,13 +15,16 @@ use crate::decode::metrics::{MetricHeaders, MetricsDecoder};
 use crate::enrich::dedupe::Dedupe;
 use crate::enrich::directory::Directory;
 use crate::enrich::ownership::Ownership;
-use crate::event::arrow as tables;
-use crate::event::{Alert, AuditRow, Batch, DeadLetter, Origin, now_us};
+use crate::event::{Alert, AuditRow, Batch, DeadLetter, Origin, Positions, now_us};
 use crate::query::window::Window;
 use crate::rules::clock::EventClock;
-use crate::rules::{self, RuleEngine, Source};
+use crate::rules::{self, RuleEngine};
 use crate::source::{Record, Stream, metrics_api};
-use crate::telemetry::{RuleLabel, StreamLabel, Telemetry};
+use crate::telemetry::{StreamLabel, Telemetry};
+
+use super::dispatch::Dispatcher;
+use super::evaluator::{Decoded, EVALUATE_AHEAD, Evaluator, Step, run_evaluator};
+use super::{PipelineError, Polled};
 
 /// At most this many threads decode one poll.
 const MAX_DECODE_THREADS: usize = 8;
@@ -28,6 +34,12 @@ const MIN_RECORDS_PER_THREAD: usize = 256;
 
 /// Decode, dedupe, enrich, evaluate rules and fill the window, one batch at a time.
 pub struct Processor {
+    intake: Intake,
+    evaluator: Evaluator,
+}
+
+/// Decodes, drops repeats and enriches, one poll at a time, and moves the event clocks.
+pub struct Intake {
     audit: AuditDecoder,
     /// More decoders, one per further core: a large poll's audit records are decoded and
     /// enriched on as many threads as there are cores (the rest of the stage is in order).
@@ -36,10 +48,7 @@ pub struct Processor {
     ownership: Ownership,
     directory: Arc<Directory>,
     dedupe: Dedupe,
-    rules: RuleEngine,
-    window: Window,
     telemetry: Telemetry,
-    alerts_tx: broadcast::Sender<Alert>,
     reloads: Option<mpsc::Receiver<crate::reload::Reloaded>>,
     /// Reloaded `sql` rules go to their own task.
     sql_updates: Option<mpsc::Sender<Vec<rules::Rule>>>,
@@ -56,27 +65,22 @@ impl Processor {
         config: &Config,
         ownership: Ownership,
         directory: Arc<Directory>,
-        mut rules: RuleEngine,
+        rules: RuleEngine,
         window: Window,
         telemetry: Telemetry,
         alerts_tx: broadcast::Sender<Alert>,
     ) -> Processor {
-        if !directory.is_empty() {
-            rules.set_directory(directory.clone());
-        }
+        let evaluator = Evaluator::new(rules, &directory, window, telemetry.clone(), alerts_tx);
         let audit = AuditDecoder::new(config.decode.validate_schema, config.decode.max_record_bytes);
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        Processor {
+        let intake = Intake {
             audit_helpers: (1..cores.min(MAX_DECODE_THREADS)).map(|_| audit.clone()).collect(),
             audit,
             metrics: MetricsDecoder::new(config.decode.clone()),
             ownership,
             directory,
             dedupe: Dedupe::new(config.enrich.dedupe_horizon, config.enrich.dedupe_capacity),
-            rules,
-            window,
             telemetry,
-            alerts_tx,
             reloads: None,
             sql_updates: None,
             clocks: [
@@ -93,9 +97,52 @@ impl Processor {
                     let interval = api.interval.max(crate::source::metrics_api::PER_RESOURCE_SPACING);
                     interval.as_micros().min(i64::MAX as u128) as i64
                 }),
-        }
+        };
+        Processor { intake, evaluator }
     }
 
+    /// Follows the consumer's assignment (see [`Intake::set_assignment`]).
+    pub fn set_assignment(&mut self, assigned: &[(Arc<str>, i32, Stream)]) {
+        self.intake.set_assignment(assigned);
+    }
+
+    /// Starts from a dedupe memory loaded from the on-disk store.
+    pub fn with_dedupe(mut self, dedupe: Dedupe) -> Processor {
+        self.intake.dedupe = dedupe;
+        self
+    }
+
+    /// Applies reloaded rules and enrichment files between batches; reloaded `sql` rules are
+    /// passed on to `sql_updates`.
+    pub fn with_reloads(
+        mut self,
+        rx: mpsc::Receiver<crate::reload::Reloaded>,
+        sql_updates: mpsc::Sender<Vec<rules::Rule>>,
+    ) -> Processor {
+        self.intake.reloads = Some(rx);
+        self.intake.sql_updates = Some(sql_updates);
+        self
+    }
+
+    /// Decodes, enriches and evaluates one poll's records. Records that cannot be decoded come
+    /// back in [`Batch::dead_letters`], whole, for the dead-letter sink.
+    pub fn process(&mut self, records: &[Record]) -> Batch {
+        let (mut batch, step) = self.intake.take(records);
+        batch.alerts = self.evaluator.evaluate(&batch, step);
+        batch
+    }
+
+    pub fn rules(&self) -> &RuleEngine {
+        self.evaluator.rules()
+    }
+
+    /// The two halves, for running them on two threads.
+    pub(super) fn into_stages(self) -> (Intake, Evaluator) {
+        (self.intake, self.evaluator)
+    }
+}
+
+impl Intake {
     /// Follows the consumer's assignment: newly assigned partitions hold their table's clock
     /// until they deliver (or go idle), revoked ones leave it.
     pub fn set_assignment(&mut self, assigned: &[(Arc<str>, i32, Stream)]) {
@@ -114,25 +161,9 @@ impl Processor {
         }
     }
 
-    /// Starts from a dedupe memory loaded from the on-disk store.
-    pub fn with_dedupe(mut self, dedupe: Dedupe) -> Processor {
-        self.dedupe = dedupe;
-        self
-    }
-
-    /// Applies reloaded rules and enrichment files between batches; reloaded `sql` rules are
-    /// passed on to `sql_updates`.
-    pub fn with_reloads(
-        mut self,
-        rx: mpsc::Receiver<crate::reload::Reloaded>,
-        sql_updates: mpsc::Sender<Vec<rules::Rule>>,
-    ) -> Processor {
-        self.reloads = Some(rx);
-        self.sql_updates = Some(sql_updates);
-        self
-    }
-
-    fn apply_reloads(&mut self) {
+    /// Applies reloaded enrichment files here; what the evaluator applies (rules, the
+    /// directory the rules read) travels in `step`, so it takes effect from the same batch on.
+    fn apply_reloads(&mut self, step: &mut Step) {
         let Some(rx) = self.reloads.as_mut() else { return };
         while let Ok(r) = rx.try_recv() {
             if let Some(o) = r.ownership {
@@ -141,7 +172,7 @@ impl Processor {
             }
             if let Some(d) = r.directory {
                 self.directory = d.clone();
-                self.rules.set_directory(d);
+                step.directory = Some(d);
                 tracing::info!("directory reloaded");
             }
             if let Some(rules) = r.rules {
@@ -153,18 +184,24 @@ impl Processor {
                 {
                     tracing::warn!("sql rules not reloaded: their task is busy or stopped");
                 }
-                let (kept, fresh, removed) = self.rules.replace(rules);
-                tracing::info!(kept, new_or_changed = fresh, removed, "rules swapped in");
+                step.rules = Some(rules);
             }
         }
     }
 
-    /// Decodes, enriches and evaluates one poll's records. Records that cannot be decoded come
+    /// Decodes and enriches one poll's records and drops repeats; returns the batch (without
+    /// alerts) and what the [`Evaluator`] needs besides it. Records that cannot be decoded come
     /// back in [`Batch::dead_letters`], whole, for the dead-letter sink.
-    pub fn process(&mut self, records: &[Record]) -> Batch {
-        self.apply_reloads();
-        let mut batch = Batch::default();
+    pub fn take(&mut self, records: &[Record]) -> (Batch, Step) {
         let now = now_us();
+        let mut step = Step {
+            watermarks: [crate::rules::clock::Watermark::Unknown; 2],
+            now,
+            rules: None,
+            directory: None,
+        };
+        self.apply_reloads(&mut step);
+        let mut batch = Batch::default();
         // Counted per batch: a label lookup per record costs more than the count.
         let (mut audit_in, mut metrics_in) = (0u64, 0u64);
         let mut decoded = self.decode_audit(records).into_iter();
@@ -237,65 +274,10 @@ impl Processor {
             .rows_decoded
             .get_or_create(&StreamLabel { stream: "metrics" })
             .inc_by(batch.metrics.len() as u64);
-
-        // Rules see each table in event-time order (the clocks release whole one-second cells);
-        // the SQL window takes rows as they come. An empty poll still moves idle clocks on.
-        // The window builds its own batches by minute, dictionary-encoded; the rules' batch
-        // carries `raw` only when a rule reads it.
-        if !batch.audit.is_empty() {
-            let newest = batch.audit.iter().map(|r| r.time_us).max().unwrap_or(now);
-            (self.window.audit).append_rows(&batch.audit, |r| r.time_us, tables::audit_batch_as, newest);
-        }
-        if !batch.metrics.is_empty() {
-            let newest = batch.metrics.iter().map(|m| m.time_us).max().unwrap_or(now);
-            (self.window.metrics).append_rows(&batch.metrics, |m| m.time_us, tables::metrics_batch_as, newest);
-        }
-        let audit = (!batch.audit.is_empty()).then(|| {
-            if self.rules.reads_raw(Source::Audit) {
-                tables::audit_batch(&batch.audit)
-            } else {
-                tables::audit_batch_without_raw(&batch.audit)
-            }
-        });
-        let metrics = (!batch.metrics.is_empty()).then(|| tables::metrics_batch(&batch.metrics));
-        let mut alerts = Vec::new();
-        for (slot, (source, rows)) in [(Source::Audit, audit), (Source::Metrics, metrics)]
-            .into_iter()
-            .enumerate()
-        {
-            let watermark = self.clocks[slot].watermark(now);
-            let (mut raised, micros) = self.rules.ingest(source, rows, watermark);
-            self.telemetry.rule_eval_micros.inc_by(micros);
-            alerts.append(&mut raised);
-        }
-        if !alerts.is_empty() {
-            let arrow = tables::alerts_batch(&alerts);
-            // Rules over alerts see first-order alerts only, so they cannot feed themselves.
-            let (mut raised, _) = self.rules.evaluate(Source::Alerts, &arrow);
-            let arrow = if raised.is_empty() {
-                arrow
-            } else {
-                alerts.append(&mut raised);
-                tables::alerts_batch(&alerts)
-            };
-            let newest = alerts.iter().map(|a| a.time_us).max().unwrap_or(now);
-            self.window.alerts.append(arrow, newest);
-            announce(&self.telemetry, &self.alerts_tx, &alerts);
-        }
-        batch.alerts = alerts;
-        self.telemetry.rule_series_shed.set(self.rules.num_series_shed() as i64);
-        let [audit, metrics] = self.rules.num_buffered();
-        self.telemetry.rule_rows_waiting.set((audit + metrics) as i64);
-        self.telemetry
-            .rule_reorder_forced
-            .set(self.rules.num_forced_releases() as i64);
+        step.watermarks = [self.clocks[0].watermark(now), self.clocks[1].watermark(now)];
         self.seq += 1;
         batch.seq = self.seq;
-        batch
-    }
-
-    pub fn rules(&self) -> &RuleEngine {
-        &self.rules
+        (batch, step)
     }
 
     /// Decodes and enriches a poll's audit records, in order, on up to one thread per core.
@@ -367,16 +349,209 @@ fn dead_letter(record: &Record, error: &DecodeError) -> DeadLetter {
     }
 }
 
-/// Counts each alert by rule and tells the subscribers (`RunningPipeline::alerts`).
-pub(super) fn announce(telemetry: &Telemetry, subscribers: &broadcast::Sender<Alert>, alerts: &[Alert]) {
-    for a in alerts {
-        telemetry
-            .alerts
-            .get_or_create(&RuleLabel {
-                rule: a.rule_id.clone(),
+/// Decodes and dispatches polls in the order they were read, and hands them on to the
+/// evaluator, until the poll side stops (then what it already handed over is still processed
+/// and dispatched).
+///
+/// A poll's events go to the sinks as soon as they are decoded; its positions go to the
+/// committer behind the alerts its rows raise. The committer finalises in order, so offsets
+/// are still stored only once every sink has accepted both the events and those alerts.
+pub(super) async fn run_processor(
+    processor: Processor,
+    dispatcher: Dispatcher,
+    mut rx: mpsc::Receiver<Polled>,
+    idle: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(), PipelineError> {
+    use std::sync::atomic::Ordering;
+    let (mut intake, evaluator) = processor.into_stages();
+    let (to_evaluator, evaluate_rx) = mpsc::channel(EVALUATE_AHEAD);
+    let evaluating = tokio::spawn(run_evaluator(evaluator, dispatcher.clone(), evaluate_rx));
+    let decoding = async {
+        loop {
+            // Idle while waiting with nothing queued: the poll side then hands over what it has at once.
+            idle.store(rx.is_empty(), Ordering::Release);
+            let Some(polled) = rx.recv().await else { break };
+            idle.store(false, Ordering::Release);
+            // A span per batch (exported as OTLP traces with `telemetry.otlp.traces`, sampled).
+            let span = tracing::info_span!(
+                "process_batch",
+                "messaging.system" = "kafka",
+                "messaging.operation.type" = "process",
+                "messaging.batch.message_count" = polled.records.len(),
+                rows = tracing::field::Empty,
+            );
+            let inside = span.clone();
+            let started = std::time::Instant::now();
+            // Decoding is CPU work of milliseconds per poll: on the blocking pool it keeps the
+            // runtime's workers free for polling and HTTP meanwhile.
+            let (returned, batch, step, polled) = tokio::task::spawn_blocking(move || {
+                let _entered = inside.enter();
+                if let Some(assigned) = &polled.assigned {
+                    intake.set_assignment(assigned);
+                }
+                let (batch, step) = intake.take(&polled.records);
+                (intake, batch, step, polled)
             })
-            .inc();
-        // No subscriber is not an error: the alert goes on to the sinks regardless.
-        let _ = subscribers.send(a.clone());
+            .await
+            .map_err(|e| PipelineError::Task(format!("processing a poll: {e}")))?;
+            intake = returned;
+            let processed = std::time::Instant::now();
+            let rows = batch.len();
+            span.record("rows", rows);
+            let batch = Arc::new(batch);
+            let inflight = dispatcher.reserve(polled.bytes).await?;
+            // An idle tick (no records) has nothing to deliver but still moves the clocks on.
+            if !polled.records.is_empty() {
+                dispatcher
+                    .dispatch(batch.clone(), Positions::default(), None)
+                    .instrument(tracing::info_span!(parent: &span, "dispatch"))
+                    .await?;
+                tracing::debug!(
+                    records = polled.records.len(),
+                    rows,
+                    process_ms = (processed - started).as_secs_f64() * 1e3,
+                    dispatch_ms = processed.elapsed().as_secs_f64() * 1e3,
+                    "processed"
+                );
+            }
+            let decoded = Decoded {
+                batch,
+                step,
+                positions: polled.positions,
+                inflight,
+            };
+            if to_evaluator.send(decoded).await.is_err() {
+                break; // the evaluator stopped: its error is the cause
+            }
+        }
+        Ok::<(), PipelineError>(())
+    };
+    let decoded = decoding.await;
+    drop(to_evaluator);
+    let evaluated = match evaluating.await {
+        Ok(r) => r,
+        Err(e) => Err(PipelineError::Task(format!("evaluating a batch: {e}"))),
+    };
+    decoded.and(evaluated)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::sinks::SinkItem;
+    use crate::source::committer::Pending;
+
+    const DENIED: &str =
+        include_str!("../../tests/fixtures/samples/audit/cloud-authorization-denied-cross-namespace.json");
+    const RULE: &str = "groups:\n  - name: g\n    rules:\n      - id: denied\n        kind: match\n        where: \"granted = false\"\n        severity: low\n        summary: s\n";
+
+    fn polled(offset: i64, id: &str, time: &str) -> Polled {
+        let topic: Arc<str> = Arc::from("audit");
+        let payload = DENIED
+            .replace("e51a8c3d-7b90-4f2e-8d16-3a9c5b7e1f02", id)
+            .replace("2026-11-24T09:18:11.907Z", time);
+        let record = Record {
+            stream: Stream::Audit,
+            topic: topic.clone(),
+            partition: 0,
+            offset,
+            timestamp_ms: None,
+            key: None,
+            payload: Some(Arc::from(payload.into_bytes())),
+            headers: Vec::new(),
+        };
+        let mut positions = Positions::default();
+        positions.record(&topic, 0, offset, None);
+        Polled {
+            bytes: 2048,
+            records: vec![record],
+            positions,
+            assigned: None,
+        }
+    }
+
+    /// Issue 14: a poll's events go to the sinks before its rows are evaluated, and its
+    /// positions reach the committer only behind the alerts that evaluation raised, holding the
+    /// poll's share of the in-flight budget until then.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_go_out_first_and_positions_wait_behind_the_alerts() {
+        let config = Config::parse("[kafka]\nbootstrap_servers = \"x:1\"\n", "test.toml").unwrap();
+        let ctx = datafusion::execution::context::SessionContext::new();
+        let rules = RuleEngine::new(rules::parse_rules(&ctx, RULE, Path::new("r.yaml")).unwrap());
+        let (alerts_tx, _) = broadcast::channel(16);
+        let processor = Processor::new(
+            &config,
+            Ownership::default(),
+            Arc::default(),
+            rules,
+            Window::new(std::time::Duration::from_secs(60)),
+            Telemetry::new(),
+            alerts_tx,
+        );
+        let (sink_tx, mut sink_rx) = mpsc::channel::<SinkItem>(16);
+        let (commit_tx, mut commit_rx) = mpsc::channel::<Pending>(16);
+        let budget = Arc::new(tokio::sync::Semaphore::new(1024));
+        let dispatcher = Dispatcher {
+            sinks: vec![sink_tx],
+            committer: commit_tx,
+            record_ids: false,
+            inflight: budget.clone(),
+            inflight_kib: 1024,
+        };
+        let (tx, rx) = mpsc::channel(4);
+        // The second event is three seconds later on the same partition: its clock completes
+        // the first one's second, whose row the match rule then evaluates.
+        tx.send(polled(7, "a", "2026-11-24T09:18:11.907Z")).await.unwrap();
+        tx.send(polled(8, "b", "2026-11-24T09:18:14.907Z")).await.unwrap();
+        drop(tx);
+        let idle = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        run_processor(processor, dispatcher, rx, idle).await.unwrap();
+
+        let mut items = Vec::new();
+        while let Ok(item) = sink_rx.try_recv() {
+            items.push(item);
+        }
+        let mut pendings = Vec::new();
+        while let Ok(p) = commit_rx.try_recv() {
+            pendings.push(p);
+        }
+        let events: Vec<usize> = items.iter().map(|i| i.batch.audit.len()).collect();
+        let alerts: Vec<&str> = items
+            .iter()
+            .flat_map(|i| i.batch.alerts.iter().map(|a| a.rule_id.as_str()))
+            .collect();
+        assert_eq!(events.iter().sum::<usize>(), 2, "both events delivered: {events:?}");
+        assert_eq!(alerts, ["denied"]);
+        assert!(
+            items
+                .iter()
+                .all(|i| i.batch.audit.is_empty() || i.batch.alerts.is_empty())
+        );
+        // Two event batches (no positions, no budget) and two evaluated ones (positions and
+        // budget); the first poll raised nothing, so its evaluated batch went to no sink.
+        assert_eq!(pendings.len(), 4);
+        let offsets: Vec<Option<i64>> = pendings
+            .iter()
+            .map(|p| p.positions.max_offsets.values().next().copied())
+            .collect();
+        let where_of = |offset| offsets.iter().position(|o| *o == Some(offset)).unwrap();
+        let (first, second) = (where_of(7), where_of(8));
+        assert!(first < second, "positions in poll order: {offsets:?}");
+        assert!(pendings[first].acks.is_empty());
+        assert_eq!(pendings[second].acks.len(), 1, "the alerts' acknowledgement");
+        assert!(
+            pendings
+                .iter()
+                .all(|p| p.inflight.is_some() != p.positions.max_offsets.is_empty())
+        );
+        // The event batches were dispatched before their positions.
+        let dispatched_events: Vec<usize> = (0..4).filter(|i| offsets[*i].is_none()).collect();
+        assert!(dispatched_events[0] < first && dispatched_events[1] < second);
+        // The budget is given back only with the positions' pendings.
+        assert_eq!(budget.available_permits(), 1024 - 4);
+        drop(pendings);
+        assert_eq!(budget.available_permits(), 1024);
     }
 }
