@@ -7,7 +7,7 @@ use std::sync::{Arc, LazyLock};
 use datafusion::arrow::array::NullBufferBuilder;
 use datafusion::arrow::array::{
     ArrayRef, BooleanBuilder, DictionaryArray, Float64Builder, Int32Array, Int32Builder, Int64Array, ListBuilder,
-    MapBuilder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondBuilder,
+    MapBuilder, RecordBatch, StringArray, StringBuilder, StringViewBuilder, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::buffer::{Buffer, OffsetBuffer};
 use datafusion::arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit};
@@ -309,18 +309,31 @@ fn audit_batch_of(rows: &[&AuditRow], schema: &SchemaRef, raw: Raw) -> RecordBat
             s("region", |r| r.region.as_deref()),
             s("cloud", |r| r.cloud.as_deref()),
             match raw {
-                Raw::Kept => raw_column(rows),
+                Raw::Kept => raw_column(rows, text_type(schema, "raw")),
                 Raw::Empty => empty_strings(n),
             },
         ],
     )
 }
 
-/// `raw`, sized from the byte lengths (validating each row's UTF-8 once, not twice).
-fn raw_column(rows: &[&AuditRow]) -> ArrayRef {
-    let mut b = StringBuilder::with_capacity(rows.len(), rows.iter().map(|r| r.raw.len()).sum());
-    for r in rows {
-        b.append_option(std::str::from_utf8(&r.raw).ok());
+/// `raw`, sized from the byte lengths (validating each row's UTF-8 once, not twice): plain
+/// strings, or string views over one buffer of exactly the rows' bytes (the window's form).
+fn raw_column(rows: &[&AuditRow], data_type: &DataType) -> ArrayRef {
+    let bytes: usize = rows.iter().map(|r| r.raw.len()).sum();
+    let values = rows.iter().map(|r| std::str::from_utf8(&r.raw).ok());
+    if data_type == &DataType::Utf8View {
+        // One block holding every row: no doubling blocks half empty. A block's size is a u32;
+        // a batch past 4 GiB of raw text (none is) would go on in further blocks.
+        let block = u32::try_from(bytes.max(1)).unwrap_or(u32::MAX);
+        let mut b = StringViewBuilder::with_capacity(rows.len()).with_fixed_block_size(block);
+        for v in values {
+            b.append_option(v);
+        }
+        return Arc::new(b.finish());
+    }
+    let mut b = StringBuilder::with_capacity(rows.len(), bytes);
+    for v in values {
+        b.append_option(v);
     }
     Arc::new(b.finish())
 }

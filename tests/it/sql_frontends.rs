@@ -122,10 +122,37 @@ async fn psql_and_a_postgres_driver_query_the_window() {
     assert!(shown.iter().any(|t| t == "topic_traffic"), "{shown:?}");
     let err = client.execute("DELETE FROM audit_events", &[]).await.unwrap_err();
     assert!(format!("{err:?}").contains("read-only"), "{err:?}");
+    // `raw` (stored as string views) reads back as the original event.
+    let rows = client.query("SELECT id, raw FROM audit_events", &[]).await.unwrap();
+    assert_eq!(rows.len(), 20);
+    for r in &rows {
+        let raw: serde_json::Value = serde_json::from_str(r.get::<_, &str>(1)).unwrap();
+        assert_eq!(raw["id"], r.get::<_, &str>(0));
+    }
 
     // Large results stream over HTTP, in every format, whole.
     let url = format!("http://{}/v1/sql", running.http_addr.unwrap());
     let http = reqwest::Client::new();
+    let raw = serde_json::json!({"sql": "SELECT id, raw FROM audit_events"});
+    let rows: Vec<serde_json::Value> = http.post(&url).json(&raw).send().await.unwrap().json().await.unwrap();
+    assert_eq!(rows.len(), 20);
+    for r in &rows {
+        let event: serde_json::Value = serde_json::from_str(r["raw"].as_str().unwrap()).unwrap();
+        assert_eq!(event["id"], r["id"]);
+    }
+    let arrow = http
+        .post(&url)
+        .header("Accept", "application/vnd.apache.arrow.stream")
+        .json(&raw)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(arrow), None).unwrap();
+    let n: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(n, 20);
     let big = serde_json::json!({"sql": "SELECT unnest(range(0, 50000)) AS n"});
     let rows: Vec<serde_json::Value> = http.post(&url).json(&big).send().await.unwrap().json().await.unwrap();
     assert_eq!(rows.len(), 50_000);

@@ -24,6 +24,10 @@ pub use table::{BUCKET_US, WindowTable};
 
 /// Columns of repetitive strings, stored dictionary-encoded (a 4-byte key per row instead of
 /// the string): the memory targets of docs/PRODUCT.md §9.
+/// Audit columns stored as string views: `raw`, unique per row and most of its bytes, is then
+/// never copied again after the row is first built (compaction and sealing share its buffers).
+pub const AUDIT_VIEW_COLUMNS: &[&str] = &["raw"];
+
 pub const AUDIT_DICTIONARY_COLUMNS: &[&str] = &[
     "type",
     "method",
@@ -73,12 +77,10 @@ impl Window {
         use crate::event::arrow::{ALERTS_SCHEMA, AUDIT_SCHEMA, METRICS_SCHEMA};
         let share = |percent: usize| max_memory / 100 * percent;
         Window {
-            audit: Arc::new(WindowTable::with_options(
-                AUDIT_SCHEMA.clone(),
-                retention,
-                AUDIT_DICTIONARY_COLUMNS,
-                share(70),
-            )),
+            audit: Arc::new(
+                WindowTable::with_options(AUDIT_SCHEMA.clone(), retention, AUDIT_DICTIONARY_COLUMNS, share(70))
+                    .stored_as_views(AUDIT_VIEW_COLUMNS),
+            ),
             metrics: Arc::new(WindowTable::with_options(
                 METRICS_SCHEMA.clone(),
                 retention,

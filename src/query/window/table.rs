@@ -130,6 +130,26 @@ impl WindowTable {
         }
     }
 
+    /// Stores the text columns `columns` as string views: merging batches (compaction, sealing)
+    /// then moves each row's 16-byte view and shares the text buffers instead of copying the
+    /// text. For `raw`, the original event, ~1 KB of a ~1.3 KB row, which every merge copied.
+    pub fn stored_as_views(mut self, columns: &[&str]) -> WindowTable {
+        let fields: Vec<Field> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| {
+                if columns.contains(&f.name().as_str()) && f.data_type() == &DataType::Utf8 {
+                    Field::new(f.name(), DataType::Utf8View, f.is_nullable())
+                } else {
+                    f.as_ref().clone()
+                }
+            })
+            .collect();
+        self.schema = Arc::new(Schema::new(fields));
+        self
+    }
+
     /// The batch in the stored schema.
     fn encode(&self, batch: &RecordBatch) -> RecordBatch {
         if self.schema == self.input_schema {
@@ -143,11 +163,11 @@ impl WindowTable {
                 if column.data_type() == field.data_type() {
                     column.clone()
                 } else {
-                    cast(column, field.data_type()).expect("Utf8 casts to a Utf8 dictionary")
+                    cast(column, field.data_type()).expect("Utf8 casts to a Utf8 dictionary and to Utf8View")
                 }
             })
             .collect();
-        RecordBatch::try_new(self.schema.clone(), columns).expect("same columns, dictionary-encoded")
+        RecordBatch::try_new(self.schema.clone(), columns).expect("same columns, dictionary-encoded or as views")
     }
 
     /// A stored batch: `batch` in the stored schema, with its time range, id filter and size.
@@ -507,6 +527,59 @@ pub(super) mod tests {
             .unwrap();
         assert_eq!(times.value(0), base);
         assert_eq!(times.value(31), base + 15);
+    }
+
+    /// Issue 14: `raw` is built once; merging small batches shares its buffers, not copies.
+    #[test]
+    fn raw_stored_as_views_is_shared_not_copied_when_batches_merge() {
+        use datafusion::arrow::array::AsArray;
+        let base = bucket_of(now_us() - 10 * 60 * 1_000_000);
+        let t = WindowTable::with_options(
+            crate::event::arrow::AUDIT_SCHEMA.clone(),
+            Duration::from_secs(3600),
+            crate::query::window::AUDIT_DICTIONARY_COLUMNS,
+            usize::MAX,
+        )
+        .stored_as_views(crate::query::window::AUDIT_VIEW_COLUMNS);
+        let raw = |i: i64| format!("{{\"id\":\"e{i}\",\"pad\":\"{}\"}}", "x".repeat(100));
+        let mut buffers = Vec::new();
+        let pointers = |batch: &RecordBatch| -> Vec<*const u8> {
+            let raw = batch.column_by_name("raw").unwrap().as_string_view();
+            raw.data_buffers().iter().map(|b| b.as_ptr()).collect()
+        };
+        for i in 0..MAX_SMALL_RUN as i64 {
+            let rows: Vec<crate::event::AuditRow> = (0..2)
+                .map(|j| crate::event::AuditRow {
+                    time_us: base + i * 2 + j,
+                    id: format!("e{}", i * 2 + j).into(),
+                    raw: Arc::from(raw(i * 2 + j).into_bytes()),
+                    ..Default::default()
+                })
+                .collect();
+            t.append_rows(
+                &rows,
+                |r| r.time_us,
+                crate::event::arrow::audit_batch_as,
+                base + i * 2 + 1,
+            );
+            if i + 1 < MAX_SMALL_RUN as i64 {
+                buffers.extend(pointers(&t.snapshot().pop().unwrap()));
+            }
+        }
+        let batches = t.snapshot();
+        assert_eq!(batches.len(), 1, "the small run was merged");
+        let merged = batches[0].column_by_name("raw").unwrap().as_string_view();
+        assert_eq!(merged.len(), MAX_SMALL_RUN * 2);
+        let shared = pointers(&batches[0]);
+        assert_eq!(shared.len(), MAX_SMALL_RUN, "one buffer per piece");
+        assert_eq!(
+            shared[..MAX_SMALL_RUN - 1],
+            buffers,
+            "each piece's buffer, carried over"
+        );
+        for i in 0..merged.len() {
+            assert_eq!(merged.value(i), raw(i as i64));
+        }
     }
 
     #[test]
