@@ -551,7 +551,7 @@ pub(super) mod tests {
             let rows: Vec<crate::event::AuditRow> = (0..2)
                 .map(|j| crate::event::AuditRow {
                     time_us: base + i * 2 + j,
-                    id: format!("e{}", i * 2 + j).into(),
+                    id: format!("e{}", i * 2 + j),
                     raw: Arc::from(raw(i * 2 + j).into_bytes()),
                     ..Default::default()
                 })
