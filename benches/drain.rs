@@ -14,7 +14,8 @@
 //!
 //! The mock cluster keeps only the newest 5 MB of a partition, so the backlog is spread over as
 //! many partitions as it needs. Run: `cargo bench --bench drain` (`DRAIN_EVENTS=600000` for the
-//! memory figure; `DRAIN_MODES=gzip` to run one mode; `DRAIN_MODES=broker` for the harness's own
+//! memory figure; `DRAIN_MODES=gzip` to run one mode; `DRAIN_LATENCY_RATE=50000` for the latency
+//! phase at a fixed rate instead of half of the measured peak; `DRAIN_MODES=broker` for the harness's own
 //! ceiling: a bare consumer's drain rate, and producer -> mock broker -> bare consumer latency,
 //! which bounds every latency figure here from below).
 
@@ -367,7 +368,12 @@ async fn run_mode(
     // Latency at half of the drain rate, on the same process.
     *receiver.latency.lock().unwrap() = Some(Histogram::new_with_bounds(1, 600_000, 3).unwrap());
     let base = receiver.events.load(Ordering::Relaxed);
-    let rate = drained.rate / 2.0;
+    // `DRAIN_LATENCY_RATE` fixes the rate instead, so builds that drain at different speeds are
+    // compared under the same load.
+    let rate = std::env::var("DRAIN_LATENCY_RATE")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(drained.rate / 2.0);
     let seconds = 15.0;
     // Not bounded by what the mock broker keeps (the newest 5 MB per partition): a process more
     // than that behind loses records, and the phase below says so instead of timing them.
@@ -563,6 +569,11 @@ fn main() {
         }
         for mode in modes {
             let (d, [p50, p90, p99, p999], achieved) = run_mode(mode, &bootstrap, n, partitions, &samples).await;
+            let load = if std::env::var("DRAIN_LATENCY_RATE").is_ok() {
+                "fixed rate"
+            } else {
+                "half of peak"
+            };
             println!(
                 "drain/{}: {:.0} events/s steady, {:.0} events per CPU-second, peak RSS {:.0} MB (window {:.0} MB, rest {:.0} MB), first event {} ms after start, {} ms after assignment",
                 mode.name(),
@@ -575,7 +586,7 @@ fn main() {
                 d.after_assignment_ms,
             );
             println!(
-                "drain/{}: at {achieved:.0} events/s (half of peak): latency event time -> HEC received p50 {p50} ms, p90 {p90} ms, p99 {p99} ms, p99.9 {p999} ms",
+                "drain/{}: at {achieved:.0} events/s ({load}): latency event time -> HEC received p50 {p50} ms, p90 {p90} ms, p99 {p99} ms, p99.9 {p999} ms",
                 mode.name()
             );
         }

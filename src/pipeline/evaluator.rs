@@ -1,9 +1,10 @@
-//! The second half of processing a poll: the SQL window takes its rows, the rules evaluate
-//! them in event-time order (alerts over alerts included), and the alerts are announced.
+//! The second half of processing a poll: the rules evaluate its rows in event-time order
+//! (alerts over alerts included), and the alerts are announced and go to the alerts table.
 //!
-//! It runs beside [`super::processor::Intake`], one poll behind: a poll's events go to the sinks
-//! as soon as they are decoded, so their delivery never waits for a release of the rules'
-//! reorder buffer (a one-second cell of tens of thousands of rows once a second).
+//! It runs beside [`super::processor::Intake`], behind it: a poll's events go to the sinks as
+//! soon as they are decoded, so their delivery never waits for a release of the rules' reorder
+//! buffer (once a second a one-second cell; after a backlog, when its partitions go idle, ten
+//! at once: half a second of work).
 
 use std::sync::Arc;
 
@@ -11,6 +12,8 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::enrich::directory::Directory;
 use crate::event::arrow as tables;
+use datafusion::arrow::array::RecordBatch;
+
 use crate::event::{Alert, Batch, Positions};
 use crate::query::window::Window;
 use crate::rules::clock::Watermark;
@@ -20,18 +23,20 @@ use crate::telemetry::{RuleLabel, Telemetry};
 use super::PipelineError;
 use super::dispatch::Dispatcher;
 
-/// What the intake hands on with a batch besides its rows: how far each table's clock has
-/// moved, and what was reloaded before the batch (applied before its rows are evaluated, as
-/// the intake applied its share).
+/// What the intake hands on from a poll: its rows as the rules read them (`raw` left empty
+/// unless a rule reads it), how far each table's clock has moved, and what was reloaded before
+/// the poll (applied before its rows are evaluated, as the intake applied its share).
 pub struct Step {
-    /// The audit and the metrics table's watermarks when the batch was taken.
+    pub audit: Option<RecordBatch>,
+    pub metrics: Option<RecordBatch>,
+    /// The audit and the metrics table's watermarks when the poll was taken.
     pub watermarks: [Watermark; 2],
     pub now: i64,
     pub rules: Option<Vec<rules::Rule>>,
     pub directory: Option<Arc<Directory>>,
 }
 
-/// Fills the window, evaluates the rules and announces their alerts, one batch at a time.
+/// Evaluates the rules and announces their alerts, one poll at a time.
 pub struct Evaluator {
     rules: RuleEngine,
     window: Window,
@@ -72,30 +77,13 @@ impl Evaluator {
         }
     }
 
-    /// Appends `batch`'s rows to the window and evaluates them; returns the alerts raised (also
-    /// in the alerts table and announced). A batch without rows still moves idle clocks on.
-    pub fn evaluate(&mut self, batch: &Batch, mut step: Step) -> Vec<Alert> {
+    /// Evaluates a poll's rows; returns the alerts raised (also in the alerts table and
+    /// announced). A poll without rows still moves idle clocks on.
+    pub fn evaluate(&mut self, mut step: Step) -> Vec<Alert> {
         self.apply(&mut step);
         let now = step.now;
-        // Rules see each table in event-time order (the clocks release whole one-second cells);
-        // the SQL window takes rows as they come. The window builds its own batches by minute,
-        // dictionary-encoded; the rules' batch carries `raw` only when a rule reads it.
-        if !batch.audit.is_empty() {
-            let newest = batch.audit.iter().map(|r| r.time_us).max().unwrap_or(now);
-            (self.window.audit).append_rows(&batch.audit, |r| r.time_us, tables::audit_batch_as, newest);
-        }
-        if !batch.metrics.is_empty() {
-            let newest = batch.metrics.iter().map(|m| m.time_us).max().unwrap_or(now);
-            (self.window.metrics).append_rows(&batch.metrics, |m| m.time_us, tables::metrics_batch_as, newest);
-        }
-        let audit = (!batch.audit.is_empty()).then(|| {
-            if self.rules.reads_raw(Source::Audit) {
-                tables::audit_batch(&batch.audit)
-            } else {
-                tables::audit_batch_without_raw(&batch.audit)
-            }
-        });
-        let metrics = (!batch.metrics.is_empty()).then(|| tables::metrics_batch(&batch.metrics));
+        // Rules see each table in event-time order (the clocks release whole one-second cells).
+        let (audit, metrics) = (step.audit.take(), step.metrics.take());
         let mut alerts = Vec::new();
         for (slot, (source, rows)) in [(Source::Audit, audit), (Source::Metrics, metrics)]
             .into_iter()
@@ -143,39 +131,30 @@ pub(super) fn announce(telemetry: &Telemetry, subscribers: &broadcast::Sender<Al
     }
 }
 
-/// Batches decoded but not yet taken by the evaluator. Its work comes in bursts (a release of
-/// the rules' reorder buffer: up to half a second when idle partitions let ten one-second cells
-/// go at once), which the intake rides over without waiting; the in-flight byte budget, held
-/// until a batch's positions are stored, bounds the memory.
+/// Polls decoded but not yet evaluated. The evaluator's work comes in bursts (half a second
+/// when ten cells go at once), which the intake rides over without waiting. What waits is the
+/// rules' batches, without `raw` (~300 bytes a row): at most ~40 MB at 2,000 rows a poll.
 pub(super) const EVALUATE_AHEAD: usize = 64;
 
-/// A decoded batch on its way to the evaluator, with the positions it will commit.
+/// A decoded poll on its way to the evaluator, with the positions it will commit.
 pub(super) struct Decoded {
-    pub(super) batch: Arc<Batch>,
+    pub(super) seq: u64,
     pub(super) step: Step,
     pub(super) positions: Positions,
-    pub(super) inflight: tokio::sync::OwnedSemaphorePermit,
 }
 
-/// Fills the window and evaluates the rules on decoded batches in order; dispatches each
-/// batch's alerts with its positions.
+/// Evaluates the rules on decoded polls in order; dispatches each poll's alerts with its
+/// positions (the committer stores them once every sink has accepted the alerts).
 pub(super) async fn run_evaluator(
     mut evaluator: Evaluator,
     dispatcher: Dispatcher,
     mut rx: mpsc::Receiver<Decoded>,
 ) -> Result<(), PipelineError> {
-    while let Some(Decoded {
-        batch,
-        step,
-        positions,
-        inflight,
-    }) = rx.recv().await
-    {
+    while let Some(Decoded { seq, step, positions }) = rx.recv().await {
         let started = std::time::Instant::now();
-        let seq = batch.seq;
-        // Rules and the window are CPU work of up to tens of milliseconds per batch.
+        // Rules are CPU work of up to tens of milliseconds per poll.
         let (returned, alerts) = tokio::task::spawn_blocking(move || {
-            let alerts = evaluator.evaluate(&batch, step);
+            let alerts = evaluator.evaluate(step);
             (evaluator, alerts)
         })
         .await
@@ -191,7 +170,7 @@ pub(super) async fn run_evaluator(
             alerts,
             ..Batch::default()
         };
-        dispatcher.dispatch(Arc::new(batch), positions, Some(inflight)).await?;
+        dispatcher.dispatch(Arc::new(batch), positions, None).await?;
         tracing::debug!(
             seq,
             alerts = num_alerts,

@@ -1,6 +1,6 @@
-//! One poll's records to one batch: decode, drop repeats and enrich (the [`Intake`]), then
-//! fill the window and evaluate the rules (the [`Evaluator`]). The pipeline runs the two halves
-//! on two threads, one poll apart; [`Processor`] runs them in series.
+//! One poll's records to one batch: decode, drop repeats, enrich and fill the window (the
+//! [`Intake`]), then evaluate the rules (the [`Evaluator`]). The pipeline runs the two halves
+//! on two threads, the evaluator behind; [`Processor`] runs them in series.
 
 use std::sync::Arc;
 
@@ -15,10 +15,11 @@ use crate::decode::metrics::{MetricHeaders, MetricsDecoder};
 use crate::enrich::dedupe::Dedupe;
 use crate::enrich::directory::Directory;
 use crate::enrich::ownership::Ownership;
+use crate::event::arrow as tables;
 use crate::event::{Alert, AuditRow, Batch, DeadLetter, Origin, Positions, now_us};
 use crate::query::window::Window;
 use crate::rules::clock::EventClock;
-use crate::rules::{self, RuleEngine};
+use crate::rules::{self, RuleEngine, Source};
 use crate::source::{Record, Stream, metrics_api};
 use crate::telemetry::{StreamLabel, Telemetry};
 
@@ -48,6 +49,10 @@ pub struct Intake {
     ownership: Ownership,
     directory: Arc<Directory>,
     dedupe: Dedupe,
+    window: Window,
+    /// Whether a loaded rule reads the audit events' `raw` (else the rules' batch leaves it
+    /// empty); follows rule reloads.
+    rules_read_raw: bool,
     telemetry: Telemetry,
     reloads: Option<mpsc::Receiver<crate::reload::Reloaded>>,
     /// Reloaded `sql` rules go to their own task.
@@ -70,7 +75,8 @@ impl Processor {
         telemetry: Telemetry,
         alerts_tx: broadcast::Sender<Alert>,
     ) -> Processor {
-        let evaluator = Evaluator::new(rules, &directory, window, telemetry.clone(), alerts_tx);
+        let rules_read_raw = rules.reads_raw(Source::Audit);
+        let evaluator = Evaluator::new(rules, &directory, window.clone(), telemetry.clone(), alerts_tx);
         let audit = AuditDecoder::new(config.decode.validate_schema, config.decode.max_record_bytes);
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let intake = Intake {
@@ -80,6 +86,8 @@ impl Processor {
             ownership,
             directory,
             dedupe: Dedupe::new(config.enrich.dedupe_horizon, config.enrich.dedupe_capacity),
+            window,
+            rules_read_raw,
             telemetry,
             reloads: None,
             sql_updates: None,
@@ -128,7 +136,7 @@ impl Processor {
     /// back in [`Batch::dead_letters`], whole, for the dead-letter sink.
     pub fn process(&mut self, records: &[Record]) -> Batch {
         let (mut batch, step) = self.intake.take(records);
-        batch.alerts = self.evaluator.evaluate(&batch, step);
+        batch.alerts = self.evaluator.evaluate(step);
         batch
     }
 
@@ -184,17 +192,20 @@ impl Intake {
                 {
                     tracing::warn!("sql rules not reloaded: their task is busy or stopped");
                 }
+                self.rules_read_raw = rules.iter().any(|r| r.meta.source == Source::Audit && r.meta.reads_raw);
                 step.rules = Some(rules);
             }
         }
     }
 
-    /// Decodes and enriches one poll's records and drops repeats; returns the batch (without
-    /// alerts) and what the [`Evaluator`] needs besides it. Records that cannot be decoded come
+    /// Decodes and enriches one poll's records, drops repeats and fills the window; returns the
+    /// batch (without alerts) and what the [`Evaluator`] needs. Records that cannot be decoded come
     /// back in [`Batch::dead_letters`], whole, for the dead-letter sink.
     pub fn take(&mut self, records: &[Record]) -> (Batch, Step) {
         let now = now_us();
         let mut step = Step {
+            audit: None,
+            metrics: None,
             watermarks: [crate::rules::clock::Watermark::Unknown; 2],
             now,
             rules: None,
@@ -274,6 +285,22 @@ impl Intake {
             .rows_decoded
             .get_or_create(&StreamLabel { stream: "metrics" })
             .inc_by(batch.metrics.len() as u64);
+        // The SQL window takes rows as they come, built by minute straight into its stored form;
+        // the rules' batches carry `raw` only when a rule reads it.
+        if !batch.audit.is_empty() {
+            let newest = batch.audit.iter().map(|r| r.time_us).max().unwrap_or(now);
+            (self.window.audit).append_rows(&batch.audit, |r| r.time_us, tables::audit_batch_as, newest);
+            step.audit = Some(if self.rules_read_raw {
+                tables::audit_batch(&batch.audit)
+            } else {
+                tables::audit_batch_without_raw(&batch.audit)
+            });
+        }
+        if !batch.metrics.is_empty() {
+            let newest = batch.metrics.iter().map(|m| m.time_us).max().unwrap_or(now);
+            (self.window.metrics).append_rows(&batch.metrics, |m| m.time_us, tables::metrics_batch_as, newest);
+            step.metrics = Some(tables::metrics_batch(&batch.metrics));
+        }
         step.watermarks = [self.clocks[0].watermark(now), self.clocks[1].watermark(now)];
         self.seq += 1;
         batch.seq = self.seq;
@@ -398,12 +425,14 @@ pub(super) async fn run_processor(
             let processed = std::time::Instant::now();
             let rows = batch.len();
             span.record("rows", rows);
-            let batch = Arc::new(batch);
-            let inflight = dispatcher.reserve(polled.bytes).await?;
+            let seq = batch.seq;
             // An idle tick (no records) has nothing to deliver but still moves the clocks on.
             if !polled.records.is_empty() {
+                // The poll's share of the in-flight budget goes with its events: it comes back
+                // once they are delivered, whether or not the rules have caught up.
+                let inflight = dispatcher.reserve(polled.bytes).await?;
                 dispatcher
-                    .dispatch(batch.clone(), Positions::default(), None)
+                    .dispatch(Arc::new(batch), Positions::default(), Some(inflight))
                     .instrument(tracing::info_span!(parent: &span, "dispatch"))
                     .await?;
                 tracing::debug!(
@@ -415,10 +444,9 @@ pub(super) async fn run_processor(
                 );
             }
             let decoded = Decoded {
-                batch,
+                seq,
                 step,
                 positions: polled.positions,
-                inflight,
             };
             if to_evaluator.send(decoded).await.is_err() {
                 break; // the evaluator stopped: its error is the cause
@@ -472,9 +500,9 @@ mod tests {
         }
     }
 
-    /// Issue 14: a poll's events go to the sinks before its rows are evaluated, and its
-    /// positions reach the committer only behind the alerts that evaluation raised, holding the
-    /// poll's share of the in-flight budget until then.
+    /// Issue 14: a poll's events go to the sinks before its rows are evaluated, with the poll's
+    /// share of the in-flight budget; its positions reach the committer only behind the alerts
+    /// that evaluation raised.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn events_go_out_first_and_positions_wait_behind_the_alerts() {
         let config = Config::parse("[kafka]\nbootstrap_servers = \"x:1\"\n", "test.toml").unwrap();
@@ -529,7 +557,7 @@ mod tests {
                 .iter()
                 .all(|i| i.batch.audit.is_empty() || i.batch.alerts.is_empty())
         );
-        // Two event batches (no positions, no budget) and two evaluated ones (positions and
+        // Two event batches (budget, no positions) and two evaluated ones (positions, no
         // budget); the first poll raised nothing, so its evaluated batch went to no sink.
         assert_eq!(pendings.len(), 4);
         let offsets: Vec<Option<i64>> = pendings
@@ -544,13 +572,15 @@ mod tests {
         assert!(
             pendings
                 .iter()
-                .all(|p| p.inflight.is_some() != p.positions.max_offsets.is_empty())
+                .all(|p| p.inflight.is_some() == p.positions.max_offsets.is_empty())
         );
         // The event batches were dispatched before their positions.
         let dispatched_events: Vec<usize> = (0..4).filter(|i| offsets[*i].is_none()).collect();
         assert!(dispatched_events[0] < first && dispatched_events[1] < second);
-        // The budget is given back only with the positions' pendings.
+        // The budget is given back with the events' pendings.
         assert_eq!(budget.available_permits(), 1024 - 4);
+        pendings.retain(|p| p.inflight.is_none());
+        assert_eq!(budget.available_permits(), 1024);
         drop(pendings);
         assert_eq!(budget.available_permits(), 1024);
     }
