@@ -408,13 +408,14 @@ impl Connection {
         let config = &self.shared.config;
         let payload = if config.compression {
             let raw = body.bytes.clone();
-            tokio::task::spawn_blocking(move || gzip(&raw))
-                .await
-                .expect("gzip does not panic")
+            bytes::Bytes::from(
+                tokio::task::spawn_blocking(move || gzip(&raw))
+                    .await
+                    .expect("gzip does not panic"),
+            )
         } else {
-            body.bytes.clone()
+            bytes::Bytes::from_owner(SharedBody(body.bytes.clone()))
         };
-        let payload = bytes::Bytes::from(payload);
         let sending = Instant::now();
         let mut attempt: u32 = 0;
         loop {
@@ -538,4 +539,13 @@ fn estimate(item: &SinkItem) -> usize {
     item.batch.audit.iter().map(|r| r.raw.len() + 400).sum::<usize>()
         + item.batch.metrics.len() * 300
         + item.batch.alerts.len() * 1000
+}
+
+/// A body's shared bytes as the HTTP client's payload, without copying them.
+struct SharedBody(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for SharedBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
