@@ -140,18 +140,7 @@ async fn psql_and_a_postgres_driver_query_the_window() {
         let event: serde_json::Value = serde_json::from_str(r["raw"].as_str().unwrap()).unwrap();
         assert_eq!(event["id"], r["id"]);
     }
-    let arrow = http
-        .post(&url)
-        .header("Accept", "application/vnd.apache.arrow.stream")
-        .json(&raw)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(arrow), None).unwrap();
-    let n: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    let n = arrow_rows(&http, &url, &raw).await;
     assert_eq!(n, 20);
     let big = serde_json::json!({"sql": "SELECT unnest(range(0, 50000)) AS n"});
     let rows: Vec<serde_json::Value> = http.post(&url).json(&big).send().await.unwrap().json().await.unwrap();
@@ -169,18 +158,7 @@ async fn psql_and_a_postgres_driver_query_the_window() {
         .unwrap();
     assert_eq!(csv.lines().count(), 50_001);
     assert_eq!(csv.lines().filter(|l| *l == "n").count(), 1, "one header");
-    let arrow = http
-        .post(&url)
-        .header("Accept", "application/vnd.apache.arrow.stream")
-        .json(&big)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(arrow), None).unwrap();
-    let n: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    let n = arrow_rows(&http, &url, &big).await;
     assert_eq!(n, 50_000);
 
     stop(running, shutdown, &s.bootstrap, group, 20).await;
@@ -267,4 +245,20 @@ async fn password_token_and_row_limit() {
 
     stop(running, shutdown, &s.bootstrap, group, 12).await;
     drop(s.cluster);
+}
+
+/// Rows of the Arrow IPC stream `POST /v1/sql` answers for `query`.
+async fn arrow_rows(http: &reqwest::Client, url: &str, query: &serde_json::Value) -> usize {
+    let arrow = http
+        .post(url)
+        .header("Accept", "application/vnd.apache.arrow.stream")
+        .json(query)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(arrow), None).unwrap();
+    reader.map(|b| b.unwrap().num_rows()).sum()
 }

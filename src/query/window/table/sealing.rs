@@ -37,7 +37,10 @@ impl WindowTable {
         }
         let small: Vec<Stored> = bucket.split_off(bucket.len() - run);
         let before: usize = small.iter().map(|s| s.bytes).sum();
-        let mut merged = self.merge(&small);
+        let Some(mut merged) = self.merge(&small) else {
+            bucket.extend(small);
+            return 0;
+        };
         merged.compacted = true;
         let after = merged.bytes;
         bucket.push(merged);
@@ -46,8 +49,10 @@ impl WindowTable {
 
     /// One stored batch with the rows of `parts`, in order, each dictionary column with one
     /// dictionary instead of the parts' dictionaries laid end to end.
-    fn merge(&self, parts: &[Stored]) -> Stored {
-        let columns: Vec<ArrayRef> = self
+    /// `None` (logged; the parts stay as they are) if they do not concatenate, which batches
+    /// stored in one schema always do.
+    fn merge(&self, parts: &[Stored]) -> Option<Stored> {
+        let columns: Result<Vec<ArrayRef>, String> = self
             .schema
             .fields()
             .iter()
@@ -55,14 +60,20 @@ impl WindowTable {
             .map(|(i, field)| {
                 let column: Vec<&dyn Array> = parts.iter().map(|s| s.batch.column(i).as_ref()).collect();
                 if field.data_type() == &dictionary_type() {
-                    concat_dictionaries(&column).expect("stored dictionary columns are Int32 keys over strings")
+                    concat_dictionaries(&column).map_err(|e| e.to_string())
                 } else {
-                    concat(&column).expect("columns of one schema concatenate")
+                    concat(&column).map_err(|e| e.to_string())
                 }
             })
             .collect();
-        let merged = RecordBatch::try_new(self.schema.clone(), columns).expect("same columns as the stored schema");
-        self.store(merged, parts[0].oldest_us)
+        let merged = columns.and_then(|c| RecordBatch::try_new(self.schema.clone(), c).map_err(|e| e.to_string()));
+        match merged {
+            Ok(merged) => Some(self.store(merged, parts[0].oldest_us)),
+            Err(error) => {
+                tracing::error!(%error, batches = parts.len(), "window batches not merged; kept apart");
+                None
+            }
+        }
     }
 
     /// Seals the oldest bucket that is two minutes behind the newest event and still holds
@@ -94,10 +105,10 @@ impl WindowTable {
         let finish = |run: &[Stored]| {
             let mut stored = match run {
                 [single] => self.store(single.batch.clone(), single.oldest_us),
-                _ => self.merge(run),
+                _ => self.merge(run)?,
             };
             stored.sealed = true;
-            stored
+            Some(stored)
         };
         let mut merged = Vec::new();
         let mut run_start = 0;
@@ -105,13 +116,17 @@ impl WindowTable {
         for (i, part) in parts.iter().enumerate() {
             rows += part.batch.num_rows();
             if rows >= SEALED_BATCH_ROWS {
-                merged.push(finish(&parts[run_start..=i]));
+                let Some(run) = finish(&parts[run_start..=i]) else {
+                    return;
+                };
+                merged.push(run);
                 run_start = i + 1;
                 rows = 0;
             }
         }
         if run_start < parts.len() {
-            merged.push(finish(&parts[run_start..]));
+            let Some(run) = finish(&parts[run_start..]) else { return };
+            merged.push(run);
         }
         let mut buckets = self.buckets.write().unwrap_or_else(|e| e.into_inner());
         let Some(stored) = buckets.get_mut(&start) else { return };
