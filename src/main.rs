@@ -17,6 +17,11 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `--features jemalloc`: jemalloc instead (measured the same way).
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Kafka audit logs and metrics in; security alerts, Splunk HEC, OTLP and SQL out.
 #[derive(Parser)]
 #[command(name = "auditflow", version, about)]
