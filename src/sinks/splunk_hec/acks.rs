@@ -60,9 +60,13 @@ impl Connection {
             }
             let acked = self.poll_acks(endpoint, &ids).await;
             for group in pending.iter_mut() {
-                group
-                    .awaiting
-                    .retain(|a| !a.ids().any(|(e, id)| e == endpoint && acked.contains(&id)));
+                let (indexed, waiting): (Vec<AwaitingAck>, Vec<AwaitingAck>) = std::mem::take(&mut group.awaiting)
+                    .into_iter()
+                    .partition(|a| a.ids().any(|(e, id)| e == endpoint && acked.contains(&id)));
+                group.awaiting = waiting;
+                for a in indexed {
+                    self.shared.buffers.give(a.body);
+                }
             }
         }
         for group in pending.iter_mut() {

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::acks::{AwaitingAck, PendingGroup};
-use super::encoder::{Body, encode, gzip};
+use super::encoder::{Body, BodyBuffers, encode, gzip};
 use super::refused;
 use super::response::{HecResponse, classify, classify_transport, retry_after};
 use crate::config::{HecSinkConfig, redact_url};
@@ -69,6 +69,8 @@ pub(super) struct Shared {
     /// (lingering only pays while every connection is busy).
     idle: AtomicUsize,
     became_idle: tokio::sync::Notify,
+    /// Buffers of delivered bodies, for the next ones.
+    pub(super) buffers: BodyBuffers,
 }
 
 /// Counts a connection as idle while it waits for a group.
@@ -118,6 +120,8 @@ impl HecSink {
     pub fn new(config: HecSinkConfig, dead_letters: DeadLetters, telemetry: Telemetry) -> Result<HecSink, SinkError> {
         let probe = http_client(&config)?;
         let num_endpoints = config.endpoints.len();
+        // One per connection and one being filled: what is in flight anyway.
+        let buffers = BodyBuffers::new(config.concurrency + 1);
         Ok(HecSink {
             shared: Arc::new(Shared {
                 config,
@@ -133,6 +137,7 @@ impl HecSink {
                 refused_since_us: AtomicI64::new(0),
                 idle: AtomicUsize::new(0),
                 became_idle: tokio::sync::Notify::new(),
+                buffers,
             }),
         })
     }
@@ -200,7 +205,7 @@ impl HecSink {
             // Encoding is CPU work: off the runtime's workers, beside the next poll's processing.
             let shared = self.shared.clone();
             let encoded = tokio::task::spawn_blocking(move || {
-                let bodies = encode(&shared.config, items.iter().map(|item| &*item.batch));
+                let bodies = encode(&shared.config, &shared.buffers, items.iter().map(|item| &*item.batch));
                 (items, bodies)
             })
             .await;
@@ -386,6 +391,7 @@ impl Connection {
                             "acknowledgements are on but HEC returned no ackId (is indexer acknowledgement enabled on the token?); counting the batch as delivered"
                         );
                     }
+                    self.shared.buffers.give(body);
                 }
                 Outcome::EventRejected { reason } if body.num_events() == 1 => {
                     tracing::warn!(%reason, "HEC rejected an event; sending it to the dead-letter topic");
