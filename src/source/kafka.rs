@@ -386,14 +386,19 @@ fn topic_name(topic: &str) -> Arc<str> {
 fn detach(m: &rdkafka::message::BorrowedMessage<'_>, topics: &TopicsConfig) -> Record {
     let topic = m.topic();
     let stream = stream_of(topics, topic);
-    let headers = m
-        .headers()
-        .map(|h| {
-            h.iter()
-                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
-                .collect()
-        })
-        .unwrap_or_default();
+    // Only metrics records are read by their headers (content type, metric name, cluster);
+    // parsing an audit record's headers was 1.5% of a drain's CPU for nothing.
+    let headers = match stream {
+        Stream::Metrics => m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Stream::Audit => Vec::new(),
+    };
     Record {
         stream,
         topic: topic_name(topic),

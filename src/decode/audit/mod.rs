@@ -89,8 +89,10 @@ impl AuditDecoder {
         }
         // Fast path: the typed view straight from the bytes. Its types refuse whatever the
         // schema's types refuse and `schema_problem` checks the rest, so an event that passes
-        // both satisfies the schema.
-        if let Ok(Object(envelope)) = serde_json::from_slice::<Object<Envelope>>(json)
+        // both satisfies the schema. The record's UTF-8 is checked once, whole (the parser
+        // reading from a `str` does not check each string again; that was ~a third of parsing).
+        if let Ok(text) = std::str::from_utf8(json)
+            && let Ok(Object(envelope)) = serde_json::from_str::<Object<Envelope>>(text)
             && (self.validator.is_none() || envelope.schema_problem().is_none())
         {
             let raw = match shared {

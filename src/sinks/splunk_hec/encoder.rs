@@ -166,7 +166,7 @@ impl<'a> Encoder<'a> {
         let out = &mut self.scratch;
         out.clear();
         out.extend_from_slice(b"{\"time\":");
-        serde_json::to_writer(&mut *out, &epoch_seconds(time_us)).expect("writing to a Vec cannot fail");
+        write_epoch_seconds(out, time_us);
         out.extend_from_slice(b",\"sourcetype\":\"");
         out.extend_from_slice(sourcetype.as_bytes());
         out.extend_from_slice(b"\",\"source\":");
@@ -263,6 +263,28 @@ pub fn encode<'b>(
     encoder.bodies
 }
 
+/// `time_us` as HEC's epoch seconds, exact to the microsecond, in integer digits: an `f64` holds
+/// ~16 significant digits (a microsecond time needs 16) and took a float formatter per event.
+fn write_epoch_seconds(out: &mut Vec<u8>, time_us: i64) {
+    if time_us < 0 {
+        serde_json::to_writer(&mut *out, &epoch_seconds(time_us)).expect("writing to a Vec cannot fail");
+        return;
+    }
+    let (seconds, mut micros) = (time_us / 1_000_000, time_us % 1_000_000);
+    out.extend_from_slice(itoa::Buffer::new().format(seconds).as_bytes());
+    if micros == 0 {
+        return;
+    }
+    let mut digits = [b'0'; 6];
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    let len = 6 - digits.iter().rev().take_while(|&&d| d == b'0').count();
+    out.push(b'.');
+    out.extend_from_slice(&digits[..len]);
+}
+
 fn write_str(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
 }
@@ -307,6 +329,31 @@ mod tests {
         assert_eq!(v["fields"]["action"], "failure");
         // The integer above 2^53 is forwarded digit for digit.
         assert!(std::str::from_utf8(&body.bytes).unwrap().contains("170112233445566901"));
+    }
+
+    #[test]
+    fn event_times_are_exact_decimal_seconds() {
+        let text = |us: i64| {
+            let mut out = Vec::new();
+            write_epoch_seconds(&mut out, us);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(text(1_795_511_703_001_000), "1795511703.001");
+        assert_eq!(text(1_795_511_703_000_000), "1795511703");
+        assert_eq!(text(1_795_511_703_123_456), "1795511703.123456");
+        assert_eq!(text(1_500_000), "1.5");
+        assert_eq!(text(1), "0.000001");
+        assert_eq!(text(0), "0");
+        assert_eq!(text(-1_500_000), "-1.5");
+        // The same number a float would have written, for every millisecond and microsecond.
+        for us in [
+            1_795_511_703_001_000i64,
+            1_700_000_000_999_999,
+            1_234_567,
+            86_400_000_001,
+        ] {
+            assert_eq!(text(us).parse::<f64>().unwrap(), epoch_seconds(us), "{us}");
+        }
     }
 
     #[test]
