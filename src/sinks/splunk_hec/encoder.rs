@@ -10,7 +10,6 @@ use flate2::write::GzEncoder;
 use serde_json::{Map, Value, json};
 
 use crate::config::HecSinkConfig;
-use crate::event::epoch_seconds;
 use crate::event::{Alert, AuditRow, Batch, MetricSample};
 use crate::sinks::{alert_json, audit_fields};
 
@@ -73,11 +72,13 @@ impl BodyBuffers {
     }
 
     /// Buffers kept now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.free.lock().map_or(0, |free| free.len())
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
@@ -267,9 +268,9 @@ pub fn encode<'b>(
 /// ~16 significant digits (a microsecond time needs 16) and took a float formatter per event.
 fn write_epoch_seconds(out: &mut Vec<u8>, time_us: i64) {
     if time_us < 0 {
-        serde_json::to_writer(&mut *out, &epoch_seconds(time_us)).expect("writing to a Vec cannot fail");
-        return;
+        out.push(b'-');
     }
+    let time_us = time_us.unsigned_abs();
     let (seconds, mut micros) = (time_us / 1_000_000, time_us % 1_000_000);
     out.extend_from_slice(itoa::Buffer::new().format(seconds).as_bytes());
     if micros == 0 {
@@ -345,6 +346,7 @@ mod tests {
         assert_eq!(text(1), "0.000001");
         assert_eq!(text(0), "0");
         assert_eq!(text(-1_500_000), "-1.5");
+        assert_eq!(text(-1), "-0.000001");
         // The same number a float would have written, for every millisecond and microsecond.
         for us in [
             1_795_511_703_001_000i64,
@@ -352,7 +354,11 @@ mod tests {
             1_234_567,
             86_400_000_001,
         ] {
-            assert_eq!(text(us).parse::<f64>().unwrap(), epoch_seconds(us), "{us}");
+            assert_eq!(
+                text(us).parse::<f64>().unwrap(),
+                crate::event::epoch_seconds(us),
+                "{us}"
+            );
         }
     }
 

@@ -414,11 +414,10 @@ impl Connection {
         let config = &self.shared.config;
         let payload = if config.compression {
             let raw = body.bytes.clone();
-            bytes::Bytes::from(
-                tokio::task::spawn_blocking(move || gzip(&raw))
-                    .await
-                    .expect("gzip does not panic"),
-            )
+            // Off the runtime's workers; when the blocking pool cannot run it (the runtime
+            // shutting down), here instead.
+            let gzipped = tokio::task::spawn_blocking(move || gzip(&raw)).await;
+            bytes::Bytes::from(gzipped.unwrap_or_else(|_| gzip(&body.bytes)))
         } else {
             bytes::Bytes::from_owner(SharedBody(body.bytes.clone()))
         };

@@ -163,12 +163,7 @@ fn small_batches_are_concatenated_within_their_bucket() {
         t.num_bytes()
     );
     // The merged batch keeps one small dictionary, and the rows read back in order.
-    let names = batches[0]
-        .column_by_name("name")
-        .unwrap()
-        .as_any()
-        .downcast_ref::<datafusion::arrow::array::DictionaryArray<datafusion::arrow::datatypes::Int32Type>>()
-        .unwrap();
+    let names = name_dictionary(&batches[0]);
     assert_eq!(names.values().len(), 1);
     let times = batches[0]
         .column(0)
@@ -268,11 +263,13 @@ fn rows_appended_by_minute_read_back_as_an_appended_batch_does() {
     assert_eq!(plain(&from_rows), plain(&from_batch));
     let stored = from_rows.snapshot();
     assert_eq!(stored[0].schema(), from_rows.schema);
-    let names = stored[0]
-        .column_by_name("name")
-        .unwrap()
-        .as_any()
-        .downcast_ref::<datafusion::arrow::array::DictionaryArray<datafusion::arrow::datatypes::Int32Type>>()
-        .unwrap();
+    let names = name_dictionary(&stored[0]);
     assert_eq!(names.values().len(), 4, "each distinct name once");
+}
+
+/// The `name` column of a stored metrics batch, dictionary-encoded as the window keeps it.
+fn name_dictionary(
+    batch: &RecordBatch,
+) -> &datafusion::arrow::array::DictionaryArray<datafusion::arrow::datatypes::Int32Type> {
+    batch.column_by_name("name").unwrap().as_any().downcast_ref().unwrap()
 }
