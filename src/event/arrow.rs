@@ -79,7 +79,7 @@ pub static ARCHIVE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// and must not be named).
 pub fn archive_batch(rows: &[AuditRow], indices: &[usize]) -> RecordBatch {
     let picked: Vec<&AuditRow> = indices.iter().map(|&i| &rows[i]).collect();
-    let audit = audit_batch_of(&picked, &AUDIT_SCHEMA, Raw::Kept);
+    let audit = audit_batch_of(&picked, &AUDIT_SCHEMA, &|_| true);
     fn origin<'r>(r: &&'r AuditRow) -> &'r Origin {
         r.origin.as_ref().expect("archived rows have an origin")
     }
@@ -244,32 +244,40 @@ fn batch(schema: &SchemaRef, columns: Vec<ArrayRef>) -> RecordBatch {
 
 pub fn audit_batch(rows: &[AuditRow]) -> RecordBatch {
     let refs: Vec<&AuditRow> = rows.iter().collect();
-    audit_batch_of(&refs, &AUDIT_SCHEMA, Raw::Kept)
+    audit_batch_of(&refs, &AUDIT_SCHEMA, &|_| true)
 }
 
-/// [`audit_batch`] with `raw` empty: what the rules read when none of them reads `raw` (copying
-/// ~1 KB a row for nobody was most of building their batch).
-pub fn audit_batch_without_raw(rows: &[AuditRow]) -> RecordBatch {
+/// [`audit_batch`] with only the text columns `keep` names filled; every other text column
+/// (`raw` included) is empty strings. What the rules read: building and buffering the columns
+/// no rule reads (`raw` alone is ~1 KB a row) was most of the cost of handing rows to them.
+pub fn audit_batch_keeping(rows: &[AuditRow], keep: &dyn Fn(&str) -> bool) -> RecordBatch {
     let refs: Vec<&AuditRow> = rows.iter().collect();
-    audit_batch_of(&refs, &AUDIT_SCHEMA, Raw::Empty)
+    audit_batch_of(&refs, &AUDIT_SCHEMA, keep)
+}
+
+/// [`audit_batch`] with `raw` empty.
+pub fn audit_batch_without_raw(rows: &[AuditRow]) -> RecordBatch {
+    audit_batch_keeping(rows, &|column| column != "raw")
 }
 
 /// `rows` in `schema`: the `audit_events` columns, each text column plain or dictionary-encoded
 /// as `schema` says (the window's stored form, built without a plain batch in between).
 pub fn audit_batch_as(rows: &[&AuditRow], schema: &SchemaRef) -> RecordBatch {
-    audit_batch_of(rows, schema, Raw::Kept)
+    audit_batch_of(rows, schema, &|_| true)
 }
 
-/// Whether a batch carries the events' `raw` text.
-#[derive(Clone, Copy, PartialEq)]
-enum Raw {
-    Kept,
-    Empty,
-}
-
-fn audit_batch_of(rows: &[&AuditRow], schema: &SchemaRef, raw: Raw) -> RecordBatch {
+fn audit_batch_of(rows: &[&AuditRow], schema: &SchemaRef, keep: &dyn Fn(&str) -> bool) -> RecordBatch {
     let n = rows.len();
-    let s = |name: &str, f: fn(&AuditRow) -> Option<&str>| text(text_type(schema, name), n, rows.iter().map(|r| f(r)));
+    // One array of empty strings serves every column left out.
+    let empty = std::cell::OnceCell::new();
+    let s = |name: &str, f: fn(&AuditRow) -> Option<&str>| {
+        let data_type = text_type(schema, name);
+        if keep(name) || data_type != &DataType::Utf8 {
+            text(data_type, n, rows.iter().map(|r| f(r)))
+        } else {
+            empty.get_or_init(|| empty_strings(n)).clone()
+        }
+    };
     let mut port = Int32Builder::with_capacity(n);
     for r in rows {
         port.append_option(r.client_port.map(i32::from));
@@ -308,9 +316,10 @@ fn audit_batch_of(rows: &[&AuditRow], schema: &SchemaRef, raw: Raw) -> RecordBat
             s("environment_name", |r| r.environment_name.as_deref()),
             s("region", |r| r.region.as_deref()),
             s("cloud", |r| r.cloud.as_deref()),
-            match raw {
-                Raw::Kept => raw_column(rows, text_type(schema, "raw")),
-                Raw::Empty => empty_strings(n),
+            if keep("raw") || text_type(schema, "raw") != &DataType::Utf8 {
+                raw_column(rows, text_type(schema, "raw"))
+            } else {
+                empty.get_or_init(|| empty_strings(n)).clone()
             },
         ],
     )

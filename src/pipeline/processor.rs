@@ -2,6 +2,7 @@
 //! [`Intake`]), then evaluate the rules (the [`Evaluator`]). The pipeline runs the two halves
 //! on two threads, the evaluator behind; [`Processor`] runs them in series.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tracing::Instrument;
@@ -52,7 +53,8 @@ pub struct Intake {
     window: Window,
     /// Whether a loaded rule reads the audit events' `raw` (else the rules' batch leaves it
     /// empty); follows rule reloads.
-    rules_read_raw: bool,
+    /// The audit columns the loaded rules read: the only ones their batches carry.
+    rules_columns: BTreeSet<String>,
     telemetry: Telemetry,
     reloads: Option<mpsc::Receiver<crate::reload::Reloaded>>,
     /// Reloaded `sql` rules go to their own task.
@@ -75,7 +77,7 @@ impl Processor {
         telemetry: Telemetry,
         alerts_tx: broadcast::Sender<Alert>,
     ) -> Processor {
-        let rules_read_raw = rules.reads_raw(Source::Audit);
+        let rules_columns = rules.columns_read(Source::Audit);
         let evaluator = Evaluator::new(rules, &directory, window.clone(), telemetry.clone(), alerts_tx);
         let audit = AuditDecoder::new(config.decode.validate_schema, config.decode.max_record_bytes);
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -87,7 +89,7 @@ impl Processor {
             directory,
             dedupe: Dedupe::new(config.enrich.dedupe_horizon, config.enrich.dedupe_capacity),
             window,
-            rules_read_raw,
+            rules_columns,
             telemetry,
             reloads: None,
             sql_updates: None,
@@ -192,7 +194,7 @@ impl Intake {
                 {
                     tracing::warn!("sql rules not reloaded: their task is busy or stopped");
                 }
-                self.rules_read_raw = rules.iter().any(|r| r.meta.source == Source::Audit && r.meta.reads_raw);
+                self.rules_columns = crate::rules::engine::columns_read(&rules, Source::Audit);
                 step.rules = Some(rules);
             }
         }
@@ -286,15 +288,12 @@ impl Intake {
             .get_or_create(&StreamLabel { stream: "metrics" })
             .inc_by(batch.metrics.len() as u64);
         // The SQL window takes rows as they come, built by minute straight into its stored form;
-        // the rules' batches carry `raw` only when a rule reads it.
+        // the rules' batches carry only the columns some rule reads.
         if !batch.audit.is_empty() {
             let newest = batch.audit.iter().map(|r| r.time_us).max().unwrap_or(now);
             (self.window.audit).append_rows(&batch.audit, |r| r.time_us, tables::audit_batch_as, newest);
-            step.audit = Some(if self.rules_read_raw {
-                tables::audit_batch(&batch.audit)
-            } else {
-                tables::audit_batch_without_raw(&batch.audit)
-            });
+            let columns = &self.rules_columns;
+            step.audit = Some(tables::audit_batch_keeping(&batch.audit, &|c| columns.contains(c)));
         }
         if !batch.metrics.is_empty() {
             let newest = batch.metrics.iter().map(|m| m.time_us).max().unwrap_or(now);

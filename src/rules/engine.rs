@@ -2,7 +2,7 @@
 //! through a [`Reorder`] buffer per table released by the table's [`super::clock`]; alerts are
 //! evaluated as they come.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -98,7 +98,10 @@ fn without_raw(batch: RecordBatch) -> RecordBatch {
     let Ok(index) = batch.schema().index_of("raw") else {
         return batch;
     };
-    if batch.column(index).data_type() != &datafusion::arrow::datatypes::DataType::Utf8 {
+    let column = batch.column(index);
+    if column.data_type() != &datafusion::arrow::datatypes::DataType::Utf8
+        || column.as_any().downcast_ref::<StringArray>().is_some_and(|s| s.values().is_empty())
+    {
         return batch;
     }
     let empty = datafusion::arrow::array::StringArray::new(
@@ -109,6 +112,22 @@ fn without_raw(batch: RecordBatch) -> RecordBatch {
     let mut columns = batch.columns().to_vec();
     columns[index] = std::sync::Arc::new(empty);
     RecordBatch::try_new(batch.schema(), columns).unwrap_or(batch)
+}
+
+/// The columns of `source`'s table that `rules` read: what each rule names (its `where`,
+/// `group_by`, `distinct`, `field`, templates), plus what every evaluation reads (`time`, `id`
+/// for evidence) and what names a principal in an alert (`principal`, `auth_identifier`).
+/// A batch for the rules may leave every other text column empty: building and buffering the
+/// columns no rule reads was most of the cost of handing rows to the rules.
+pub fn columns_read(rules: &[Rule], source: Source) -> BTreeSet<String> {
+    let mut columns: BTreeSet<String> = ["time", "id", "principal", "auth_identifier"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    for rule in rules.iter().filter(|r| r.meta.source == source) {
+        columns.extend(rule.meta.columns.iter().cloned());
+    }
+    columns
 }
 
 /// Labels of a series: group-by column names to the key's values.
@@ -253,6 +272,12 @@ impl RuleEngine {
     /// Whether a loaded rule over `source` reads its `raw` column.
     pub fn reads_raw(&self, source: Source) -> bool {
         self.rules.iter().any(|r| r.meta.source == source && r.meta.reads_raw)
+    }
+
+    /// The columns of `source`'s table a batch must carry for the loaded rules (see
+    /// [`columns_read`]).
+    pub fn columns_read(&self, source: Source) -> BTreeSet<String> {
+        columns_read(&self.rules, source)
     }
 
     /// Rows waiting for their clock, per table (audit, metrics).
@@ -539,5 +564,47 @@ mod clock_tests {
             .downcast_ref::<datafusion::arrow::array::StringArray>()
             .unwrap();
         assert_eq!((raw.len(), raw.value(0)), (1, ""));
+    }
+    /// The rules' batches carry only the columns some rule reads, and the alerts come out the
+    /// same: a template naming a column no condition reads still gets its value.
+    #[test]
+    fn batches_carry_only_the_columns_the_rules_read() {
+        let text = "groups:\n  - name: g\n    rules:\n      - id: denied\n        kind: match\n        where: \"granted = false\"\n        group_by: [cluster_id]\n        severity: low\n        summary: \"{{ resource_name }} denied on {{ cluster_id }}\"\n";
+        let rules = super::super::parse_rules(&SessionContext::new(), text, Path::new("r.yaml")).unwrap();
+        let mut columns = rules[0].meta.columns.clone();
+        columns.sort();
+        assert_eq!(columns, ["cluster_id", "granted", "resource_name"]);
+        let engine = RuleEngine::new(rules);
+        let read = engine.columns_read(Source::Audit);
+        assert_eq!(
+            read.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["auth_identifier", "cluster_id", "granted", "id", "principal", "resource_name", "time"]
+        );
+
+        let rows = [AuditRow {
+            resource_name: Some("payments".into()),
+            cluster_id: Some("lkc-1".into()),
+            result_message: Some("nobody reads this".into()),
+            raw: Arc::from(&b"{\"big\": 1}"[..]),
+            ..denied(100, 0)
+        }];
+        let batch = crate::event::arrow::audit_batch_keeping(&rows, &|c| read.contains(c));
+        let text_of = |column: &str| {
+            let array = batch.column_by_name(column).unwrap();
+            array.as_any().downcast_ref::<StringArray>().unwrap().value(0).to_owned()
+        };
+        assert_eq!(text_of("resource_name"), "payments");
+        assert_eq!((text_of("result_message"), text_of("raw")), (String::new(), String::new()));
+        assert_eq!(batch.schema(), audit_batch(&rows).schema(), "batches still concatenate");
+
+        let topic: Arc<str> = Arc::from("audit");
+        let mut clock = EventClock::new(std::time::Duration::from_secs(30), std::time::Duration::ZERO);
+        clock.assign(&topic, 0, 0);
+        clock.observe(&topic, 0, rows[0].time_us, 0);
+        let mut engine = engine;
+        let mut alerts = engine.ingest(Source::Audit, Some(batch), clock.watermark(0)).0;
+        alerts.extend(engine.ingest(Source::Audit, None, clock.watermark(30 * S)).0);
+        let summaries: Vec<&str> = alerts.iter().map(|a| a.summary.as_str()).collect();
+        assert_eq!(summaries, ["payments denied on lkc-1"]);
     }
 }

@@ -363,11 +363,14 @@ fn validate(ctx: &SessionContext, r: RawRule, group: &str, text: &str, path: &Pa
             format!("`{}` is not one of info, low, medium, high, critical", r.severity),
         ));
     }
+    // What the templates name: the row columns among them are read from the batch.
+    let mut template_names = std::collections::BTreeSet::new();
     for (field, template) in [("summary", Some(&r.summary)), ("description", r.description.as_ref())] {
-        if let Some(t) = template
-            && let Err(e) = TEMPLATES.template_from_str(t)
-        {
-            return Err(fields.err(field, format!("bad template: {e}")));
+        if let Some(t) = template {
+            match TEMPLATES.template_from_str(t) {
+                Ok(compiled) => template_names.extend(compiled.undeclared_variables(false)),
+                Err(e) => return Err(fields.err(field, format!("bad template: {e}"))),
+            }
         }
     }
     let repeat_interval_us = fields
@@ -387,17 +390,18 @@ fn validate(ctx: &SessionContext, r: RawRule, group: &str, text: &str, path: &Pa
             return Err(fields.err(field, format!("unknown column `{column}`")));
         }
     }
-    let reads_raw = r
-        .group_by
-        .iter()
-        .chain(r.distinct.iter())
-        .chain(r.field.iter())
-        .any(|c| c == "raw")
-        || r.where_.as_deref().is_some_and(|sql| {
-            super::predicate::column_names(ctx, sql, schema)
-                .iter()
-                .any(|c| c == "raw")
-        });
+    let mut columns: std::collections::BTreeSet<String> =
+        r.group_by.iter().chain(r.distinct.iter()).chain(r.field.iter()).cloned().collect();
+    if let Some(sql) = r.where_.as_deref() {
+        columns.extend(super::predicate::column_names(ctx, sql, schema));
+    }
+    let reads_raw = columns.contains("raw");
+    // Templates see a row's columns but `raw` (see `BatchView::row_context`).
+    columns.extend(
+        template_names
+            .into_iter()
+            .filter(|n| n != "raw" && schema.field_with_name(n).is_ok()),
+    );
     let kind = match r.kind.as_str() {
         "match" => RuleKind::Match(MatchRule::validate(&fields)?),
         "count" => RuleKind::Count(CountRule::validate(&fields)?),
@@ -426,6 +430,7 @@ fn validate(ctx: &SessionContext, r: RawRule, group: &str, text: &str, path: &Pa
             file: path.to_owned(),
             fingerprint,
             reads_raw,
+            columns: columns.into_iter().collect(),
             directory: None,
         },
         kind,

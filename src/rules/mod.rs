@@ -99,6 +99,10 @@ pub struct RuleMeta {
     /// Whether the rule reads the `raw` column (its `where`, `group_by`, `distinct` or
     /// `field`). Rows wait for the rules without their `raw` when no rule reads it.
     pub reads_raw: bool,
+    /// The columns of its table the rule reads: its `where`, `group_by`, `distinct`, `field`,
+    /// and the row columns its templates name. Rows wait for the rules with only the columns
+    /// some rule reads (see [`engine::RuleEngine::columns_read`]).
+    pub columns: Vec<String>,
     /// Names principals in alerts (`payments-batch (sa-m3n8zd, Tech03)`), when configured.
     pub directory: Option<std::sync::Arc<crate::enrich::directory::Directory>>,
 }

@@ -155,10 +155,11 @@ pub(super) fn run(
         }
         let mut raised = Vec::new();
         let audit = (!audit.is_empty()).then(|| {
-            let b = tables::audit_batch(&audit);
             let newest = audit.iter().map(|r| r.time_us).max().unwrap_or(end);
-            window.audit.append(b.clone(), newest);
-            b
+            window.audit.append(tables::audit_batch(&audit), newest);
+            // The rules get what the pipeline gives them: only the columns some rule reads.
+            let read = engine.columns_read(Source::Audit);
+            tables::audit_batch_keeping(&audit, &|c| read.contains(c))
         });
         raised.extend(engine.ingest(Source::Audit, audit, clocks[0].watermark(0)).0);
         let metrics = (!metrics.is_empty()).then(|| {

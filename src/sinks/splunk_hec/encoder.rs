@@ -22,9 +22,6 @@ pub const METRIC_SOURCETYPE: &str = "auditflow:metric";
 pub struct Encoder<'a> {
     config: &'a HecSinkConfig,
     pub bodies: Vec<Body>,
-    /// The event being encoded: one buffer for all of them, so encoding allocates per body,
-    /// not per event.
-    scratch: Vec<u8>,
     /// Where a new body's buffer comes from, when the sink keeps delivered ones.
     buffers: Option<&'a BodyBuffers>,
 }
@@ -123,7 +120,6 @@ impl<'a> Encoder<'a> {
         Encoder {
             config,
             bodies: Vec::new(),
-            scratch: Vec::with_capacity(4096),
             buffers: None,
         }
     }
@@ -136,43 +132,60 @@ impl<'a> Encoder<'a> {
         }
     }
 
-    fn current(&mut self, next_len: usize) -> &mut Body {
+    /// The body the next event goes to: the last one, unless it holds `batch_max_events`
+    /// already or is over `batch_max_bytes` (an event bigger than that on its own).
+    fn current(&mut self) -> &mut Body {
         let full = self.bodies.last().is_none_or(|b| {
             !b.starts.is_empty()
-                && (b.bytes.len() + next_len > self.config.batch_max_bytes
-                    || b.starts.len() >= self.config.batch_max_events)
+                && (b.bytes.len() > self.config.batch_max_bytes || b.starts.len() >= self.config.batch_max_events)
         });
         if full {
-            let bytes = self.buffers.map(BodyBuffers::take).unwrap_or_default();
-            self.bodies.push(Body {
-                bytes: std::sync::Arc::new(bytes),
-                starts: Vec::new(),
-            });
+            self.new_body();
         }
         self.bodies.last_mut().expect("pushed above")
     }
 
-    /// Moves the encoded event from `scratch` into the current body.
-    fn push_event(&mut self) {
-        let event = std::mem::take(&mut self.scratch);
-        let body = self.current(event.len());
-        body.starts.push(body.bytes.len());
-        // Not shared while it is being filled: no copy.
-        std::sync::Arc::make_mut(&mut body.bytes).extend_from_slice(&event);
-        self.scratch = event;
+    fn new_body(&mut self) {
+        let bytes = self.buffers.map(BodyBuffers::take).unwrap_or_default();
+        self.bodies.push(Body {
+            bytes: std::sync::Arc::new(bytes),
+            starts: Vec::new(),
+        });
     }
 
-    /// Starts an event in `scratch` with its envelope.
+    /// Ends the event written at the end of the current body. One that took the body past
+    /// `batch_max_bytes` moves to a new body (once per body; every other event is written
+    /// where it stays, not copied from a scratch buffer).
+    fn push_event(&mut self) {
+        let max_bytes = self.config.batch_max_bytes;
+        let body = self.bodies.last_mut().expect("envelope started the event in a body");
+        if body.starts.len() < 2 || body.bytes.len() <= max_bytes {
+            return;
+        }
+        let start = body.starts.pop().expect("the body holds this event");
+        let bytes = std::sync::Arc::make_mut(&mut body.bytes);
+        let event = bytes[start..].to_vec();
+        bytes.truncate(start);
+        self.new_body();
+        let body = self.bodies.last_mut().expect("pushed above");
+        body.starts.push(0);
+        std::sync::Arc::make_mut(&mut body.bytes).extend_from_slice(&event);
+    }
+
+    /// Starts an event at the end of the current body, with its envelope.
     fn envelope(&mut self, time_us: i64, sourcetype: &str, index: Option<&str>) -> &mut Vec<u8> {
-        let out = &mut self.scratch;
-        out.clear();
+        let config = self.config;
+        let body = self.current();
+        body.starts.push(body.bytes.len());
+        // Not shared while it is being filled: no copy.
+        let out = std::sync::Arc::make_mut(&mut body.bytes);
         out.extend_from_slice(b"{\"time\":");
         write_epoch_seconds(out, time_us);
         out.extend_from_slice(b",\"sourcetype\":\"");
         out.extend_from_slice(sourcetype.as_bytes());
         out.extend_from_slice(b"\",\"source\":");
-        write_str(out, &self.config.source);
-        if let Some(host) = &self.config.host {
+        write_str(out, &config.source);
+        if let Some(host) = &config.host {
             out.extend_from_slice(b",\"host\":");
             write_str(out, host);
         }
@@ -191,8 +204,10 @@ impl<'a> Encoder<'a> {
             if i > 0 {
                 out.push(b',');
             }
-            write_str(out, k);
-            out.push(b':');
+            // Keys are our own plain names (a test holds them to that): no escaping to do.
+            out.push(b'"');
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(b"\":");
             write_str(out, v);
         }
         out.extend_from_slice(b"},\"event\":");
@@ -332,6 +347,47 @@ mod tests {
         assert!(std::str::from_utf8(&body.bytes).unwrap().contains("170112233445566901"));
     }
 
+    /// Field names are written without escaping: every one must be a plain name.
+    #[test]
+    fn audit_field_names_need_no_escaping() {
+        let text = |s: &str| Some(crate::event::Text::from(s));
+        let row = AuditRow {
+            cluster_id: text("lkc-1"),
+            organization: text("o"),
+            environment: text("env-1"),
+            resource_app: text("payments"),
+            principal_app: text("batch"),
+            cross_namespace: Some(true),
+            auth_identifier: text("KEY"),
+            principal: text("User:sa-1"),
+            method: text("kafka.Produce"),
+            operation: text("Write"),
+            resource_type: text("Topic"),
+            resource_name: text("or\"ders"),
+            client_ip: text("10.0.0.1"),
+            client_port: Some(9092),
+            client_id: text("client"),
+            result_status: text("SUCCESS"),
+            result_message: text("ok"),
+            granted: Some(true),
+            service: text("crn://confluent.cloud/kafka=lkc-1"),
+            event_type: crate::event::Text::from("io.confluent.kafka.server/authorization"),
+            raw: std::sync::Arc::from(&b"{}"[..]),
+            ..AuditRow::default()
+        };
+        let names: Vec<&str> = audit_fields(&row).iter().map(|(k, _)| *k).collect();
+        assert!(names.len() > 15, "{names:?}");
+        for name in &names {
+            assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "{name}");
+        }
+        let cfg = config();
+        let mut e = Encoder::new(&cfg);
+        e.audit(&row);
+        let v: Value = serde_json::from_slice(&e.bodies[0].bytes).unwrap();
+        assert_eq!(v["fields"]["object"], "or\"ders", "values are escaped");
+        assert_eq!(v["fields"].as_object().unwrap().len(), names.len());
+    }
+
     #[test]
     fn event_times_are_exact_decimal_seconds() {
         let text = |us: i64| {
@@ -368,7 +424,7 @@ mod tests {
         let mut e = Encoder::new(&cfg);
         let row = AuditRow {
             id: "x".into(),
-            raw: std::sync::Arc::from(vec![b'1'; 1000]),
+            raw: std::sync::Arc::from(format!("\"{}\"", "a".repeat(998)).into_bytes()),
             ..AuditRow::default()
         };
         for _ in 0..10 {
@@ -376,6 +432,17 @@ mod tests {
         }
         assert!(e.bodies.len() >= 3);
         assert!(e.bodies.iter().all(|b| b.bytes.len() <= 4096));
+        // Every event whole, each in the first body it fits: a body ends only where the next
+        // event would have taken it past the limit.
+        assert_eq!(e.bodies.iter().map(Body::num_events).sum::<usize>(), 10);
+        for (i, b) in e.bodies.iter().enumerate() {
+            for j in 0..b.num_events() {
+                serde_json::from_slice::<Value>(b.event(j)).unwrap();
+            }
+            if let Some(next) = e.bodies.get(i + 1) {
+                assert!(b.bytes.len() + next.event(0).len() > 4096);
+            }
+        }
         let (a, b) = e.bodies[0].split();
         assert_eq!(a.num_events() + b.num_events(), e.bodies[0].num_events());
         assert_eq!([a.bytes.as_slice(), b.bytes.as_slice()].concat(), *e.bodies[0].bytes);
@@ -387,7 +454,7 @@ mod tests {
         let buffers = BodyBuffers::new(3);
         let row = AuditRow {
             id: "x".into(),
-            raw: std::sync::Arc::from(vec![b'1'; 1000]),
+            raw: std::sync::Arc::from(format!("\"{}\"", "a".repeat(998)).into_bytes()),
             ..AuditRow::default()
         };
         let mut e = Encoder::with_buffers(&cfg, &buffers);
