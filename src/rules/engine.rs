@@ -100,7 +100,10 @@ fn without_raw(batch: RecordBatch) -> RecordBatch {
     };
     let column = batch.column(index);
     if column.data_type() != &datafusion::arrow::datatypes::DataType::Utf8
-        || column.as_any().downcast_ref::<StringArray>().is_some_and(|s| s.values().is_empty())
+        || column
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .is_some_and(|s| s.values().is_empty())
     {
         return batch;
     }
@@ -578,7 +581,15 @@ mod clock_tests {
         let read = engine.columns_read(Source::Audit);
         assert_eq!(
             read.iter().map(String::as_str).collect::<Vec<_>>(),
-            ["auth_identifier", "cluster_id", "granted", "id", "principal", "resource_name", "time"]
+            [
+                "auth_identifier",
+                "cluster_id",
+                "granted",
+                "id",
+                "principal",
+                "resource_name",
+                "time"
+            ]
         );
 
         let rows = [AuditRow {
@@ -591,10 +602,18 @@ mod clock_tests {
         let batch = crate::event::arrow::audit_batch_keeping(&rows, &|c| read.contains(c));
         let text_of = |column: &str| {
             let array = batch.column_by_name(column).unwrap();
-            array.as_any().downcast_ref::<StringArray>().unwrap().value(0).to_owned()
+            array
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .value(0)
+                .to_owned()
         };
         assert_eq!(text_of("resource_name"), "payments");
-        assert_eq!((text_of("result_message"), text_of("raw")), (String::new(), String::new()));
+        assert_eq!(
+            (text_of("result_message"), text_of("raw")),
+            (String::new(), String::new())
+        );
         assert_eq!(batch.schema(), audit_batch(&rows).schema(), "batches still concatenate");
 
         let topic: Arc<str> = Arc::from("audit");

@@ -390,8 +390,13 @@ fn validate(ctx: &SessionContext, r: RawRule, group: &str, text: &str, path: &Pa
             return Err(fields.err(field, format!("unknown column `{column}`")));
         }
     }
-    let mut columns: std::collections::BTreeSet<String> =
-        r.group_by.iter().chain(r.distinct.iter()).chain(r.field.iter()).cloned().collect();
+    let mut columns: std::collections::BTreeSet<String> = r
+        .group_by
+        .iter()
+        .chain(r.distinct.iter())
+        .chain(r.field.iter())
+        .cloned()
+        .collect();
     if let Some(sql) = r.where_.as_deref() {
         columns.extend(super::predicate::column_names(ctx, sql, schema));
     }

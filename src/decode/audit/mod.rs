@@ -91,8 +91,7 @@ impl AuditDecoder {
         // schema's types refuse and `schema_problem` checks the rest, so an event that passes
         // both satisfies the schema. The record's UTF-8 is checked once, whole (the parser
         // reading from a `str` does not check each string again; that was ~a third of parsing).
-        if let Ok(text) = std::str::from_utf8(json)
-            && let Ok(Object(envelope)) = serde_json::from_str::<Object<Envelope>>(text)
+        if let Some(envelope) = typed_view(json)
             && (self.validator.is_none() || envelope.schema_problem().is_none())
         {
             let raw = match shared {
@@ -122,6 +121,16 @@ impl AuditDecoder {
             Object::<Envelope>::deserialize(&value).map_err(|e| DecodeError::InvalidEvent(e.to_string()))?;
         to_row(envelope, Arc::from(json), &mut self.strings)
     }
+}
+
+/// The typed view of `json`, or `None` when the bytes are not UTF-8 or not an event the typed
+/// view reads. The test `typed_checks_never_pass_what_the_schema_refuses` holds this function
+/// to the schema. (sonic-rs in place of `serde_json` here was measured: 4-11% slower.)
+fn typed_view(json: &[u8]) -> Option<Envelope<'_>> {
+    let text = std::str::from_utf8(json).ok()?;
+    serde_json::from_str::<Object<Envelope>>(text)
+        .ok()
+        .map(|Object(envelope)| envelope)
 }
 
 #[cfg(test)]
@@ -267,6 +276,32 @@ mod tests {
     }
 
     #[test]
+    fn json_that_is_not_json_is_refused_by_both_paths() {
+        // A valid event, then the same with one flaw each: the fast path must refuse what a
+        // strict JSON parser refuses (the raw event is forwarded to Splunk as it is).
+        let good = r#"{"id":"x","specversion":"1.0","source":"s","type":"t","time":"2026-11-24T09:15:03.001Z","data":{"methodName":"m"}}"#;
+        assert!(typed_view(good.as_bytes()).is_some());
+        let flawed = [
+            good.replace("\"m\"", "\"m\u{1}\""),
+            good.replace("\"m\"", "\"a\tb\""),
+            good.replace("\"m\"", "\"a\\xb\""),
+            good.replace("\"m\"", "'m'"),
+            good.replace("\"m\"}", "\"m\",}"),
+            good.replace("\"m\"", "NaN"),
+            good.replace("\"data\"", "data"),
+            format!("{good} x"),
+            format!("{good}{good}"),
+            good.replace("}}", "}"),
+        ];
+        let mut d = AuditDecoder::new(true, 1 << 20);
+        for text in &flawed {
+            assert!(serde_json::from_str::<Value>(text).is_err(), "not JSON: {text}");
+            assert!(typed_view(text.as_bytes()).is_none(), "fast path accepts {text}");
+            assert_eq!(d.decode(text.as_bytes()).unwrap_err().class(), "NotJson", "{text}");
+        }
+    }
+
+    #[test]
     fn malformed_inputs_are_errors_not_panics() {
         let mut d = AuditDecoder::new(true, 1 << 20);
         let cases: Vec<(Vec<u8>, &str)> = vec![
@@ -335,7 +370,7 @@ mod tests {
     }
 
     fn fast_path_accepts(bytes: &[u8]) -> bool {
-        matches!(serde_json::from_slice::<Object<Envelope>>(bytes), Ok(Object(e)) if e.schema_problem().is_none())
+        typed_view(bytes).is_some_and(|e| e.schema_problem().is_none())
     }
 
     /// Regression guard for the fast path: remove, or replace with a value of every JSON type,
