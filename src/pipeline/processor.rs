@@ -51,9 +51,8 @@ pub struct Intake {
     directory: Arc<Directory>,
     dedupe: Dedupe,
     window: Window,
-    /// Whether a loaded rule reads the audit events' `raw` (else the rules' batch leaves it
-    /// empty); follows rule reloads.
-    /// The audit columns the loaded rules read: the only ones their batches carry.
+    /// The audit columns the loaded rules read: the only ones their batches carry; follows
+    /// rule reloads.
     rules_columns: BTreeSet<String>,
     telemetry: Telemetry,
     reloads: Option<mpsc::Receiver<crate::reload::Reloaded>>,

@@ -390,23 +390,6 @@ fn validate(ctx: &SessionContext, r: RawRule, group: &str, text: &str, path: &Pa
             return Err(fields.err(field, format!("unknown column `{column}`")));
         }
     }
-    let mut columns: std::collections::BTreeSet<String> = r
-        .group_by
-        .iter()
-        .chain(r.distinct.iter())
-        .chain(r.field.iter())
-        .cloned()
-        .collect();
-    if let Some(sql) = r.where_.as_deref() {
-        columns.extend(super::predicate::column_names(ctx, sql, schema));
-    }
-    let reads_raw = columns.contains("raw");
-    // Templates see a row's columns but `raw` (see `BatchView::row_context`).
-    columns.extend(
-        template_names
-            .into_iter()
-            .filter(|n| n != "raw" && schema.field_with_name(n).is_ok()),
-    );
     let kind = match r.kind.as_str() {
         "match" => RuleKind::Match(MatchRule::validate(&fields)?),
         "count" => RuleKind::Count(CountRule::validate(&fields)?),
@@ -421,6 +404,21 @@ fn validate(ctx: &SessionContext, r: RawRule, group: &str, text: &str, path: &Pa
             ));
         }
     };
+    // What the rule reads: its `where` (as compiled), `group_by`, `distinct`, `field`, and the
+    // row columns its templates name (they see every column but `raw`: `BatchView::row_context`).
+    let mut columns: std::collections::BTreeSet<String> = r
+        .group_by
+        .iter()
+        .chain(r.distinct.iter())
+        .chain(r.field.iter())
+        .cloned()
+        .collect();
+    columns.extend(kind.predicate().into_iter().flat_map(|p| p.columns().iter().cloned()));
+    columns.extend(
+        template_names
+            .into_iter()
+            .filter(|n| n != "raw" && schema.field_with_name(n).is_ok()),
+    );
     Ok(Rule {
         meta: RuleMeta {
             id: r.id.clone(),
@@ -434,7 +432,6 @@ fn validate(ctx: &SessionContext, r: RawRule, group: &str, text: &str, path: &Pa
             labels: r.labels.clone(),
             file: path.to_owned(),
             fingerprint,
-            reads_raw,
             columns: columns.into_iter().collect(),
             directory: None,
         },

@@ -96,9 +96,6 @@ pub struct RuleMeta {
     /// The rule's definition as loaded: a reload keeps the state of rules whose fingerprint
     /// did not change.
     pub fingerprint: String,
-    /// Whether the rule reads the `raw` column (its `where`, `group_by`, `distinct` or
-    /// `field`). Rows wait for the rules without their `raw` when no rule reads it.
-    pub reads_raw: bool,
     /// The columns of its table the rule reads: its `where`, `group_by`, `distinct`, `field`,
     /// and the row columns its templates name. Rows wait for the rules with only the columns
     /// some rule reads (see [`engine::RuleEngine::columns_read`]).
@@ -110,6 +107,12 @@ pub struct RuleMeta {
 pub(crate) static TEMPLATES: LazyLock<minijinja::Environment<'static>> = LazyLock::new(minijinja::Environment::new);
 
 impl RuleMeta {
+    /// Whether the rule reads the `raw` column (templates never see it). Rows wait for the
+    /// rules without their `raw` when no rule reads it.
+    pub fn reads_raw(&self) -> bool {
+        self.columns.iter().any(|c| c == "raw")
+    }
+
     pub fn render(&self, template: &str, ctx: &BTreeMap<String, minijinja::Value>) -> String {
         TEMPLATES
             .render_str(template, ctx)

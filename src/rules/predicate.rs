@@ -57,6 +57,11 @@ impl Predicate {
         })
     }
 
+    /// The columns the expression reads, in the table's order.
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
     /// Rows for which the predicate is true (NULL counts as false).
     pub fn evaluate(&self, batch: &RecordBatch) -> Result<BooleanArray, String> {
         if batch.num_rows() == 0 {
@@ -84,17 +89,6 @@ impl Predicate {
         } else {
             Ok(mask.iter().map(|v| Some(v.unwrap_or(false))).collect())
         }
-    }
-}
-
-/// The columns `sql` names (none when it does not parse: compiling reports that).
-pub fn column_names(ctx: &SessionContext, sql: &str, schema: &SchemaRef) -> Vec<String> {
-    let Ok(df_schema) = DFSchema::try_from(schema.as_ref().clone()) else {
-        return Vec::new();
-    };
-    match ctx.parse_sql_expr(sql, &df_schema) {
-        Ok(expr) => expr.column_refs().into_iter().map(|c| c.name.clone()).collect(),
-        Err(_) => Vec::new(),
     }
 }
 

@@ -1,0 +1,45 @@
+use std::path::Path;
+
+use datafusion::execution::context::SessionContext;
+
+use super::*;
+use crate::event::AuditRow;
+use crate::event::arrow::audit_batch;
+
+const PACK: &str = "groups:\n  - name: g\n    rules:\n      - id: burst\n        kind: count\n        where: \"granted = false\"\n        window: 5m\n        threshold: 3\n        severity: low\n        summary: s\n      - id: other\n        kind: match\n        where: \"granted = true\"\n        severity: low\n        summary: s\n";
+
+fn denied(t: i64) -> AuditRow {
+    AuditRow {
+        time_us: t,
+        id: format!("e{t}"),
+        granted: Some(false),
+        raw: Arc::from(&b"{}"[..]),
+        ..AuditRow::default()
+    }
+}
+
+/// Regression for issue 3 (hot reload): an unchanged rule keeps its window across a reload.
+#[test]
+fn reload_keeps_the_state_of_unchanged_rules() {
+    let ctx = SessionContext::new();
+    let load = |text: &str| super::super::parse_rules(&ctx, text, Path::new("r.yaml")).unwrap();
+    let mut engine = RuleEngine::new(load(PACK));
+    assert!(
+        engine
+            .evaluate(Source::Audit, &audit_batch(&[denied(1), denied(2)]))
+            .0
+            .is_empty()
+    );
+    // Change only the other rule: `burst` keeps its two events.
+    let (kept, fresh, removed) = engine.replace(load(&PACK.replace("granted = true", "granted IS NULL")));
+    assert_eq!((kept, fresh, removed), (1, 1, 0));
+    let (alerts, _) = engine.evaluate(Source::Audit, &audit_batch(&[denied(3)]));
+    assert_eq!(
+        alerts.len(),
+        1,
+        "the third event completes the burst started before the reload"
+    );
+    // Changing `burst` itself starts it afresh.
+    engine.replace(load(&PACK.replace("threshold: 3", "threshold: 2")));
+    assert!(engine.evaluate(Source::Audit, &audit_batch(&[denied(4)])).0.is_empty());
+}
