@@ -203,7 +203,7 @@ fn bench_rules(c: &mut Criterion) {
     // Built on first use, so that selecting another bench does not pay for filling 3M series
     // (long enough to distort a profile of it).
     let fill = || {
-        let raw: std::sync::Arc<[u8]> = std::sync::Arc::from(&b"{}"[..]);
+        let raw = auditflow::event::Raw::from(&b"{}"[..]);
         let batches: Vec<_> = (0..SERIES / BATCH)
             .map(|b| {
                 let rows: Vec<AuditRow> = (0..BATCH)

@@ -8,18 +8,17 @@
 //! `cargo test --benches` it runs 100,000 rows).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auditflow::event::arrow::{audit_batch, metrics_batch};
-use auditflow::event::{AuditRow, AuthzVia, MetricKind, MetricSample, PrincipalType, now_us};
+use auditflow::event::{AuditRow, AuthzVia, MetricKind, MetricSample, PrincipalType, Raw, now_us};
 use auditflow::query::engine::QueryEngine;
 use auditflow::query::window::{Window, WindowTable};
 
 const BATCH: usize = 2000;
 const HOUR_US: i64 = 3_600_000_000;
 
-fn audit_rows(start: usize, n: usize, end_us: i64, total: usize, raw: &Arc<[u8]>) -> Vec<AuditRow> {
+fn audit_rows(start: usize, n: usize, end_us: i64, total: usize, raw: &Raw) -> Vec<AuditRow> {
     (start..start + n)
         .map(|i| {
             // Spread evenly over the hour ending at `end_us`, oldest first.
@@ -109,7 +108,7 @@ fn metric_samples(start: usize, n: usize, end_us: i64, total: usize) -> Vec<Metr
         .collect()
 }
 
-fn fill_audit(table: &WindowTable, rows: usize, end_us: i64, raw: &Arc<[u8]>) {
+fn fill_audit(table: &WindowTable, rows: usize, end_us: i64, raw: &Raw) {
     for start in (0..rows).step_by(BATCH) {
         let batch = audit_rows(start, BATCH.min(rows - start), end_us, rows, raw);
         let newest = batch.last().map_or(end_us, |r| r.time_us);
@@ -136,7 +135,7 @@ fn main() {
         .unwrap();
     let end_us = now_us();
     let window = Window::new(Duration::from_secs(3600 + 600));
-    let empty: Arc<[u8]> = Arc::from(&b""[..]);
+    let empty = Raw::default();
 
     let started = Instant::now();
     fill_audit(&window.audit, rows, end_us, &empty);
@@ -157,7 +156,7 @@ fn main() {
 
     // With a ~1 KB raw event per row, on a tenth of the rows.
     let with_raw_rows = (rows / 10).max(BATCH);
-    let raw: Arc<[u8]> = Arc::from(vec![b'x'; 1024]);
+    let raw = Raw::from(vec![b'x'; 1024]);
     let raw_window = Window::new(Duration::from_secs(3600 + 600));
     fill_audit(&raw_window.audit, with_raw_rows, end_us, &raw);
     println!(

@@ -235,7 +235,7 @@ mod tests {
             .map(|i| AuditRow {
                 time_us: 1_700_000_000_000_000 + i,
                 id: format!("id-{i}"),
-                raw: Arc::from(&b"{}"[..]),
+                raw: crate::event::Raw::from(&b"{}"[..]),
                 origin: Some(Origin {
                     topic: "audit".into(),
                     partition: 0,
@@ -246,8 +246,6 @@ mod tests {
             .collect();
         archive_batch(&rows, &(0..n as usize).collect::<Vec<_>>())
     }
-
-    use std::sync::Arc;
 
     #[test]
     fn frames_survive_a_torn_tail_and_the_tail_is_cut_off() {

@@ -475,7 +475,7 @@ mod tests {
                     // Two hours of event time: files split by hour.
                     time_us: 1_796_230_000_000_000 + offset * 60_000_000,
                     id: format!("id-{offset}"),
-                    raw: Arc::from(format!("{{\"id\":\"id-{offset}\"}}").as_bytes()),
+                    raw: crate::event::Raw::from(format!("{{\"id\":\"id-{offset}\"}}").as_bytes()),
                     origin: Some(origin),
                     ..Default::default()
                 });

@@ -329,24 +329,45 @@ fn audit_batch_of<'r>(rows: &[&'r AuditRow], schema: &SchemaRef, keep: &dyn Fn(&
     )
 }
 
-/// `raw`, sized from the byte lengths (validating each row's UTF-8 once, not twice): plain
-/// strings, or string views over one buffer of exactly the rows' bytes (the window's form).
+/// `raw`: string views straight over the rows' shared chunks (the window's form: no byte is
+/// copied, see [`super::Raw`]), or plain strings sized from the byte lengths.
 fn raw_column(rows: &[&AuditRow], data_type: &DataType) -> ArrayRef {
-    let bytes: usize = rows.iter().map(|r| r.raw.len()).sum();
-    let values = rows.iter().map(|r| std::str::from_utf8(&r.raw).ok());
     if data_type == &DataType::Utf8View {
-        // One block holding every row: no doubling blocks half empty. A block's size is a u32;
-        // a batch past 4 GiB of raw text (none is) would go on in further blocks.
-        let block = u32::try_from(bytes.max(1)).unwrap_or(u32::MAX);
-        let mut b = StringViewBuilder::with_capacity(rows.len()).with_fixed_block_size(block);
-        for v in values {
-            b.append_option(v);
-        }
-        return Arc::new(b.finish());
+        return raw_views(rows);
     }
+    let bytes: usize = rows.iter().map(|r| r.raw.len()).sum();
     let mut b = StringBuilder::with_capacity(rows.len(), bytes);
-    for v in values {
-        b.append_option(v);
+    for r in rows {
+        b.append_option(std::str::from_utf8(&r.raw).ok());
+    }
+    Arc::new(b.finish())
+}
+
+/// Each distinct chunk becomes one block of the array (a poll's rows share one), and each row a
+/// view of its range: checked as UTF-8 once, as a plain string would be, but not copied.
+fn raw_views(rows: &[&AuditRow]) -> ArrayRef {
+    let mut b = StringViewBuilder::with_capacity(rows.len());
+    // Blocks by the chunk's address and length: two live chunks with bytes cannot share both.
+    let mut blocks: Vec<((usize, usize), u32)> = Vec::new();
+    for r in rows {
+        let (chunk, start) = r.raw.chunk();
+        let address = (chunk.as_ptr() as usize, chunk.len());
+        let block = match blocks.iter().find(|(a, _)| *a == address) {
+            Some(&(_, block)) => block,
+            None => {
+                let block = b.append_block(Buffer::from(chunk.clone()));
+                blocks.push((address, block));
+                block
+            }
+        };
+        let viewed = match (u32::try_from(start), u32::try_from(r.raw.len())) {
+            (Ok(start), Ok(len)) => b.try_append_view(block, start, len).is_ok(),
+            _ => false,
+        };
+        if !viewed {
+            // Not UTF-8 (the decoder refuses such records), or past a view's 4 GiB reach.
+            b.append_option(std::str::from_utf8(&r.raw).ok());
+        }
     }
     Arc::new(b.finish())
 }
@@ -432,7 +453,7 @@ mod tests {
         let row = AuditRow {
             id: "x".into(),
             event_type: "t".into(),
-            raw: Arc::from(&b"{}"[..]),
+            raw: crate::event::Raw::from(&b"{}"[..]),
             ..AuditRow::default()
         };
         let b = audit_batch(&[row]);
@@ -471,7 +492,7 @@ mod tests {
             id: "x".into(),
             event_type: "t".into(),
             principal: Some("User:1".into()),
-            raw: Arc::from(&b"{\"a\":1}"[..]),
+            raw: crate::event::Raw::from(&b"{\"a\":1}"[..]),
             ..AuditRow::default()
         };
         let (full, lean) = (audit_batch(std::slice::from_ref(&row)), audit_batch_without_raw(&[row]));

@@ -5,6 +5,9 @@
 //! stored for commit only when every sink has accepted it (see `source::kafka`).
 
 pub mod arrow;
+mod raw;
+
+pub use raw::{Raw, RawChunker};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,7 +24,7 @@ pub type Text = Arc<str>;
 /// sinks until they are acknowledged). Apart from `id`, they are shared [`Text`]: most fields
 /// repeat from event to event (types, methods, clusters, principals, topics), so the decoder
 /// hands out one copy of each recent value instead of allocating and freeing it per row. `raw`
-/// keeps the original JSON bytes, so sinks forward the event exactly as Confluent wrote it
+/// keeps the original JSON bytes (shared with the Kafka poll they came in, see [`Raw`]), so sinks forward the event exactly as Confluent wrote it
 /// (integers above 2^53 included) without re-serialising.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AuditRow {
@@ -60,8 +63,9 @@ pub struct AuditRow {
     pub environment_name: Option<Text>,
     pub region: Option<Text>,
     pub cloud: Option<Text>,
-    /// The original event JSON, Schema Registry framing removed.
-    pub raw: Arc<[u8]>,
+    /// The original event JSON, Schema Registry framing removed: a range of its poll's shared
+    /// chunk of payloads.
+    pub raw: Raw,
     /// Where the record was read, for the archive's offset accounting (none for rows built
     /// outside the pipeline).
     pub origin: Option<Origin>,

@@ -485,7 +485,7 @@ mod tests {
             offset,
             timestamp_ms: None,
             key: None,
-            payload: Some(Arc::from(payload.into_bytes())),
+            payload: Some(crate::event::Raw::from(payload.into_bytes())),
             headers: Vec::new(),
         };
         let mut positions = Positions::default();

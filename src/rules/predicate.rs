@@ -108,7 +108,7 @@ mod tests {
         let base = AuditRow {
             id: "1".into(),
             event_type: "t".into(),
-            raw: Arc::from(&b"{}"[..]),
+            raw: crate::event::Raw::from(&b"{}"[..]),
             ..AuditRow::default()
         };
         audit_batch(&[
@@ -158,7 +158,7 @@ mod tests {
                 event_type: if i % 50 == 0 { "auth" } else { "other" }.into(),
                 principal: Some(format!("User:sa-{}", i % 7).into()),
                 resource_name: Some(format!("topic-{i}").into()),
-                raw: Arc::from(&b"{}"[..]),
+                raw: crate::event::Raw::from(&b"{}"[..]),
                 ..AuditRow::default()
             })
             .collect();

@@ -323,8 +323,6 @@ fn lost(schema: &SchemaRef, batches: &[RecordBatch], error: datafusion::arrow::e
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::event::AuditRow;
     use crate::event::arrow::audit_batch;
@@ -337,7 +335,7 @@ mod tests {
             .map(|t| AuditRow {
                 time_us: (t * S as f64) as i64,
                 id: format!("e{t}"),
-                raw: Arc::from(&b"{}"[..]),
+                raw: crate::event::Raw::from(&b"{}"[..]),
                 ..AuditRow::default()
             })
             .collect();

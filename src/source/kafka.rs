@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
 
 use tokio_util::sync::CancellationToken;
@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Record, Stream};
 use crate::config::{Config, TopicsConfig};
 use crate::decode::intern::Interner;
+use crate::event::{Raw, RawChunker};
 use crate::telemetry::{PartitionLabel, Telemetry};
 
 /// Logs rebalances and notes that one happened; librdkafka does the rest. Its statistics give
@@ -196,13 +197,12 @@ pub async fn poll_batch(
         let take = carried.len().min(max);
         return Some(carried.drain(..take).collect());
     }
-    let mut records = Vec::with_capacity(max.min(4096));
     let tick = tokio::time::sleep(IDLE_TICK);
     tokio::pin!(tick);
     let first = loop {
         tokio::select! {
             _ = shutdown.cancelled() => return None,
-            _ = &mut tick => return Some(records),
+            _ = &mut tick => return Some(Vec::new()),
             m = consumer.recv() => match m {
                 Ok(m) => break m,
                 Err(e) => {
@@ -212,13 +212,14 @@ pub async fn poll_batch(
             }
         }
     };
-    records.push(detach(&first, topics));
-    drop(first);
+    // Held until the poll ends, so their payloads are copied into one chunk of the exact size.
+    let mut messages = Vec::with_capacity(max.min(4096));
+    messages.push(first);
     // Take what is ready, up to `max`: stop at `linger`, or sooner when nothing more arrives
     // within BATCH_IDLE (records come in fetch-sized bursts; waiting out the whole linger at a
     // low rate would only add latency).
     let deadline = tokio::time::Instant::now() + linger;
-    while records.len() < max {
+    while messages.len() < max {
         let cut = if downstream_idle.load(std::sync::atomic::Ordering::Acquire) {
             BATCH_IDLE_DOWNSTREAM_IDLE
         } else {
@@ -226,12 +227,12 @@ pub async fn poll_batch(
         };
         let idle = tokio::time::Instant::now() + cut;
         match tokio::time::timeout_at(deadline.min(idle), consumer.recv()).await {
-            Ok(Ok(m)) => records.push(detach(&m, topics)),
+            Ok(Ok(m)) => messages.push(m),
             Ok(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
             Err(_) => break,
         }
     }
-    Some(records)
+    Some(detach_all(&messages, topics))
 }
 
 /// The partitions assigned now, each with the table its topic feeds, if a rebalance changed them.
@@ -356,7 +357,7 @@ impl Backpressure {
                     }
                 }
                 m = consumer.recv(), if self.paused.is_some() => match m {
-                    Ok(m) => carried.push(detach(&m, topics)),
+                    Ok(m) => carried.extend(detach_all(std::slice::from_ref(&m), topics)),
                     Err(e) => tracing::warn!(error = %e, "kafka consumer error while paused"),
                 },
             }
@@ -383,9 +384,35 @@ fn topic_name(topic: &str) -> Arc<str> {
     NAMES.with_borrow_mut(|names| names.text(topic))
 }
 
-fn detach(m: &rdkafka::message::BorrowedMessage<'_>, topics: &TopicsConfig) -> Record {
+/// Detaches a poll's messages. Each stream's payloads are copied into one chunk of their exact
+/// total size (a `malloc` per poll, not per record; see [`Raw`]); audit and metrics apart, so the
+/// window, which keeps audit chunks, keeps no metrics bytes.
+fn detach_all(messages: &[BorrowedMessage<'_>], topics: &TopicsConfig) -> Vec<Record> {
+    let streams: Vec<Stream> = messages.iter().map(|m| stream_of(topics, m.topic())).collect();
+    let mut chunkers = [Stream::Audit, Stream::Metrics].map(|stream| {
+        let of_stream = || messages.iter().zip(&streams).filter(move |(_, s)| **s == stream);
+        let bytes = of_stream().filter_map(|(m, _)| m.payload()).map(<[u8]>::len).sum();
+        let mut chunker = RawChunker::with_capacity(bytes, of_stream().count());
+        for payload in of_stream().filter_map(|(m, _)| m.payload()) {
+            chunker.push(payload);
+        }
+        chunker.finish().into_iter()
+    });
+    messages
+        .iter()
+        .zip(streams)
+        .map(|(m, stream)| {
+            let payload = m.payload().map(|_| {
+                let raws = &mut chunkers[usize::from(stream == Stream::Metrics)];
+                raws.next().expect("one range per payload")
+            });
+            detach(m, stream, payload)
+        })
+        .collect()
+}
+
+fn detach(m: &BorrowedMessage<'_>, stream: Stream, payload: Option<Raw>) -> Record {
     let topic = m.topic();
-    let stream = stream_of(topics, topic);
     // Only metrics records are read by their headers (content type, metric name, cluster);
     // parsing an audit record's headers was 1.5% of a drain's CPU for nothing.
     let headers = match stream {
@@ -406,7 +433,7 @@ fn detach(m: &rdkafka::message::BorrowedMessage<'_>, topics: &TopicsConfig) -> R
         offset: m.offset(),
         timestamp_ms: m.timestamp().to_millis(),
         key: m.key().map(<[u8]>::to_vec),
-        payload: m.payload().map(Arc::from),
+        payload,
         headers,
     }
 }
@@ -425,6 +452,91 @@ mod tests {
     use super::*;
     use rdkafka::mocking::MockCluster;
     use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    /// A poll's audit payloads share one chunk, its metrics payloads another, and every record
+    /// reads back its own bytes, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_polls_payloads_share_one_chunk_per_stream() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("confluent-audit-log-events", 1, 1).unwrap();
+        cluster.create_topic("confluent-metrics", 1, 1).unwrap();
+        let bootstrap = cluster.bootstrap_servers();
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .unwrap();
+        let sent = [
+            ("confluent-audit-log-events", "audit-0"),
+            ("confluent-metrics", "metric-0"),
+            ("confluent-audit-log-events", "audit-1 longer"),
+            ("confluent-metrics", "metric-1"),
+            ("confluent-audit-log-events", "audit-2"),
+        ];
+        for (topic, payload) in sent {
+            let record = FutureRecord::<(), str>::to(topic).payload(payload);
+            producer.send(record, Duration::from_secs(5)).await.unwrap();
+        }
+        let text = format!(
+            "[kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"chunk-test\"\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n"
+        );
+        let config = Config::parse(&text, "t.toml").unwrap();
+        let consumer = consumer(&config, Telemetry::new()).unwrap();
+        let (shutdown, idle) = (CancellationToken::new(), std::sync::atomic::AtomicBool::new(false));
+        let mut read = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while read.len() < sent.len() && std::time::Instant::now() < deadline {
+            let mut carried = Vec::new();
+            let poll = poll_batch(
+                &consumer,
+                &config.topics,
+                100,
+                Duration::from_millis(500),
+                &shutdown,
+                &mut carried,
+                &idle,
+            )
+            .await
+            .unwrap();
+            let chunk_of = |r: &Record| r.payload.as_ref().unwrap().chunk().0.as_ptr();
+            for stream in [Stream::Audit, Stream::Metrics] {
+                let chunks: std::collections::BTreeSet<_> =
+                    poll.iter().filter(|r| r.stream == stream).map(chunk_of).collect();
+                assert!(
+                    chunks.len() <= 1,
+                    "{stream:?} records of one poll in {} chunks",
+                    chunks.len()
+                );
+            }
+            let audit = poll.iter().find(|r| r.stream == Stream::Audit).map(chunk_of);
+            let metrics = poll.iter().find(|r| r.stream == Stream::Metrics).map(chunk_of);
+            assert!(
+                audit.is_none() || audit != metrics,
+                "audit and metrics bytes kept apart"
+            );
+            read.extend(poll);
+        }
+        let mut by_stream: Vec<(Stream, String)> = read
+            .iter()
+            .map(|r| {
+                (
+                    r.stream,
+                    String::from_utf8(r.payload.as_deref().unwrap().to_vec()).unwrap(),
+                )
+            })
+            .collect();
+        by_stream.sort_by_key(|(stream, _)| *stream == Stream::Metrics);
+        let expected: Vec<(Stream, String)> = [
+            (Stream::Audit, "audit-0"),
+            (Stream::Audit, "audit-1 longer"),
+            (Stream::Audit, "audit-2"),
+            (Stream::Metrics, "metric-0"),
+            (Stream::Metrics, "metric-1"),
+        ]
+        .into_iter()
+        .map(|(s, p)| (s, p.to_owned()))
+        .collect();
+        assert_eq!(by_stream, expected);
+    }
 
     /// The consumer closes within its bound even when the cluster went away first.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,8 @@ pub mod metrics_api;
 
 use std::sync::Arc;
 
+use crate::event::Raw;
+
 /// Which decoder a record needs, decided by its topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -33,8 +35,9 @@ pub struct Record {
     pub offset: i64,
     pub timestamp_ms: Option<i64>,
     pub key: Option<Vec<u8>>,
-    /// Shared: a decoded audit row keeps these bytes as its `raw` without copying them again.
-    pub payload: Option<Arc<[u8]>>,
+    /// A range of its poll's shared chunk: a decoded audit row keeps these bytes as its `raw`
+    /// without copying them again.
+    pub payload: Option<Raw>,
     pub headers: Vec<(String, Vec<u8>)>,
 }
 

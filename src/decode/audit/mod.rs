@@ -29,7 +29,7 @@ use row::to_row;
 use super::intern::Interner;
 use super::strict::Object;
 use super::{DecodeError, schema_registry};
-use crate::event::AuditRow;
+use crate::event::{AuditRow, Raw};
 
 const AUDIT_SCHEMA: &str = include_str!("../audit_event.schema.json");
 
@@ -72,11 +72,11 @@ impl AuditDecoder {
 
     /// Decodes one record value the caller already holds shared: without Schema Registry
     /// framing, the row's `raw` is those same bytes rather than a copy.
-    pub fn decode_shared(&mut self, payload: &Arc<[u8]>) -> Result<AuditRow, DecodeError> {
+    pub fn decode_shared(&mut self, payload: &Raw) -> Result<AuditRow, DecodeError> {
         self.decode_into_raw(payload, Some(payload))
     }
 
-    fn decode_into_raw(&mut self, payload: &[u8], shared: Option<&Arc<[u8]>>) -> Result<AuditRow, DecodeError> {
+    fn decode_into_raw(&mut self, payload: &[u8], shared: Option<&Raw>) -> Result<AuditRow, DecodeError> {
         if payload.len() > self.max_record_bytes {
             return Err(DecodeError::TooLarge {
                 size: payload.len(),
@@ -94,9 +94,11 @@ impl AuditDecoder {
         if let Some(envelope) = typed_view(json)
             && (self.validator.is_none() || envelope.schema_problem().is_none())
         {
+            // `json` is the tail of the payload (framing comes first): the same range of the
+            // shared chunk, not a copy.
             let raw = match shared {
-                Some(whole) if whole.len() == json.len() => whole.clone(),
-                _ => Arc::from(json),
+                Some(whole) => whole.slice(whole.len() - json.len()..whole.len()),
+                None => Raw::from(json),
             };
             return to_row(envelope, raw, &mut self.strings);
         }
@@ -119,7 +121,7 @@ impl AuditDecoder {
         }
         let Object(envelope) =
             Object::<Envelope>::deserialize(&value).map_err(|e| DecodeError::InvalidEvent(e.to_string()))?;
-        to_row(envelope, Arc::from(json), &mut self.strings)
+        to_row(envelope, Raw::from(json), &mut self.strings)
     }
 }
 

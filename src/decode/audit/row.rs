@@ -1,20 +1,18 @@
 //! An [`Envelope`] to an [`AuditRow`]: the fields of docs/PRODUCT.md §1.1, with the
 //! quirks of each producer smoothed out.
 
-use std::sync::Arc;
-
 use super::crn::{Crn, parse_client_address};
 use super::envelope::*;
 use crate::decode::intern::Interner;
 use crate::decode::strict::{Object, Str};
 use crate::decode::{DecodeError, parse_time_us};
-use crate::event::{AuditRow, AuthzVia, PrincipalType};
+use crate::event::{AuditRow, AuthzVia, PrincipalType, Raw};
 
 fn text<'s>(s: &'s Option<Str<'_>>) -> Option<&'s str> {
     s.as_ref().map(Str::as_str)
 }
 
-pub(super) fn to_row(e: Envelope<'_>, raw: Arc<[u8]>, strings: &mut Interner) -> Result<AuditRow, DecodeError> {
+pub(super) fn to_row(e: Envelope<'_>, raw: Raw, strings: &mut Interner) -> Result<AuditRow, DecodeError> {
     let mut owned = |s: Option<&str>| strings.non_empty(s);
     let time_us = parse_time_us(e.time.as_str())
         .ok_or_else(|| DecodeError::InvalidEvent(format!("`time` is not RFC 3339: {:?}", e.time.as_str())))?;

@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringViewArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
@@ -67,6 +67,26 @@ impl Stored {
 }
 
 mod sealing;
+
+/// What a stored batch holds in memory. A string-view column counts the bytes its rows use in
+/// its blocks, not the blocks' size: `raw` views a poll's whole chunk of payloads (shared by the
+/// batches of that poll and by merged batches), so counting whole blocks would count a chunk
+/// once per batch that views it.
+fn stored_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|column| match column.as_any().downcast_ref::<StringViewArray>() {
+            Some(views) => {
+                std::mem::size_of::<StringViewArray>()
+                    + views.views().inner().capacity()
+                    + views.nulls().map_or(0, |n| n.buffer().capacity())
+                    + views.total_buffer_bytes_used()
+            }
+            None => column.get_array_memory_size(),
+        })
+        .sum()
+}
 
 #[cfg(test)]
 use sealing::MAX_SMALL_RUN;
@@ -184,7 +204,7 @@ impl WindowTable {
             .column_by_name("id")
             .and_then(|c| c.as_any().downcast_ref::<datafusion::arrow::array::StringArray>())
             .map(IdFilter::build);
-        let bytes = batch.get_array_memory_size() + ids.as_ref().map_or(0, IdFilter::num_bytes);
+        let bytes = stored_bytes(&batch) + ids.as_ref().map_or(0, IdFilter::num_bytes);
         Stored {
             oldest_us,
             newest_us,

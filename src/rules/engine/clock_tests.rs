@@ -14,7 +14,7 @@ fn denied(t_s: i64, partition: i32) -> AuditRow {
         time_us: t_s * S,
         id: format!("e{t_s}-{partition}"),
         granted: Some(false),
-        raw: Arc::from(&b"{}"[..]),
+        raw: crate::event::Raw::from(&b"{}"[..]),
         ..AuditRow::default()
     }
 }
@@ -109,7 +109,7 @@ fn raw_waits_for_the_rules_only_when_a_rule_reads_it() {
     assert_eq!(reads, [("needle", true), ("denied", false)]);
 
     let rows = [AuditRow {
-        raw: Arc::from(&br#"{"data":"a needle"}"#[..]),
+        raw: crate::event::Raw::from(&br#"{"data":"a needle"}"#[..]),
         ..denied(100, 0)
     }];
     let topic: Arc<str> = Arc::from("audit");
@@ -173,7 +173,7 @@ fn batches_carry_only_the_columns_the_rules_read() {
         resource_name: Some("payments".into()),
         cluster_id: Some("lkc-1".into()),
         result_message: Some("nobody reads this".into()),
-        raw: Arc::from(&b"{\"big\": 1}"[..]),
+        raw: crate::event::Raw::from(&b"{\"big\": 1}"[..]),
         ..denied(100, 0)
     }];
     let batch = crate::event::arrow::audit_batch_keeping(&rows, &|c| read.contains(c));

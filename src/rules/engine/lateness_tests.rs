@@ -11,7 +11,7 @@ fn denied(t_s: i64) -> AuditRow {
         time_us: t_s * 1_000_000,
         id: format!("e{t_s}"),
         granted: Some(false),
-        raw: Arc::from(&b"{}"[..]),
+        raw: crate::event::Raw::from(&b"{}"[..]),
         ..AuditRow::default()
     }
 }

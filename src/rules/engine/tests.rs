@@ -13,7 +13,7 @@ fn denied(t: i64) -> AuditRow {
         time_us: t,
         id: format!("e{t}"),
         granted: Some(false),
-        raw: Arc::from(&b"{}"[..]),
+        raw: crate::event::Raw::from(&b"{}"[..]),
         ..AuditRow::default()
     }
 }

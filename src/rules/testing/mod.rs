@@ -20,7 +20,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use datafusion::execution::context::SessionContext;
 
@@ -238,7 +237,7 @@ fn audit_row(e: &TestAuditEvent, time_us: i64, n: u32, seq: usize) -> AuditRow {
         environment_name: fill_text(&e.environment_name, n),
         region: fill_text(&e.region, n),
         cloud: fill_text(&e.cloud, n),
-        raw: Arc::from(&b"{}"[..]),
+        raw: crate::event::Raw::from(&b"{}"[..]),
         origin: None,
     }
 }

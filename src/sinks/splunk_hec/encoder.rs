@@ -372,7 +372,7 @@ mod tests {
             granted: Some(true),
             service: text("crn://confluent.cloud/kafka=lkc-1"),
             event_type: crate::event::Text::from("io.confluent.kafka.server/authorization"),
-            raw: std::sync::Arc::from(&b"{}"[..]),
+            raw: crate::event::Raw::from(&b"{}"[..]),
             ..AuditRow::default()
         };
         let names: Vec<&str> = audit_fields(&row).iter().map(|(k, _)| *k).collect();
@@ -424,7 +424,7 @@ mod tests {
         let mut e = Encoder::new(&cfg);
         let row = AuditRow {
             id: "x".into(),
-            raw: std::sync::Arc::from(format!("\"{}\"", "a".repeat(998)).into_bytes()),
+            raw: crate::event::Raw::from(format!("\"{}\"", "a".repeat(998)).into_bytes()),
             ..AuditRow::default()
         };
         for _ in 0..10 {
@@ -454,7 +454,7 @@ mod tests {
         let buffers = BodyBuffers::new(3);
         let row = AuditRow {
             id: "x".into(),
-            raw: std::sync::Arc::from(format!("\"{}\"", "a".repeat(998)).into_bytes()),
+            raw: crate::event::Raw::from(format!("\"{}\"", "a".repeat(998)).into_bytes()),
             ..AuditRow::default()
         };
         let mut e = Encoder::with_buffers(&cfg, &buffers);

@@ -174,7 +174,8 @@ fn small_batches_are_concatenated_within_their_bucket() {
     assert_eq!(times.value(31), base + 15);
 }
 
-/// Issue 14: `raw` is built once; merging small batches shares its buffers, not copies.
+/// Issue 14: `raw` is never copied into the window: each piece's block is its poll's chunk of
+/// payloads, and merging small batches carries the blocks over.
 #[test]
 fn raw_stored_as_views_is_shared_not_copied_when_batches_merge() {
     use datafusion::arrow::array::AsArray;
@@ -187,17 +188,27 @@ fn raw_stored_as_views_is_shared_not_copied_when_batches_merge() {
     )
     .stored_as_views(crate::query::window::AUDIT_VIEW_COLUMNS);
     let raw = |i: i64| format!("{{\"id\":\"e{i}\",\"pad\":\"{}\"}}", "x".repeat(100));
-    let mut buffers = Vec::new();
+    let mut chunks = Vec::new();
     let pointers = |batch: &RecordBatch| -> Vec<*const u8> {
         let raw = batch.column_by_name("raw").unwrap().as_string_view();
         raw.data_buffers().iter().map(|b| b.as_ptr()).collect()
     };
+    let mut raw_bytes = 0;
     for i in 0..MAX_SMALL_RUN as i64 {
+        // One poll of two records: their payloads in one chunk, as the source makes them.
+        let mut chunker = crate::event::RawChunker::with_capacity(0, 2);
+        for j in 0..2 {
+            chunker.push(raw(i * 2 + j).as_bytes());
+        }
+        let raws = chunker.finish();
+        raw_bytes += raws.iter().map(|r| r.len()).sum::<usize>();
+        chunks.push(raws[0].chunk().0.as_ptr());
         let rows: Vec<crate::event::AuditRow> = (0..2)
-            .map(|j| crate::event::AuditRow {
+            .zip(raws)
+            .map(|(j, raw)| crate::event::AuditRow {
                 time_us: base + i * 2 + j,
                 id: format!("e{}", i * 2 + j),
-                raw: Arc::from(raw(i * 2 + j).into_bytes()),
+                raw,
                 ..Default::default()
             })
             .collect();
@@ -208,7 +219,11 @@ fn raw_stored_as_views_is_shared_not_copied_when_batches_merge() {
             base + i * 2 + 1,
         );
         if i + 1 < MAX_SMALL_RUN as i64 {
-            buffers.extend(pointers(&t.snapshot().pop().unwrap()));
+            assert_eq!(
+                pointers(&t.snapshot().pop().unwrap()),
+                [chunks[i as usize]],
+                "the poll's chunk itself"
+            );
         }
     }
     let batches = t.snapshot();
@@ -216,15 +231,23 @@ fn raw_stored_as_views_is_shared_not_copied_when_batches_merge() {
     let merged = batches[0].column_by_name("raw").unwrap().as_string_view();
     assert_eq!(merged.len(), MAX_SMALL_RUN * 2);
     let shared = pointers(&batches[0]);
-    assert_eq!(shared.len(), MAX_SMALL_RUN, "one buffer per piece");
-    assert_eq!(
-        shared[..MAX_SMALL_RUN - 1],
-        buffers,
-        "each piece's buffer, carried over"
-    );
+    assert_eq!(shared, chunks, "each poll's chunk, carried over");
     for i in 0..merged.len() {
         assert_eq!(merged.value(i), raw(i as i64));
     }
+    // The rows' bytes count once, however many batches view their chunks.
+    let without_raw: usize = batches[0]
+        .columns()
+        .iter()
+        .zip(batches[0].schema().fields())
+        .filter(|(_, f)| f.name() != "raw")
+        .map(|(c, _)| c.get_array_memory_size())
+        .sum();
+    let counted = t.num_bytes() - without_raw;
+    assert!(
+        (raw_bytes..raw_bytes + 2048).contains(&counted),
+        "raw counted as {counted} bytes for {raw_bytes} bytes of rows"
+    );
 }
 
 #[test]
