@@ -172,6 +172,9 @@ fn dictionary<'a>(n: usize, values: impl Iterator<Item = Option<&'a str>>) -> Ar
     let mut keys = Vec::with_capacity(n);
     let mut nulls = NullBufferBuilder::new(n);
     let mut distinct = StringBuilder::new();
+    // Neighbouring rows often share a value (a backlog read partition by partition): the last
+    // value's key is checked before hashing.
+    let mut last = ((0, 0), 0);
     for value in values {
         let Some(value) = value else {
             keys.push(0);
@@ -180,18 +183,23 @@ fn dictionary<'a>(n: usize, values: impl Iterator<Item = Option<&'a str>>) -> Ar
         };
         // Two live strings at one address with one length are the same string.
         let address = (value.as_ptr() as usize, value.len());
-        let key = match by_address.get(&address) {
-            Some(&key) => key,
-            None => {
-                let next = by_value.len() as i32;
-                let key = *by_value.entry(value).or_insert_with(|| {
-                    distinct.append_value(value);
-                    next
-                });
-                by_address.insert(address, key);
-                key
+        let key = if last.0 == address {
+            last.1
+        } else {
+            match by_address.get(&address) {
+                Some(&key) => key,
+                None => {
+                    let next = by_value.len() as i32;
+                    let key = *by_value.entry(value).or_insert_with(|| {
+                        distinct.append_value(value);
+                        next
+                    });
+                    by_address.insert(address, key);
+                    key
+                }
             }
         };
+        last = (address, key);
         keys.push(key);
         nulls.append_non_null();
     }

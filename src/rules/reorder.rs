@@ -249,6 +249,9 @@ impl Reorder {
         };
         let rows = self.take_selected(until, &schema);
         let t = times(&rows);
+        // Most cells of a backlog have no selected row: they share one empty batch instead of
+        // each slicing every column.
+        let empty = rows.slice(0, 0);
         let mut start = 0;
         for (cell, waiting) in released {
             let mut end = start;
@@ -260,7 +263,11 @@ impl Reorder {
             }
             out.push(Cell {
                 newest_us: waiting.newest_us,
-                rows: rows.slice(start, end - start),
+                rows: if end == start {
+                    empty.clone()
+                } else {
+                    rows.slice(start, end - start)
+                },
             });
             start = end;
         }

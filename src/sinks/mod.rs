@@ -35,11 +35,18 @@ pub enum SinkError {
 }
 
 /// Enrichment and CIM fields of an audit event, flat strings (HEC indexed fields, file sink).
-pub fn audit_fields<'r>(row: &'r AuditRow) -> Vec<(&'static str, Cow<'r, str>)> {
-    let mut f: Vec<(&'static str, Cow<'r, str>)> = Vec::with_capacity(24);
-    let mut push = |k: &'static str, v: Option<&'r str>| {
+pub fn audit_fields(row: &AuditRow) -> Vec<(&'static str, Cow<'static, str>)> {
+    let mut f = Vec::with_capacity(24);
+    visit_audit_fields(row, &mut |k, v| f.push((k, Cow::Owned(v.to_owned()))));
+    f
+}
+
+/// Each of [`audit_fields`] handed to `f`, in order, without collecting them (the HEC encoder
+/// writes them straight into its body).
+pub fn visit_audit_fields(row: &AuditRow, f: &mut dyn FnMut(&'static str, &str)) {
+    let mut push = |k: &'static str, v: Option<&str>| {
         if let Some(v) = v.filter(|v| !v.is_empty()) {
-            f.push((k, Cow::Borrowed(v)));
+            f(k, v);
         }
     };
     push("cluster_id", row.cluster_id.as_deref());
@@ -54,8 +61,7 @@ pub fn audit_fields<'r>(row: &'r AuditRow) -> Vec<(&'static str, Cow<'r, str>)> 
         row.cross_namespace.map(|b| if b { "true" } else { "false" }),
     );
     push("auth_identifier", row.auth_identifier.as_deref());
-    f.extend(cim::fields(row));
-    f
+    cim::visit(row, f);
 }
 
 /// An alert as the JSON object sinks deliver (times as RFC 3339).

@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use crate::config::HecSinkConfig;
 use crate::event::{Alert, AuditRow, Batch, MetricSample};
-use crate::sinks::{alert_json, audit_fields};
+use crate::sinks::{alert_json, visit_audit_fields};
 
 pub const AUDIT_SOURCETYPE: &str = "confluent:audit";
 pub const ALERT_SOURCETYPE: &str = "auditflow:alert";
@@ -21,6 +21,8 @@ pub const METRIC_SOURCETYPE: &str = "auditflow:metric";
 /// where each event starts so a rejected request can be split.
 pub struct Encoder<'a> {
     config: &'a HecSinkConfig,
+    /// An audit event's envelope after its time (see [`envelope_tail`]), once written.
+    audit_tail: Vec<u8>,
     pub bodies: Vec<Body>,
     /// Where a new body's buffer comes from, when the sink keeps delivered ones.
     buffers: Option<&'a BodyBuffers>,
@@ -115,10 +117,30 @@ impl Body {
     }
 }
 
+/// What follows an event's time in its envelope: sourcetype, source, host and index, which
+/// depend only on the configuration and the kind of event.
+fn envelope_tail(config: &HecSinkConfig, sourcetype: &str, index: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(b",\"sourcetype\":\"");
+    out.extend_from_slice(sourcetype.as_bytes());
+    out.extend_from_slice(b"\",\"source\":");
+    write_str(&mut out, &config.source);
+    if let Some(host) = &config.host {
+        out.extend_from_slice(b",\"host\":");
+        write_str(&mut out, host);
+    }
+    if let Some(index) = index {
+        out.extend_from_slice(b",\"index\":");
+        write_str(&mut out, index);
+    }
+    out
+}
+
 impl<'a> Encoder<'a> {
     pub fn new(config: &'a HecSinkConfig) -> Encoder<'a> {
         Encoder {
             config,
+            audit_tail: Vec::new(),
             bodies: Vec::new(),
             buffers: None,
         }
@@ -174,45 +196,48 @@ impl<'a> Encoder<'a> {
 
     /// Starts an event at the end of the current body, with its envelope.
     fn envelope(&mut self, time_us: i64, sourcetype: &str, index: Option<&str>) -> &mut Vec<u8> {
-        let config = self.config;
+        let tail = envelope_tail(self.config, sourcetype, index);
+        self.envelope_with(time_us, &tail)
+    }
+
+    /// Starts an event: its time, then `tail` (see [`envelope_tail`]).
+    fn envelope_with(&mut self, time_us: i64, tail: &[u8]) -> &mut Vec<u8> {
         let body = self.current();
         body.starts.push(body.bytes.len());
         // Not shared while it is being filled: no copy.
         let out = std::sync::Arc::make_mut(&mut body.bytes);
         out.extend_from_slice(b"{\"time\":");
         write_epoch_seconds(out, time_us);
-        out.extend_from_slice(b",\"sourcetype\":\"");
-        out.extend_from_slice(sourcetype.as_bytes());
-        out.extend_from_slice(b"\",\"source\":");
-        write_str(out, &config.source);
-        if let Some(host) = &config.host {
-            out.extend_from_slice(b",\"host\":");
-            write_str(out, host);
-        }
-        if let Some(index) = index {
-            out.extend_from_slice(b",\"index\":");
-            write_str(out, index);
-        }
+        out.extend_from_slice(tail);
         out
     }
 
     pub fn audit(&mut self, row: &AuditRow) {
-        let config = self.config;
-        let out = self.envelope(row.time_us, AUDIT_SOURCETYPE, config.index.as_deref());
+        // The same for every audit event: written once per encoder, copied per event.
+        let tail = std::mem::take(&mut self.audit_tail);
+        let tail = if tail.is_empty() {
+            envelope_tail(self.config, AUDIT_SOURCETYPE, self.config.index.as_deref())
+        } else {
+            tail
+        };
+        let out = self.envelope_with(row.time_us, &tail);
         out.extend_from_slice(b",\"fields\":{");
-        for (i, (k, v)) in audit_fields(row).iter().enumerate() {
-            if i > 0 {
+        let mut first = true;
+        visit_audit_fields(row, &mut |k, v| {
+            if !first {
                 out.push(b',');
             }
+            first = false;
             // Keys are our own plain names (a test holds them to that): no escaping to do.
             out.push(b'"');
             out.extend_from_slice(k.as_bytes());
             out.extend_from_slice(b"\":");
             write_str(out, v);
-        }
+        });
         out.extend_from_slice(b"},\"event\":");
         out.extend_from_slice(&row.raw);
         out.push(b'}');
+        self.audit_tail = tail;
         self.push_event();
     }
 
@@ -316,6 +341,7 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::decode::audit::AuditDecoder;
+    use crate::sinks::audit_fields;
 
     fn config() -> HecSinkConfig {
         let raw: crate::config::RawHecSink =
