@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, DictionaryArray, Int32Builder, StringBuilder};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, DictionaryArray, Int32Array, NullBufferBuilder, StringBuilder,
+};
 use datafusion::arrow::datatypes::Int32Type;
 use datafusion::arrow::error::ArrowError;
 
@@ -16,7 +18,8 @@ use datafusion::arrow::error::ArrowError;
 /// distinct value once, in order of first use.
 pub fn concat_dictionaries(parts: &[&dyn Array]) -> Result<ArrayRef, ArrowError> {
     let len = parts.iter().map(|p| p.len()).sum();
-    let mut keys = Int32Builder::with_capacity(len);
+    let mut keys: Vec<i32> = Vec::with_capacity(len);
+    let mut nulls = NullBufferBuilder::new(len);
     let mut values = StringBuilder::new();
     let mut index: HashMap<&str, i32> = HashMap::new();
     for part in parts {
@@ -44,15 +47,39 @@ pub fn concat_dictionaries(parts: &[&dyn Array]) -> Result<ArrayRef, ArrowError>
                 }
             });
         }
-        for key in dictionary.keys().iter() {
-            let new = key.and_then(|k| mapping.get(k as usize).copied().flatten());
-            keys.append_option(new);
+        let part_keys = dictionary.keys();
+        if part_keys.null_count() == 0 && mapping.iter().all(Option::is_some) {
+            // No null anywhere (most columns of most batches): one lookup per row, no null
+            // bookkeeping per row. A key past the dictionary cannot be (the array checks its
+            // keys when built); it would read as the first value, not panic.
+            let mapping: Vec<i32> = mapping.iter().map(|k| k.unwrap_or_default()).collect();
+            keys.extend(
+                part_keys
+                    .values()
+                    .iter()
+                    .map(|&k| mapping.get(k as usize).copied().unwrap_or_default()),
+            );
+            nulls.append_n_non_nulls(part_keys.len());
+        } else {
+            for key in part_keys.iter() {
+                match key.and_then(|k| mapping.get(k as usize).copied().flatten()) {
+                    Some(new) => {
+                        keys.push(new);
+                        nulls.append_non_null();
+                    }
+                    None => {
+                        keys.push(0);
+                        nulls.append_null();
+                    }
+                }
+            }
         }
         if index.len() > i32::MAX as usize {
             return Err(ArrowError::DictionaryKeyOverflowError);
         }
     }
-    let merged = DictionaryArray::<Int32Type>::try_new(keys.finish(), Arc::new(values.finish()))?;
+    let keys = Int32Array::new(keys.into(), nulls.finish());
+    let merged = DictionaryArray::<Int32Type>::try_new(keys, Arc::new(values.finish()))?;
     Ok(Arc::new(merged))
 }
 
@@ -88,6 +115,19 @@ mod tests {
         let dictionary = merged.as_dictionary::<Int32Type>();
         assert_eq!(dictionary.values().len(), 3, "each distinct value once");
         assert_eq!(merged.null_count(), 2);
+    }
+
+    #[test]
+    fn parts_with_and_without_nulls_read_back_in_order() {
+        let whole = dictionary(&[Some("b"), Some("a"), Some("b")]);
+        let holed = dictionary(&[None, Some("c"), Some("a")]);
+        let merged = concat_dictionaries(&[whole.as_ref(), holed.as_ref(), whole.as_ref()]).unwrap();
+        let plain = cast(&merged, &DataType::Utf8).unwrap();
+        let rows: Vec<Option<&str>> = plain.as_string::<i32>().iter().collect();
+        let (a, b, c) = (Some("a"), Some("b"), Some("c"));
+        assert_eq!(rows, vec![b, a, b, None, c, a, b, a, b]);
+        assert_eq!(merged.as_dictionary::<Int32Type>().values().len(), 3);
+        assert_eq!(merged.null_count(), 1);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! HEC event encoding: concatenated JSON objects, one per event.
 //!
 //! Audit events embed `raw` verbatim (no re-serialisation, so integers above 2^53 keep every
-//! digit); field values are escaped once through serde_json.
+//! digit); field values that need escaping are escaped through serde_json.
 
 use std::io::Write;
 
@@ -326,7 +326,16 @@ fn write_epoch_seconds(out: &mut Vec<u8>, time_us: i64) {
     out.extend_from_slice(&digits[..len]);
 }
 
+/// `s` as a JSON string. Nearly every value needs no escaping (ids, names, addresses): those are
+/// copied between quotes; the rest go through `serde_json`.
 fn write_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
 }
 
@@ -371,6 +380,31 @@ mod tests {
         assert_eq!(v["fields"]["action"], "failure");
         // The integer above 2^53 is forwarded digit for digit.
         assert!(std::str::from_utf8(&body.bytes).unwrap().contains("170112233445566901"));
+    }
+
+    /// The quick path writes exactly what serde_json writes.
+    #[test]
+    fn strings_are_written_as_serde_json_writes_them() {
+        for s in [
+            "",
+            "plain",
+            "User:sa-1",
+            "or\"ders",
+            "back\\slash",
+            "tab\there",
+            "nl\n",
+            "\u{1}",
+            "\u{7f}",
+            "é ü 漢 🦀",
+        ] {
+            let mut out = Vec::new();
+            write_str(&mut out, s);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(s).unwrap(),
+                "{s:?}"
+            );
+        }
     }
 
     /// Field names are written without escaping: every one must be a plain name.
