@@ -351,29 +351,52 @@ fn raw_column(rows: &[&AuditRow], data_type: &DataType) -> ArrayRef {
     Arc::new(b.finish())
 }
 
-/// Each distinct chunk becomes one block of the array (a poll's rows share one), and each row a
-/// view of its range: checked as UTF-8 once, as a plain string would be, but not copied.
+/// Each chunk that rows share (a Kafka poll's) becomes one block of the array, and each of its
+/// rows a view of its range: checked as UTF-8 once, as a plain string would be, but not copied.
+/// A row alone in its chunk (a record built outside a poll, or a poll of one) is copied instead,
+/// so the array does not carry a block per row.
 fn raw_views(rows: &[&AuditRow]) -> ArrayRef {
-    let mut b = StringViewBuilder::with_capacity(rows.len());
+    fn shared(r: &AuditRow) -> Option<&bytes::Bytes> {
+        let (chunk, _) = r.raw.chunk();
+        (chunk.len() != r.raw.len() && chunk.len() < u32::MAX as usize).then_some(chunk)
+    }
     // Blocks by the chunk's address and length: two live chunks with bytes cannot share both.
-    let mut blocks: Vec<((usize, usize), u32)> = Vec::new();
-    for r in rows {
-        let (chunk, start) = r.raw.chunk();
-        let address = (chunk.as_ptr() as usize, chunk.len());
-        let block = match blocks.iter().find(|(a, _)| *a == address) {
-            Some(&(_, block)) => block,
-            None => {
-                let block = b.append_block(Buffer::from(chunk.clone()));
-                blocks.push((address, block));
+    type Address = (usize, usize);
+    let address_of = |chunk: &bytes::Bytes| (chunk.as_ptr() as usize, chunk.len());
+    let mut b = StringViewBuilder::with_capacity(rows.len());
+    let mut blocks: HashMap<Address, u32, _> = HashMap::with_hasher(foldhash::fast::RandomState::default());
+    // A poll's rows come together: the last chunk is checked before hashing.
+    let mut last: Option<(Address, u32)> = None;
+    let mut block_of = |chunk: &bytes::Bytes, b: &mut StringViewBuilder| {
+        let address = address_of(chunk);
+        match last {
+            Some((a, block)) if a == address => block,
+            _ => {
+                let block = *blocks
+                    .entry(address)
+                    .or_insert_with(|| b.append_block(Buffer::from(chunk.clone())));
+                last = Some((address, block));
                 block
             }
-        };
-        let viewed = match (u32::try_from(start), u32::try_from(r.raw.len())) {
-            (Ok(start), Ok(len)) => b.try_append_view(block, start, len).is_ok(),
+        }
+    };
+    // Blocks first: adding one closes the block that copied rows are being written to.
+    for r in rows {
+        if let Some(chunk) = shared(r) {
+            block_of(chunk, &mut b);
+        }
+    }
+    for r in rows {
+        let (_, start) = r.raw.chunk();
+        let viewed = match (shared(r), u32::try_from(start), u32::try_from(r.raw.len())) {
+            (Some(chunk), Ok(start), Ok(len)) => {
+                let block = block_of(chunk, &mut b);
+                b.try_append_view(block, start, len).is_ok()
+            }
             _ => false,
         };
         if !viewed {
-            // Not UTF-8 (the decoder refuses such records), or past a view's 4 GiB reach.
+            // Alone in its chunk, or not UTF-8 (the decoder refuses such records).
             b.append_option(std::str::from_utf8(&r.raw).ok());
         }
     }
@@ -467,6 +490,46 @@ mod tests {
         let b = audit_batch(&[row]);
         assert_eq!(b.num_rows(), 1);
         assert_eq!(b.schema(), *AUDIT_SCHEMA);
+    }
+
+    /// A poll's rows are views of its chunk; rows alone in their chunk are copied into one
+    /// block, not given a block each; every row reads back whole, in order.
+    #[test]
+    fn raw_views_share_poll_chunks_and_copy_lone_rows() {
+        use datafusion::arrow::array::AsArray;
+        let mut poll = super::super::RawChunker::with_capacity(0, 3);
+        // Longer than 12 bytes: shorter strings live inside their views.
+        for i in 0..3 {
+            poll.push(format!("{{\"poll\":{i},\"pad\":\"{}\"}}", "x".repeat(20)).as_bytes());
+        }
+        let mut polled = poll.finish().into_iter();
+        let lone =
+            |i: usize| super::super::Raw::from(format!("{{\"lone\":{i},\"pad\":\"{}\"}}", "y".repeat(20)).into_bytes());
+        let raws = [
+            lone(0),
+            polled.next().unwrap(),
+            lone(1),
+            polled.next().unwrap(),
+            lone(2),
+            polled.next().unwrap(),
+        ];
+        let chunk = raws[1].chunk().0.as_ptr();
+        let rows: Vec<AuditRow> = raws
+            .iter()
+            .map(|raw| AuditRow {
+                raw: raw.clone(),
+                ..Default::default()
+            })
+            .collect();
+        let refs: Vec<&AuditRow> = rows.iter().collect();
+        let array = raw_views(&refs);
+        let views = array.as_string_view();
+        let read: Vec<&str> = views.iter().map(Option::unwrap).collect();
+        let expected: Vec<String> = raws.iter().map(|r| String::from_utf8(r.to_vec()).unwrap()).collect();
+        assert_eq!(read, expected);
+        let blocks: Vec<*const u8> = views.data_buffers().iter().map(|b| b.as_ptr()).collect();
+        assert_eq!(blocks.len(), 2, "the poll's chunk and one block of copies: {blocks:?}");
+        assert_eq!(blocks[0], chunk, "the poll's chunk itself, not a copy");
     }
 
     #[test]

@@ -329,7 +329,11 @@ fn write_epoch_seconds(out: &mut Vec<u8>, time_us: i64) {
 /// `s` as a JSON string. Nearly every value needs no escaping (ids, names, addresses): those are
 /// copied between quotes; the rest go through `serde_json`.
 fn write_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    // Folded without stopping early, so the check runs over many bytes at a time.
+    let needs_escaping = s
+        .bytes()
+        .fold(false, |any, b| any | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    if !needs_escaping {
         out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
