@@ -7,12 +7,17 @@ use std::sync::{Arc, LazyLock};
 use datafusion::arrow::array::NullBufferBuilder;
 use datafusion::arrow::array::{
     ArrayRef, BooleanBuilder, DictionaryArray, Float64Builder, Int32Array, Int32Builder, Int64Array, ListBuilder,
-    MapBuilder, RecordBatch, StringArray, StringBuilder, StringViewBuilder, TimestampMicrosecondBuilder,
+    MapBuilder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::buffer::{Buffer, OffsetBuffer};
 use datafusion::arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit};
 
 use super::{Alert, AuditRow, MetricSample, Origin};
+
+mod raw_column;
+
+pub use raw_column::DenseChunks;
+use raw_column::raw_column;
 
 fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
@@ -79,7 +84,7 @@ pub static ARCHIVE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// and must not be named).
 pub fn archive_batch(rows: &[AuditRow], indices: &[usize]) -> RecordBatch {
     let picked: Vec<&AuditRow> = indices.iter().map(|&i| &rows[i]).collect();
-    let audit = audit_batch_of(&picked, &AUDIT_SCHEMA, &|_| true);
+    let audit = audit_batch_of(&picked, &AUDIT_SCHEMA, &|_| true, &DenseChunks::default());
     fn origin<'r>(r: &&'r AuditRow) -> &'r Origin {
         r.origin.as_ref().expect("archived rows have an origin")
     }
@@ -252,7 +257,7 @@ fn batch(schema: &SchemaRef, columns: Vec<ArrayRef>) -> RecordBatch {
 
 pub fn audit_batch(rows: &[AuditRow]) -> RecordBatch {
     let refs: Vec<&AuditRow> = rows.iter().collect();
-    audit_batch_of(&refs, &AUDIT_SCHEMA, &|_| true)
+    audit_batch_of(&refs, &AUDIT_SCHEMA, &|_| true, &DenseChunks::default())
 }
 
 /// [`audit_batch`] with only the text columns `keep` names filled; every other text column
@@ -260,7 +265,7 @@ pub fn audit_batch(rows: &[AuditRow]) -> RecordBatch {
 /// no rule reads (`raw` alone is ~1 KB a row) was most of the cost of handing rows to them.
 pub fn audit_batch_keeping(rows: &[AuditRow], keep: &dyn Fn(&str) -> bool) -> RecordBatch {
     let refs: Vec<&AuditRow> = rows.iter().collect();
-    audit_batch_of(&refs, &AUDIT_SCHEMA, keep)
+    audit_batch_of(&refs, &AUDIT_SCHEMA, keep, &DenseChunks::default())
 }
 
 /// [`audit_batch`] with `raw` empty.
@@ -269,12 +274,25 @@ pub fn audit_batch_without_raw(rows: &[AuditRow]) -> RecordBatch {
 }
 
 /// `rows` in `schema`: the `audit_events` columns, each text column plain or dictionary-encoded
-/// as `schema` says (the window's stored form, built without a plain batch in between).
+/// as `schema` says (the window's stored form, built without a plain batch in between); `raw`
+/// views the chunks these rows fill (see [`DenseChunks`]).
 pub fn audit_batch_as(rows: &[&AuditRow], schema: &SchemaRef) -> RecordBatch {
-    audit_batch_of(rows, schema, &|_| true)
+    let dense = DenseChunks::of(rows.iter().copied());
+    audit_batch_viewing(rows, schema, &dense)
 }
 
-fn audit_batch_of<'r>(rows: &[&'r AuditRow], schema: &SchemaRef, keep: &dyn Fn(&str) -> bool) -> RecordBatch {
+/// [`audit_batch_as`] viewing the chunks `dense` names: those a whole poll's rows fill, when the
+/// window takes that poll's rows in several batches (one per minute).
+pub fn audit_batch_viewing(rows: &[&AuditRow], schema: &SchemaRef, dense: &DenseChunks) -> RecordBatch {
+    audit_batch_of(rows, schema, &|_| true, dense)
+}
+
+fn audit_batch_of<'r>(
+    rows: &[&'r AuditRow],
+    schema: &SchemaRef,
+    keep: &dyn Fn(&str) -> bool,
+    dense: &DenseChunks,
+) -> RecordBatch {
     let n = rows.len();
     // One array of empty strings serves every column left out.
     let empty = std::cell::OnceCell::new();
@@ -329,78 +347,12 @@ fn audit_batch_of<'r>(rows: &[&'r AuditRow], schema: &SchemaRef, keep: &dyn Fn(&
             s!("region", |r: &'r AuditRow| r.region.as_deref()),
             s!("cloud", |r: &'r AuditRow| r.cloud.as_deref()),
             if keep("raw") || text_type(schema, "raw") != &DataType::Utf8 {
-                raw_column(rows, text_type(schema, "raw"))
+                raw_column(rows, text_type(schema, "raw"), dense)
             } else {
                 empty.get_or_init(|| empty_strings(n)).clone()
             },
         ],
     )
-}
-
-/// `raw`: string views straight over the rows' shared chunks (the window's form: no byte is
-/// copied, see [`super::Raw`]), or plain strings sized from the byte lengths.
-fn raw_column(rows: &[&AuditRow], data_type: &DataType) -> ArrayRef {
-    if data_type == &DataType::Utf8View {
-        return raw_views(rows);
-    }
-    let bytes: usize = rows.iter().map(|r| r.raw.len()).sum();
-    let mut b = StringBuilder::with_capacity(rows.len(), bytes);
-    for r in rows {
-        b.append_option(std::str::from_utf8(&r.raw).ok());
-    }
-    Arc::new(b.finish())
-}
-
-/// Each chunk that rows share (a Kafka poll's) becomes one block of the array, and each of its
-/// rows a view of its range: checked as UTF-8 once, as a plain string would be, but not copied.
-/// A row alone in its chunk (a record built outside a poll, or a poll of one) is copied instead,
-/// so the array does not carry a block per row.
-fn raw_views(rows: &[&AuditRow]) -> ArrayRef {
-    fn shared(r: &AuditRow) -> Option<&bytes::Bytes> {
-        let (chunk, _) = r.raw.chunk();
-        (chunk.len() != r.raw.len() && chunk.len() < u32::MAX as usize).then_some(chunk)
-    }
-    // Blocks by the chunk's address and length: two live chunks with bytes cannot share both.
-    type Address = (usize, usize);
-    let address_of = |chunk: &bytes::Bytes| (chunk.as_ptr() as usize, chunk.len());
-    let mut b = StringViewBuilder::with_capacity(rows.len());
-    let mut blocks: HashMap<Address, u32, _> = HashMap::with_hasher(foldhash::fast::RandomState::default());
-    // A poll's rows come together: the last chunk is checked before hashing.
-    let mut last: Option<(Address, u32)> = None;
-    let mut block_of = |chunk: &bytes::Bytes, b: &mut StringViewBuilder| {
-        let address = address_of(chunk);
-        match last {
-            Some((a, block)) if a == address => block,
-            _ => {
-                let block = *blocks
-                    .entry(address)
-                    .or_insert_with(|| b.append_block(Buffer::from(chunk.clone())));
-                last = Some((address, block));
-                block
-            }
-        }
-    };
-    // Blocks first: adding one closes the block that copied rows are being written to.
-    for r in rows {
-        if let Some(chunk) = shared(r) {
-            block_of(chunk, &mut b);
-        }
-    }
-    for r in rows {
-        let (_, start) = r.raw.chunk();
-        let viewed = match (shared(r), u32::try_from(start), u32::try_from(r.raw.len())) {
-            (Some(chunk), Ok(start), Ok(len)) => {
-                let block = block_of(chunk, &mut b);
-                b.try_append_view(block, start, len).is_ok()
-            }
-            _ => false,
-        };
-        if !viewed {
-            // Alone in its chunk, or not UTF-8 (the decoder refuses such records).
-            b.append_option(std::str::from_utf8(&r.raw).ok());
-        }
-    }
-    Arc::new(b.finish())
 }
 
 pub fn metrics_batch(rows: &[MetricSample]) -> RecordBatch {
@@ -490,46 +442,6 @@ mod tests {
         let b = audit_batch(&[row]);
         assert_eq!(b.num_rows(), 1);
         assert_eq!(b.schema(), *AUDIT_SCHEMA);
-    }
-
-    /// A poll's rows are views of its chunk; rows alone in their chunk are copied into one
-    /// block, not given a block each; every row reads back whole, in order.
-    #[test]
-    fn raw_views_share_poll_chunks_and_copy_lone_rows() {
-        use datafusion::arrow::array::AsArray;
-        let mut poll = super::super::RawChunker::with_capacity(0, 3);
-        // Longer than 12 bytes: shorter strings live inside their views.
-        for i in 0..3 {
-            poll.push(format!("{{\"poll\":{i},\"pad\":\"{}\"}}", "x".repeat(20)).as_bytes());
-        }
-        let mut polled = poll.finish().into_iter();
-        let lone =
-            |i: usize| super::super::Raw::from(format!("{{\"lone\":{i},\"pad\":\"{}\"}}", "y".repeat(20)).into_bytes());
-        let raws = [
-            lone(0),
-            polled.next().unwrap(),
-            lone(1),
-            polled.next().unwrap(),
-            lone(2),
-            polled.next().unwrap(),
-        ];
-        let chunk = raws[1].chunk().0.as_ptr();
-        let rows: Vec<AuditRow> = raws
-            .iter()
-            .map(|raw| AuditRow {
-                raw: raw.clone(),
-                ..Default::default()
-            })
-            .collect();
-        let refs: Vec<&AuditRow> = rows.iter().collect();
-        let array = raw_views(&refs);
-        let views = array.as_string_view();
-        let read: Vec<&str> = views.iter().map(Option::unwrap).collect();
-        let expected: Vec<String> = raws.iter().map(|r| String::from_utf8(r.to_vec()).unwrap()).collect();
-        assert_eq!(read, expected);
-        let blocks: Vec<*const u8> = views.data_buffers().iter().map(|b| b.as_ptr()).collect();
-        assert_eq!(blocks.len(), 2, "the poll's chunk and one block of copies: {blocks:?}");
-        assert_eq!(blocks[0], chunk, "the poll's chunk itself, not a copy");
     }
 
     #[test]

@@ -292,7 +292,11 @@ impl Intake {
         // the rules' batches carry only the columns some rule reads.
         if !batch.audit.is_empty() {
             let newest = batch.audit.iter().map(|r| r.time_us).max().unwrap_or(now);
-            (self.window.audit).append_rows(&batch.audit, |r| r.time_us, tables::audit_batch_as, newest);
+            // Which of the poll's chunks its rows fill, judged over the whole poll (the window
+            // takes it in one batch per minute).
+            let dense = tables::DenseChunks::of(batch.audit.iter());
+            let build = |rows: &[&AuditRow], schema: &_| tables::audit_batch_viewing(rows, schema, &dense);
+            (self.window.audit).append_rows(&batch.audit, |r| r.time_us, build, newest);
             let columns = &self.rules_columns;
             step.audit = Some(tables::audit_batch_keeping(&batch.audit, &|c| columns.contains(c)));
         }
