@@ -12,8 +12,10 @@ use auditflow::enrich::ownership::Ownership;
 use auditflow::pipeline::Processor;
 use auditflow::query::window::Window;
 use auditflow::rules::{RuleEngine, load_dirs};
-use auditflow::source::{Record, Stream};
+use auditflow::source::Record;
 use auditflow::telemetry::Telemetry;
+
+mod support;
 
 const EVENTS: usize = 200_000;
 const BATCH: usize = 2_000;
@@ -26,28 +28,21 @@ fn records() -> Vec<Vec<Record>> {
         .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
         .collect();
     samples.sort_by_key(|v| v["id"].as_str().unwrap().to_owned());
-    let topic: std::sync::Arc<str> = std::sync::Arc::from("confluent-audit-log-events");
     let start = chrono::Utc::now() - chrono::Duration::hours(1);
-    let records: Vec<Record> = (0..EVENTS)
+    let payloads: Vec<Vec<u8>> = (0..EVENTS)
         .map(|i| {
             let mut v = samples[i % samples.len()].clone();
             v["id"] = serde_json::json!(format!("bench-{i}"));
             // An hour of traffic, so files split by hour as they do live.
             let t = start + chrono::Duration::milliseconds((i as i64) * 3_600_000 / EVENTS as i64);
             v["time"] = serde_json::json!(t.to_rfc3339());
-            Record {
-                stream: Stream::Audit,
-                topic: topic.clone(),
-                partition: 0,
-                offset: i as i64,
-                timestamp_ms: None,
-                key: None,
-                payload: Some(serde_json::to_vec(&v).unwrap().into()),
-                headers: Vec::new(),
-            }
+            serde_json::to_vec(&v).unwrap()
         })
         .collect();
-    records.chunks(BATCH).map(<[Record]>::to_vec).collect()
+    (0..EVENTS)
+        .step_by(BATCH)
+        .map(|first| support::audit_poll(&payloads[first..(first + BATCH).min(EVENTS)], first))
+        .collect()
 }
 
 fn processor() -> Processor {

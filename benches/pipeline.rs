@@ -13,7 +13,7 @@ use auditflow::pipeline::Processor;
 use auditflow::query::window::Window;
 use auditflow::rules::{RuleEngine, load_dirs};
 use auditflow::sinks::splunk_hec::encoder::{Encoder, gzip};
-use auditflow::source::{Record, Stream};
+use auditflow::source::Record;
 use auditflow::telemetry::Telemetry;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use datafusion::arrow::array::{RecordBatch, TimestampMicrosecondArray};
@@ -22,39 +22,16 @@ mod support;
 
 const BATCH: usize = 2000;
 
-/// Payloads as one poll's records hold them: ranges of one shared chunk (`source::kafka`).
-fn polled(payloads: impl Iterator<Item = Vec<u8>>) -> Vec<auditflow::event::Raw> {
-    let payloads: Vec<Vec<u8>> = payloads.collect();
-    let bytes = payloads.iter().map(Vec::len).sum();
-    let mut chunker = auditflow::event::RawChunker::with_capacity(bytes, payloads.len());
-    for p in &payloads {
-        chunker.push(p);
-    }
-    chunker.finish()
-}
-
 /// A batch of audit records: `samples` with fresh ids, round-robin.
 fn records(samples: &[serde_json::Value]) -> Vec<Record> {
-    let topic: std::sync::Arc<str> = std::sync::Arc::from("confluent-audit-log-events");
-    let payloads = polled((0..BATCH).map(|i| {
-        let mut v = samples[i % samples.len()].clone();
-        v["id"] = serde_json::json!(format!("bench-{i}"));
-        serde_json::to_vec(&v).unwrap()
-    }));
-    payloads
-        .into_iter()
-        .enumerate()
-        .map(|(i, payload)| Record {
-            stream: Stream::Audit,
-            topic: topic.clone(),
-            partition: 0,
-            offset: i as i64,
-            timestamp_ms: None,
-            key: None,
-            payload: Some(payload),
-            headers: Vec::new(),
+    let payloads: Vec<Vec<u8>> = (0..BATCH)
+        .map(|i| {
+            let mut v = samples[i % samples.len()].clone();
+            v["id"] = serde_json::json!(format!("bench-{i}"));
+            serde_json::to_vec(&v).unwrap()
         })
-        .collect()
+        .collect();
+    support::audit_poll(&payloads, 0)
 }
 
 fn processor() -> (Processor, Window) {
@@ -131,24 +108,10 @@ fn bench(c: &mut Criterion) {
                 || {
                     iteration += 1;
                     let first = iteration * poll;
-                    let topic: std::sync::Arc<str> = std::sync::Arc::from("confluent-audit-log-events");
-                    let payloads =
-                        polled((first..first + poll).map(|n| {
-                            support::event_bytes(&samples, n, start + chrono::Duration::milliseconds(n as i64))
-                        }));
-                    (first..first + poll)
-                        .zip(payloads)
-                        .map(|(n, payload)| Record {
-                            stream: Stream::Audit,
-                            topic: topic.clone(),
-                            partition: 0,
-                            offset: n as i64,
-                            timestamp_ms: None,
-                            key: None,
-                            payload: Some(payload),
-                            headers: Vec::new(),
-                        })
-                        .collect::<Vec<_>>()
+                    let payloads: Vec<Vec<u8>> = (first..first + poll)
+                        .map(|n| support::event_bytes(&samples, n, start + chrono::Duration::milliseconds(n as i64)))
+                        .collect();
+                    support::audit_poll(&payloads, first)
                 },
                 |batch| {
                     let out = p.process(&batch);

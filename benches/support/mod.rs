@@ -9,6 +9,30 @@ use std::path::Path;
 use axum::body::Bytes;
 use axum::http::StatusCode;
 
+/// One poll's audit records at offsets `first_offset..` of partition 0, their payloads in one
+/// shared chunk as the source holds them (`source::kafka`).
+pub fn audit_poll(payloads: &[Vec<u8>], first_offset: usize) -> Vec<auditflow::source::Record> {
+    let topic: std::sync::Arc<str> = std::sync::Arc::from("confluent-audit-log-events");
+    let bytes = payloads.iter().map(Vec::len).sum();
+    let mut chunker = auditflow::event::RawChunker::with_capacity(bytes, payloads.len());
+    for p in payloads {
+        chunker.push(p);
+    }
+    (first_offset..)
+        .zip(chunker.finish())
+        .map(|(offset, payload)| auditflow::source::Record {
+            stream: auditflow::source::Stream::Audit,
+            topic: topic.clone(),
+            partition: 0,
+            offset: offset as i64,
+            timestamp_ms: None,
+            key: None,
+            payload: Some(payload),
+            headers: Vec::new(),
+        })
+        .collect()
+}
+
 /// Bytes per partition the backlog may use (the mock cluster keeps 5 MB).
 pub const PARTITION_BUDGET: usize = 4_300_000;
 

@@ -4,8 +4,6 @@
 //! it takes (the bounded channel then pauses the consumer), and events a receiver rejects for
 //! their content go to the dead-letter topic before the batch is acknowledged.
 
-use std::borrow::Cow;
-
 pub mod archive;
 pub mod cim;
 pub mod dead_letter;
@@ -35,9 +33,9 @@ pub enum SinkError {
 }
 
 /// Enrichment and CIM fields of an audit event, flat strings (HEC indexed fields, file sink).
-pub fn audit_fields(row: &AuditRow) -> Vec<(&'static str, Cow<'static, str>)> {
+pub fn audit_fields(row: &AuditRow) -> Vec<(&'static str, String)> {
     let mut f = Vec::with_capacity(24);
-    visit_audit_fields(row, &mut |k, v| f.push((k, Cow::Owned(v.to_owned()))));
+    visit_audit_fields(row, &mut |k, v| f.push((k, v.to_owned())));
     f
 }
 
@@ -90,10 +88,10 @@ pub fn alert_json(a: &Alert) -> Value {
 }
 
 /// Fields object from pairs.
-pub fn fields_object(pairs: Vec<(&'static str, Cow<'_, str>)>) -> Map<String, Value> {
+pub fn fields_object(pairs: Vec<(&'static str, String)>) -> Map<String, Value> {
     pairs
         .into_iter()
-        .map(|(k, v)| (k.to_owned(), Value::String(v.into_owned())))
+        .map(|(k, v)| (k.to_owned(), Value::String(v)))
         .collect()
 }
 

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Record, Stream};
 use crate::config::{Config, TopicsConfig};
 use crate::decode::intern::Interner;
-use crate::event::{Raw, RawChunker};
+use crate::event::RawChunker;
 use crate::telemetry::{PartitionLabel, Telemetry};
 
 /// Logs rebalances and notes that one happened; librdkafka does the rest. Its statistics give
@@ -388,30 +388,31 @@ fn topic_name(topic: &str) -> Arc<str> {
 /// total size (a `malloc` per poll, not per record; see [`Raw`]); audit and metrics apart, so the
 /// window, which keeps audit chunks, keeps no metrics bytes.
 fn detach_all(messages: &[BorrowedMessage<'_>], topics: &TopicsConfig) -> Vec<Record> {
-    let streams: Vec<Stream> = messages.iter().map(|m| stream_of(topics, m.topic())).collect();
-    let mut chunkers = [Stream::Audit, Stream::Metrics].map(|stream| {
-        let of_stream = || messages.iter().zip(&streams).filter(move |(_, s)| **s == stream);
-        let bytes = of_stream().filter_map(|(m, _)| m.payload()).map(<[u8]>::len).sum();
-        let mut chunker = RawChunker::with_capacity(bytes, of_stream().count());
-        for payload in of_stream().filter_map(|(m, _)| m.payload()) {
+    let mut records: Vec<Record> = messages
+        .iter()
+        .map(|m| detach(m, stream_of(topics, m.topic())))
+        .collect();
+    for stream in [Stream::Audit, Stream::Metrics] {
+        let payloads: Vec<(usize, &[u8])> = messages
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| records[*i].stream == stream)
+            .filter_map(|(i, m)| Some((i, m.payload()?)))
+            .collect();
+        let bytes = payloads.iter().map(|(_, p)| p.len()).sum();
+        let mut chunker = RawChunker::with_capacity(bytes, payloads.len());
+        for (_, payload) in &payloads {
             chunker.push(payload);
         }
-        chunker.finish().into_iter()
-    });
-    messages
-        .iter()
-        .zip(streams)
-        .map(|(m, stream)| {
-            let payload = m.payload().map(|_| {
-                let raws = &mut chunkers[usize::from(stream == Stream::Metrics)];
-                raws.next().expect("one range per payload")
-            });
-            detach(m, stream, payload)
-        })
-        .collect()
+        for ((i, _), raw) in payloads.iter().zip(chunker.finish()) {
+            records[*i].payload = Some(raw);
+        }
+    }
+    records
 }
 
-fn detach(m: &BorrowedMessage<'_>, stream: Stream, payload: Option<Raw>) -> Record {
+/// A message without its payload, which [`detach_all`] adds.
+fn detach(m: &BorrowedMessage<'_>, stream: Stream) -> Record {
     let topic = m.topic();
     // Only metrics records are read by their headers (content type, metric name, cluster);
     // parsing an audit record's headers was 1.5% of a drain's CPU for nothing.
@@ -433,7 +434,7 @@ fn detach(m: &BorrowedMessage<'_>, stream: Stream, payload: Option<Raw>) -> Reco
         offset: m.offset(),
         timestamp_ms: m.timestamp().to_millis(),
         key: m.key().map(<[u8]>::to_vec),
-        payload,
+        payload: None,
         headers,
     }
 }
@@ -451,20 +452,36 @@ pub fn commit_now(consumer: &KafkaConsumer) {
 mod tests {
     use super::*;
     use rdkafka::mocking::MockCluster;
-    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
+
+    /// A mock cluster with the audit and metrics topics, and a producer to it.
+    fn cluster_with_producer() -> (MockCluster<'static, DefaultProducerContext>, FutureProducer) {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("confluent-audit-log-events", 1, 1).unwrap();
+        cluster.create_topic("confluent-metrics", 1, 1).unwrap();
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .create()
+            .unwrap();
+        (cluster, producer)
+    }
+
+    /// The service's configuration for `cluster` and its consumer, in group `group`.
+    fn consumer_of(cluster: &MockCluster<'_, DefaultProducerContext>, group: &str) -> (Config, KafkaConsumer) {
+        let text = format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{group}\"\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n",
+            cluster.bootstrap_servers()
+        );
+        let config = Config::parse(&text, "t.toml").unwrap();
+        let consumer = consumer(&config, Telemetry::new()).unwrap();
+        (config, consumer)
+    }
 
     /// A poll's audit payloads share one chunk, its metrics payloads another, and every record
     /// reads back its own bytes, in order.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_polls_payloads_share_one_chunk_per_stream() {
-        let cluster = MockCluster::new(1).unwrap();
-        cluster.create_topic("confluent-audit-log-events", 1, 1).unwrap();
-        cluster.create_topic("confluent-metrics", 1, 1).unwrap();
-        let bootstrap = cluster.bootstrap_servers();
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .create()
-            .unwrap();
+        let (cluster, producer) = cluster_with_producer();
         let sent = [
             ("confluent-audit-log-events", "audit-0"),
             ("confluent-metrics", "metric-0"),
@@ -476,11 +493,7 @@ mod tests {
             let record = FutureRecord::<(), str>::to(topic).payload(payload);
             producer.send(record, Duration::from_secs(5)).await.unwrap();
         }
-        let text = format!(
-            "[kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"chunk-test\"\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n"
-        );
-        let config = Config::parse(&text, "t.toml").unwrap();
-        let consumer = consumer(&config, Telemetry::new()).unwrap();
+        let (config, consumer) = consumer_of(&cluster, "chunk-test");
         let (shutdown, idle) = (CancellationToken::new(), std::sync::atomic::AtomicBool::new(false));
         let mut read = Vec::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -541,14 +554,7 @@ mod tests {
     /// The consumer closes within its bound even when the cluster went away first.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn dropping_the_consumer_is_bounded_with_the_cluster_gone() {
-        let cluster = MockCluster::new(1).unwrap();
-        cluster.create_topic("confluent-audit-log-events", 1, 1).unwrap();
-        cluster.create_topic("confluent-metrics", 1, 1).unwrap();
-        let bootstrap = cluster.bootstrap_servers();
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .create()
-            .unwrap();
+        let (cluster, producer) = cluster_with_producer();
         producer
             .send(
                 FutureRecord::<(), [u8]>::to("confluent-audit-log-events").payload(b"x"),
@@ -556,11 +562,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let text = format!(
-            "[kafka]\nbootstrap_servers = \"{bootstrap}\"\ngroup_id = \"close-test\"\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n"
-        );
-        let config = Config::parse(&text, "t.toml").unwrap();
-        let consumer = consumer(&config, Telemetry::new()).unwrap();
+        let (_, consumer) = consumer_of(&cluster, "close-test");
         // In the group, with a partition assigned and a record read.
         tokio::time::timeout(Duration::from_secs(30), consumer.recv())
             .await

@@ -1,7 +1,4 @@
-use std::path::Path;
-
-use datafusion::execution::context::SessionContext;
-
+use super::tests::{denied_row, rules_of};
 use super::*;
 use crate::event::AuditRow;
 use crate::event::arrow::audit_batch;
@@ -10,13 +7,7 @@ use crate::rules::clock::EventClock;
 const S: i64 = 1_000_000;
 
 fn denied(t_s: i64, partition: i32) -> AuditRow {
-    AuditRow {
-        time_us: t_s * S,
-        id: format!("e{t_s}-{partition}"),
-        granted: Some(false),
-        raw: crate::event::Raw::from(&b"{}"[..]),
-        ..AuditRow::default()
-    }
+    denied_row(t_s * S, format!("e{t_s}-{partition}"))
 }
 
 /// A burst spread over three partitions, read one partition at a time (a backlog): with one
@@ -25,7 +16,7 @@ fn denied(t_s: i64, partition: i32) -> AuditRow {
 #[test]
 fn a_burst_read_partition_by_partition_counts_whole_at_its_event_time() {
     let text = "groups:\n  - name: g\n    rules:\n      - id: burst\n        kind: count\n        where: \"granted = false\"\n        window: 5m\n        threshold: 12\n        severity: low\n        summary: s\n";
-    let load = || super::super::parse_rules(&SessionContext::new(), text, Path::new("r.yaml")).unwrap();
+    let load = || rules_of(text);
     // Partition p: four failures at 100..103 s, and p 0 has traffic ten minutes later.
     let partition = |p: i32| {
         let mut rows: Vec<AuditRow> = (0..4).map(|i| denied(100 + i, p)).collect();
@@ -103,7 +94,7 @@ fn raw_waits_for_the_rules_only_when_a_rule_reads_it() {
         rule("needle", "raw LIKE '%needle%'"),
         rule("denied", "granted = false")
     );
-    let load = |text: &str| super::super::parse_rules(&SessionContext::new(), text, Path::new("r.yaml")).unwrap();
+    let load = rules_of;
     let rules = load(&text);
     let reads: Vec<(&str, bool)> = rules.iter().map(|r| (r.meta.id.as_str(), r.meta.reads_raw())).collect();
     assert_eq!(reads, [("needle", true), ("denied", false)]);
@@ -150,7 +141,7 @@ fn raw_waits_for_the_rules_only_when_a_rule_reads_it() {
 #[test]
 fn batches_carry_only_the_columns_the_rules_read() {
     let text = "groups:\n  - name: g\n    rules:\n      - id: denied\n        kind: match\n        where: \"granted = false\"\n        group_by: [cluster_id]\n        severity: low\n        summary: \"{{ resource_name }} denied on {{ cluster_id }}\"\n";
-    let rules = super::super::parse_rules(&SessionContext::new(), text, Path::new("r.yaml")).unwrap();
+    let rules = rules_of(text);
     let mut columns = rules[0].meta.columns.clone();
     columns.sort();
     assert_eq!(columns, ["cluster_id", "granted", "resource_name"]);

@@ -8,14 +8,24 @@ use crate::event::arrow::audit_batch;
 
 const PACK: &str = "groups:\n  - name: g\n    rules:\n      - id: burst\n        kind: count\n        where: \"granted = false\"\n        window: 5m\n        threshold: 3\n        severity: low\n        summary: s\n      - id: other\n        kind: match\n        where: \"granted = true\"\n        severity: low\n        summary: s\n";
 
-fn denied(t: i64) -> AuditRow {
+/// A refused authorisation at `time_us`: what the engine tests count.
+pub(super) fn denied_row(time_us: i64, id: String) -> AuditRow {
     AuditRow {
-        time_us: t,
-        id: format!("e{t}"),
+        time_us,
+        id,
         granted: Some(false),
         raw: crate::event::Raw::from(&b"{}"[..]),
         ..AuditRow::default()
     }
+}
+
+/// The rules of one rule file's text.
+pub(super) fn rules_of(text: &str) -> Vec<crate::rules::Rule> {
+    super::super::parse_rules(&SessionContext::new(), text, Path::new("r.yaml")).unwrap()
+}
+
+fn denied(t: i64) -> AuditRow {
+    denied_row(t, format!("e{t}"))
 }
 
 /// Regression for issue 3 (hot reload): an unchanged rule keeps its window across a reload.

@@ -21,7 +21,7 @@ pub const METRIC_SOURCETYPE: &str = "auditflow:metric";
 /// where each event starts so a rejected request can be split.
 pub struct Encoder<'a> {
     config: &'a HecSinkConfig,
-    /// An audit event's envelope after its time (see [`envelope_tail`]), once written.
+    /// An audit event's envelope after its time (see [`write_envelope_tail`]), written once.
     audit_tail: Vec<u8>,
     pub bodies: Vec<Body>,
     /// Where a new body's buffer comes from, when the sink keeps delivered ones.
@@ -119,28 +119,30 @@ impl Body {
 
 /// What follows an event's time in its envelope: sourcetype, source, host and index, which
 /// depend only on the configuration and the kind of event.
-fn envelope_tail(config: &HecSinkConfig, sourcetype: &str, index: Option<&str>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128);
+fn write_envelope_tail(out: &mut Vec<u8>, config: &HecSinkConfig, sourcetype: &str, index: Option<&str>) {
     out.extend_from_slice(b",\"sourcetype\":\"");
     out.extend_from_slice(sourcetype.as_bytes());
     out.extend_from_slice(b"\",\"source\":");
-    write_str(&mut out, &config.source);
+    write_str(out, &config.source);
     if let Some(host) = &config.host {
         out.extend_from_slice(b",\"host\":");
-        write_str(&mut out, host);
+        write_str(out, host);
     }
     if let Some(index) = index {
         out.extend_from_slice(b",\"index\":");
-        write_str(&mut out, index);
+        write_str(out, index);
     }
-    out
 }
 
 impl<'a> Encoder<'a> {
     pub fn new(config: &'a HecSinkConfig) -> Encoder<'a> {
         Encoder {
             config,
-            audit_tail: Vec::new(),
+            audit_tail: {
+                let mut tail = Vec::with_capacity(128);
+                write_envelope_tail(&mut tail, config, AUDIT_SOURCETYPE, config.index.as_deref());
+                tail
+            },
             bodies: Vec::new(),
             buffers: None,
         }
@@ -196,11 +198,13 @@ impl<'a> Encoder<'a> {
 
     /// Starts an event at the end of the current body, with its envelope.
     fn envelope(&mut self, time_us: i64, sourcetype: &str, index: Option<&str>) -> &mut Vec<u8> {
-        let tail = envelope_tail(self.config, sourcetype, index);
-        self.envelope_with(time_us, &tail)
+        let config = self.config;
+        let out = self.envelope_with(time_us, &[]);
+        write_envelope_tail(out, config, sourcetype, index);
+        out
     }
 
-    /// Starts an event: its time, then `tail` (see [`envelope_tail`]).
+    /// Starts an event: its time, then `tail` (see [`write_envelope_tail`]).
     fn envelope_with(&mut self, time_us: i64, tail: &[u8]) -> &mut Vec<u8> {
         let body = self.current();
         body.starts.push(body.bytes.len());
@@ -215,11 +219,6 @@ impl<'a> Encoder<'a> {
     pub fn audit(&mut self, row: &AuditRow) {
         // The same for every audit event: written once per encoder, copied per event.
         let tail = std::mem::take(&mut self.audit_tail);
-        let tail = if tail.is_empty() {
-            envelope_tail(self.config, AUDIT_SOURCETYPE, self.config.index.as_deref())
-        } else {
-            tail
-        };
         let out = self.envelope_with(row.time_us, &tail);
         out.extend_from_slice(b",\"fields\":{");
         let mut first = true;
