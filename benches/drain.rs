@@ -16,7 +16,7 @@
 //!
 //! The mock cluster keeps only the newest 5 MB of a partition, so the backlog is spread over as
 //! many partitions as it needs. Run: `cargo bench --bench drain` (`DRAIN_EVENTS=600000` for the
-//! memory figure; `DRAIN_MODES=gzip` to run one mode; `DRAIN_LATENCY_RATE=50000` for the latency
+//! memory figure; `DRAIN_MODES=gzip` to run one mode; `DRAIN_KAFKA_PROPERTIES="k=v,..."` for more consumer properties; `DRAIN_LATENCY_RATE=50000` for the latency
 //! phase at a fixed rate instead of half of the measured peak; `DRAIN_MODES=broker` for the harness's own
 //! ceiling: a bare consumer's drain rate, and producer -> mock broker -> bare consumer latency,
 //! which bounds every latency figure here from below).
@@ -212,6 +212,7 @@ group_id = "{group}"
 # when data arrives as a broker does: at the default 100 ms a bare consumer alone measured p50
 # 53 ms / p99 103 ms. 5 ms keeps the harness out of the latency measured.
 "fetch.wait.max.ms" = "5"
+{extra}
 [rules]
 dirs = ["{rules}"]
 [server]
@@ -224,11 +225,22 @@ acknowledgements = {acks}
 ack_poll_interval = "20ms"
 "#,
         data = dir.join("data").display(),
-        rules = rules.display()
+        rules = rules.display(),
+        extra = extra_kafka_properties()
     );
     let path = dir.join(format!("{group}.toml"));
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// `DRAIN_KAFKA_PROPERTIES="key=value,key=value"`: more librdkafka properties for the
+/// process's consumer, to try fetch settings without rebuilding.
+fn extra_kafka_properties() -> String {
+    let list = std::env::var("DRAIN_KAFKA_PROPERTIES").unwrap_or_default();
+    list.split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| format!("{:?} = {:?}\n", k.trim(), v.trim()))
+        .collect()
 }
 
 /// `(utime + stime)` of `pid` in seconds.

@@ -3,10 +3,6 @@
 //! Audit events embed `raw` verbatim (no re-serialisation, so integers above 2^53 keep every
 //! digit); field values that need escaping are escaped through serde_json.
 
-use std::io::Write;
-
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use serde_json::{Map, Value, json};
 
 use crate::config::HecSinkConfig;
@@ -340,13 +336,6 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
         return;
     }
     serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
-}
-
-/// Gzip level 1: the cheapest setting that still shrinks audit JSON ~10x.
-pub fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut enc = GzEncoder::new(Vec::with_capacity(bytes.len() / 6 + 64), Compression::fast());
-    enc.write_all(bytes).expect("writing to a Vec cannot fail");
-    enc.finish().expect("writing to a Vec cannot fail")
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 
 mod acks;
 pub mod encoder;
+pub mod gzip;
 pub mod refused;
 pub mod response;
 pub mod sink;

@@ -17,7 +17,8 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::acks::{AwaitingAck, PendingGroup};
-use super::encoder::{Body, BodyBuffers, encode, gzip};
+use super::encoder::{Body, BodyBuffers, encode};
+use super::gzip::{GzipPool, gzip};
 use super::refused;
 use super::response::{HecResponse, classify, classify_transport, retry_after};
 use crate::config::{HecSinkConfig, redact_url};
@@ -71,6 +72,8 @@ pub(super) struct Shared {
     became_idle: tokio::sync::Notify,
     /// Buffers of delivered bodies, for the next ones.
     pub(super) buffers: BodyBuffers,
+    /// Gzip compressors and buffers of sent bodies, for the next ones.
+    gzips: GzipPool,
 }
 
 /// Counts a connection as idle while it waits for a group.
@@ -121,7 +124,8 @@ impl HecSink {
         let probe = http_client(&config)?;
         let num_endpoints = config.endpoints.len();
         // One per connection and one being filled: what is in flight anyway.
-        let buffers = BodyBuffers::new(config.concurrency + 1);
+        let keep = config.concurrency + 1;
+        let buffers = BodyBuffers::new(keep);
         Ok(HecSink {
             shared: Arc::new(Shared {
                 config,
@@ -138,6 +142,7 @@ impl HecSink {
                 idle: AtomicUsize::new(0),
                 became_idle: tokio::sync::Notify::new(),
                 buffers,
+                gzips: GzipPool::new(keep),
             }),
         })
     }
@@ -411,16 +416,39 @@ impl Connection {
 
     /// Sends one body until HEC accepts it or rejects an event in it.
     async fn send(&self, body: &Body) -> Outcome {
+        if !self.shared.config.compression {
+            return self
+                .post(body, &bytes::Bytes::from_owner(SharedBody(body.bytes.clone())))
+                .await;
+        }
+        let payload = self.gzipped(body).await;
+        let outcome = self.post(body, &payload).await;
+        self.shared.gzips.give_body(payload);
+        outcome
+    }
+
+    /// `body` gzipped with a kept compressor, off the runtime's workers; when the blocking
+    /// pool cannot run it (the runtime shutting down), here instead.
+    async fn gzipped(&self, body: &Body) -> bytes::Bytes {
+        let (mut compressor, mut out) = self.shared.gzips.take();
+        let raw = body.bytes.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            compressor.compress_into(&raw, &mut out);
+            (compressor, out)
+        })
+        .await;
+        match done {
+            Ok((compressor, out)) => {
+                self.shared.gzips.give_compressor(compressor);
+                bytes::Bytes::from(out)
+            }
+            Err(_) => bytes::Bytes::from(gzip(&body.bytes)),
+        }
+    }
+
+    /// Posts `payload` (the body as sent) until HEC accepts it or rejects an event in it.
+    async fn post(&self, body: &Body, payload: &bytes::Bytes) -> Outcome {
         let config = &self.shared.config;
-        let payload = if config.compression {
-            let raw = body.bytes.clone();
-            // Off the runtime's workers; when the blocking pool cannot run it (the runtime
-            // shutting down), here instead.
-            let gzipped = tokio::task::spawn_blocking(move || gzip(&raw)).await;
-            bytes::Bytes::from(gzipped.unwrap_or_else(|_| gzip(&body.bytes)))
-        } else {
-            bytes::Bytes::from_owner(SharedBody(body.bytes.clone()))
-        };
         let sending = Instant::now();
         let mut attempt: u32 = 0;
         loop {
