@@ -125,6 +125,24 @@ pub struct DedupeStore {
     dir: std::path::PathBuf,
     bucket_s: i64,
     horizon_s: i64,
+    /// The current bucket's file, kept open between appends (opening, closing and joining its
+    /// path per batch cost as much as writing to it). Files are deleted only by
+    /// [`DedupeStore::load_into`] at start, never the current bucket's.
+    current: std::sync::Mutex<Option<(i64, std::fs::File)>>,
+}
+
+/// Delivered ids as the store writes them: one per line, each line ended. An id holding a
+/// newline (CloudEvents ids are free text) would split into two remembered ids, so newlines
+/// are dropped from it. Built once per batch, in one allocation.
+pub fn id_lines(rows: &[crate::event::AuditRow]) -> String {
+    let mut out = String::with_capacity(rows.iter().map(|r| r.id.len() + 1).sum());
+    for row in rows {
+        for part in row.id.split('\n') {
+            out.push_str(part);
+        }
+        out.push('\n');
+    }
+    out
 }
 
 impl DedupeStore {
@@ -135,6 +153,7 @@ impl DedupeStore {
             dir: dir.to_owned(),
             bucket_s: (horizon_s / 60).max(1),
             horizon_s,
+            current: std::sync::Mutex::new(None),
         })
     }
 
@@ -169,22 +188,31 @@ impl DedupeStore {
         Ok(n)
     }
 
-    /// Durably records ids of a delivered batch.
-    pub fn append(&self, ids: &[String], now_us: i64) -> std::io::Result<()> {
+    /// Durably records delivered ids: `lines` holds one block per batch, as [`id_lines`] makes
+    /// them.
+    pub fn append(&self, lines: &[String], now_us: i64) -> std::io::Result<()> {
         use std::io::Write;
-        if ids.is_empty() {
+        if lines.iter().all(String::is_empty) {
             return Ok(());
         }
-        let path = self.dir.join(format!("{}.ids", self.bucket_of(now_us)));
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        let mut buf = String::with_capacity(ids.len() * 40);
-        for id in ids {
-            // Ids are CloudEvents ids; a newline inside one would split it, so it is dropped.
-            buf.push_str(&id.replace('\n', ""));
-            buf.push('\n');
+        let bucket = self.bucket_of(now_us);
+        let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut file = match current.take() {
+            Some((open, file)) if open == bucket => file,
+            _ => {
+                let path = self.dir.join(format!("{bucket}.ids"));
+                std::fs::OpenOptions::new().create(true).append(true).open(path)?
+            }
+        };
+        let written = lines
+            .iter()
+            .try_for_each(|block| file.write_all(block.as_bytes()))
+            .and_then(|()| file.sync_data());
+        // After a failure the retry opens the file again (it may have gone with its directory).
+        if written.is_ok() {
+            *current = Some((bucket, file));
         }
-        file.write_all(buf.as_bytes())?;
-        file.sync_data()
+        written
     }
 }
 
@@ -197,7 +225,8 @@ mod store_tests {
         let dir = tempfile::tempdir().unwrap();
         let store = DedupeStore::open(dir.path(), Duration::from_secs(3600)).unwrap();
         let now = 1_767_225_600_000_000;
-        store.append(&["a".into(), "b".into()], now).unwrap();
+        store.append(&["a\nb\n".into(), String::new()], now).unwrap();
+        store.append(&[], now).unwrap();
         let mut fresh = Dedupe::new(Duration::from_secs(3600), 1000);
         assert_eq!(store.load_into(&mut fresh, now + 1_000_000).unwrap(), 2);
         assert!(
@@ -209,5 +238,32 @@ mod store_tests {
         let mut later = Dedupe::new(Duration::from_secs(3600), 1000);
         assert_eq!(store.load_into(&mut later, now + 7_200_000_000).unwrap(), 0);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// A batch's ids are one line each (a newline inside an id dropped, not splitting it), and
+    /// appends in one bucket go to the file kept open, all read back.
+    #[test]
+    fn ids_are_lines_and_appends_share_the_open_file() {
+        let row = |id: &str| crate::event::AuditRow {
+            id: id.into(),
+            ..Default::default()
+        };
+        let block = id_lines(&[row("a"), row("b\nc")]);
+        assert_eq!(block, "a\nbc\n");
+        let dir = tempfile::tempdir().unwrap();
+        let store = DedupeStore::open(dir.path(), Duration::from_secs(3600)).unwrap();
+        let now = 1_767_225_600_000_000;
+        store.append(&[block], now).unwrap();
+        store.append(&[id_lines(&[row("d")])], now + 1_000_000).unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "one bucket, one file"
+        );
+        let mut fresh = Dedupe::new(Duration::from_secs(3600), 1000);
+        assert_eq!(store.load_into(&mut fresh, now + 2_000_000).unwrap(), 3);
+        for id in ["a", "bc", "d"] {
+            assert!(!fresh.insert(id, now + 3_000_000), "{id} remembered");
+        }
     }
 }

@@ -55,9 +55,9 @@ impl Dispatcher {
         let closed = || PipelineError::Task("a sink or the committer stopped".into());
         let mut acks = Vec::new();
         let ids = if self.record_ids {
-            batch.audit.iter().map(|r| r.id.clone()).collect()
+            crate::enrich::dedupe::id_lines(&batch.audit)
         } else {
-            Vec::new()
+            String::new()
         };
         if !batch.is_empty() || !batch.dead_letters.is_empty() || !batch.duplicates.is_empty() {
             // Concurrently: a sink that is holding data (HEC refusing its token) must not keep

@@ -12,8 +12,9 @@ use super::kafka::KafkaConsumer;
 use crate::event::Positions;
 use crate::telemetry::Telemetry;
 
-/// Called with delivered batches' audit ids before their offsets are stored (the pipeline
-/// passes the dedupe store's append, which syncs to disk). An error is retried: the offsets wait.
+/// Called with delivered batches' audit ids (a block per batch, an id per line) before their
+/// offsets are stored (the pipeline passes the dedupe store's append, which syncs to disk). An
+/// error is retried: the offsets wait.
 pub type RememberDelivered = Arc<dyn Fn(&[String]) -> std::io::Result<()> + Send + Sync>;
 
 /// Batches finalised together: one write and one disk sync for all their ids. A sync costs
@@ -25,8 +26,9 @@ const GROUP_MAX: usize = 64;
 pub struct Pending {
     pub positions: Positions,
     pub acks: Vec<oneshot::Receiver<()>>,
-    /// Ids of the batch's audit events, remembered (the dedupe store) once delivered.
-    pub ids: Vec<String>,
+    /// Ids of the batch's audit events, one per line (`enrich::dedupe::id_lines`), remembered
+    /// (the dedupe store) once delivered.
+    pub ids: String,
     /// The batch's share of `kafka.max_inflight_bytes`, given back once it is finalised.
     pub inflight: Option<tokio::sync::OwnedSemaphorePermit>,
 }
@@ -70,7 +72,7 @@ pub async fn run_committer(
         // Delivered: remember the ids before the offsets move, so a crash after the commit
         // cannot make them look new, and a crash before it finds them remembered.
         if let Some(remember) = &remember {
-            let ids: Vec<String> = delivered.iter_mut().flat_map(|p| std::mem::take(&mut p.ids)).collect();
+            let ids: Vec<String> = delivered.iter_mut().map(|p| std::mem::take(&mut p.ids)).collect();
             let ids = Arc::new(ids);
             let mut attempt = 0;
             loop {

@@ -25,10 +25,12 @@ pub fn parse_client_address(text: &str) -> (Option<&str>, Option<u16>) {
 }
 
 /// A Confluent Resource Name: `crn://confluent.cloud/organization=O/environment=E/.../topic=T`
-/// or `crn:///kafka=ID/topic=T`.
+/// or `crn:///kafka=ID/topic=T`. Its segments are read where asked, not collected: a CRN has a
+/// handful, and a vector of them was an allocation per event.
 #[derive(Debug, Default, PartialEq)]
 pub struct Crn<'a> {
-    pub segments: Vec<(&'a str, &'a str)>,
+    /// The path after the authority; empty when the text is not a CRN.
+    path: &'a str,
 }
 
 impl<'a> Crn<'a> {
@@ -37,25 +39,29 @@ impl<'a> Crn<'a> {
             return Crn::default();
         };
         // Skip the authority (may be empty, as in `crn:///kafka=...`).
-        let path = rest.split_once('/').map_or("", |(_, p)| p);
-        let segments = path
+        Crn {
+            path: rest.split_once('/').map_or("", |(_, p)| p),
+        }
+    }
+
+    /// `key=value` segments with both sides non-empty, in order.
+    fn segments(&self) -> impl DoubleEndedIterator<Item = (&'a str, &'a str)> + use<'a> {
+        self.path
             .split('/')
             .filter_map(|seg| seg.split_once('='))
             .filter(|(k, v)| !k.is_empty() && !v.is_empty())
-            .collect();
-        Crn { segments }
     }
 
     pub fn get(&self, key: &str) -> Option<&'a str> {
-        self.segments.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+        self.segments().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
     /// The resource the CRN names: its last segment, typed as Kafka's authoriser names it.
     pub fn resource(&self) -> (Option<&'static str>, Option<&'a str>) {
-        let Some((key, value)) = self.segments.last() else {
+        let Some((key, value)) = self.segments().next_back() else {
             return (None, None);
         };
-        let kind = match *key {
+        let kind = match key {
             "topic" => "Topic",
             "group" => "Group",
             "transactional-id" => "TransactionalId",
