@@ -25,40 +25,47 @@ pub fn parse_client_address(text: &str) -> (Option<&str>, Option<u16>) {
 }
 
 /// A Confluent Resource Name: `crn://confluent.cloud/organization=O/environment=E/.../topic=T`
-/// or `crn:///kafka=ID/topic=T`. Its segments are read where asked, not collected: a CRN has a
-/// handful, and a vector of them was an allocation per event.
+/// or `crn:///kafka=ID/topic=T`: the segments the row reads (the first of each key), and the
+/// last, found in one pass without collecting them (a vector of segments was an allocation
+/// per event, and looking each key up again a scan per key).
 #[derive(Debug, Default, PartialEq)]
 pub struct Crn<'a> {
-    /// The path after the authority; empty when the text is not a CRN.
-    path: &'a str,
+    pub organization: Option<&'a str>,
+    pub environment: Option<&'a str>,
+    pub kafka: Option<&'a str>,
+    pub cloud_cluster: Option<&'a str>,
+    last: Option<(&'a str, &'a str)>,
 }
 
 impl<'a> Crn<'a> {
     pub fn parse(text: &'a str) -> Crn<'a> {
+        let mut crn = Crn::default();
         let Some(rest) = text.strip_prefix("crn://") else {
-            return Crn::default();
+            return crn;
         };
         // Skip the authority (may be empty, as in `crn:///kafka=...`).
-        Crn {
-            path: rest.split_once('/').map_or("", |(_, p)| p),
-        }
-    }
-
-    /// `key=value` segments with both sides non-empty, in order.
-    fn segments(&self) -> impl DoubleEndedIterator<Item = (&'a str, &'a str)> + use<'a> {
-        self.path
+        let path = rest.split_once('/').map_or("", |(_, p)| p);
+        let segments = path
             .split('/')
             .filter_map(|seg| seg.split_once('='))
-            .filter(|(k, v)| !k.is_empty() && !v.is_empty())
-    }
-
-    pub fn get(&self, key: &str) -> Option<&'a str> {
-        self.segments().find(|(k, _)| *k == key).map(|(_, v)| v)
+            .filter(|(k, v)| !k.is_empty() && !v.is_empty());
+        for (key, value) in segments {
+            let slot = match key {
+                "organization" => &mut crn.organization,
+                "environment" => &mut crn.environment,
+                "kafka" => &mut crn.kafka,
+                "cloud-cluster" => &mut crn.cloud_cluster,
+                _ => &mut None,
+            };
+            slot.get_or_insert(value);
+            crn.last = Some((key, value));
+        }
+        crn
     }
 
     /// The resource the CRN names: its last segment, typed as Kafka's authoriser names it.
     pub fn resource(&self) -> (Option<&'static str>, Option<&'a str>) {
-        let Some((key, value)) = self.segments().next_back() else {
+        let Some((key, value)) = self.last else {
             return (None, None);
         };
         let kind = match key {
@@ -98,11 +105,14 @@ mod tests {
         let c = Crn::parse(
             "crn://confluent.cloud/organization=o/environment=env-x/cloud-cluster=lkc-y/kafka=lkc-y/topic=T",
         );
-        assert_eq!(c.get("organization"), Some("o"));
-        assert_eq!(c.get("kafka"), Some("lkc-y"));
+        assert_eq!(c.organization, Some("o"));
+        assert_eq!(c.environment, Some("env-x"));
+        assert_eq!((c.kafka, c.cloud_cluster), (Some("lkc-y"), Some("lkc-y")));
         assert_eq!(c.resource(), (Some("Topic"), Some("T")));
         let c = Crn::parse("crn:///kafka=ID/transactional-id=Tech01-Transaction-ID1");
-        assert_eq!(c.get("kafka"), Some("ID"));
+        assert_eq!((c.kafka, c.organization), (Some("ID"), None));
+        // The first of a repeated key, as a lookup in order would find.
+        assert_eq!(Crn::parse("crn://x/kafka=a/kafka=b").kafka, Some("a"));
         assert_eq!(c.resource(), (Some("TransactionalId"), Some("Tech01-Transaction-ID1")));
         assert_eq!(Crn::parse("not a crn"), Crn::default());
     }

@@ -28,11 +28,11 @@ pub(super) fn to_row(e: Envelope<'_>, raw: Raw, strings: &mut Interner) -> Resul
         .unwrap_or_default();
     let crn = Crn::parse(crn_text);
     let source_crn;
-    let cluster_id = match crn.get("kafka").or_else(|| crn.get("cloud-cluster")) {
+    let cluster_id = match crn.kafka.or(crn.cloud_cluster) {
         Some(id) => Some(id),
         None => {
             source_crn = text(&e.source).map(Crn::parse);
-            source_crn.as_ref().and_then(|c| c.get("kafka"))
+            source_crn.as_ref().and_then(|c| c.kafka)
         }
     };
 
@@ -42,8 +42,8 @@ pub(super) fn to_row(e: Envelope<'_>, raw: Raw, strings: &mut Interner) -> Resul
         event_type: owned(Some(e.event_type.as_str())).unwrap_or_default(),
         method: owned(text(&data.method_name)),
         service: owned(text(&data.service_name)),
-        organization: owned(crn.get("organization")),
-        environment: owned(crn.get("environment")),
+        organization: owned(crn.organization),
+        environment: owned(crn.environment),
         cluster_id: owned(cluster_id),
         raw,
         ..AuditRow::default()
