@@ -9,6 +9,7 @@
 mod dispatch;
 mod evaluator;
 mod processor;
+mod window_fill;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -26,6 +26,7 @@ use crate::telemetry::{StreamLabel, Telemetry};
 
 use super::dispatch::Dispatcher;
 use super::evaluator::{Decoded, EVALUATE_AHEAD, Evaluator, Step, run_evaluator};
+use super::window_fill::{WINDOW_AHEAD, fill_window, run_window_fill};
 use super::{PipelineError, Polled};
 
 /// At most this many threads decode one poll.
@@ -203,6 +204,14 @@ impl Intake {
     /// batch (without alerts) and what the [`Evaluator`] needs. Records that cannot be decoded come
     /// back in [`Batch::dead_letters`], whole, for the dead-letter sink.
     pub fn take(&mut self, records: &[Record]) -> (Batch, Step) {
+        let (batch, step) = self.take_rows(records);
+        fill_window(&self.window, &batch, step.now);
+        (batch, step)
+    }
+
+    /// [`Intake::take`] without filling the window: the pipeline fills it beside the processor
+    /// ([`super::window_fill`]).
+    fn take_rows(&mut self, records: &[Record]) -> (Batch, Step) {
         let now = now_us();
         let mut step = Step {
             audit: None,
@@ -288,21 +297,12 @@ impl Intake {
             .rows_decoded
             .get_or_create(&StreamLabel { stream: "metrics" })
             .inc_by(batch.metrics.len() as u64);
-        // The SQL window takes rows as they come, built by minute straight into its stored form;
-        // the rules' batches carry only the columns some rule reads.
+        // The rules' batches carry only the columns some rule reads.
         if !batch.audit.is_empty() {
-            let newest = batch.audit.iter().map(|r| r.time_us).max().unwrap_or(now);
-            // Which of the poll's chunks its rows fill, judged over the whole poll (the window
-            // takes it in one batch per minute).
-            let dense = tables::DenseChunks::of(batch.audit.iter());
-            let build = |rows: &[&AuditRow], schema: &_| tables::audit_batch_viewing(rows, schema, &dense);
-            (self.window.audit).append_rows(&batch.audit, |r| r.time_us, build, newest);
             let columns = &self.rules_columns;
             step.audit = Some(tables::audit_batch_keeping(&batch.audit, &|c| columns.contains(c)));
         }
         if !batch.metrics.is_empty() {
-            let newest = batch.metrics.iter().map(|m| m.time_us).max().unwrap_or(now);
-            (self.window.metrics).append_rows(&batch.metrics, |m| m.time_us, tables::metrics_batch_as, newest);
             step.metrics = Some(tables::metrics_batch(&batch.metrics));
         }
         step.watermarks = [self.clocks[0].watermark(now), self.clocks[1].watermark(now)];
@@ -397,6 +397,8 @@ pub(super) async fn run_processor(
     let (mut intake, evaluator) = processor.into_stages();
     let (to_evaluator, evaluate_rx) = mpsc::channel(EVALUATE_AHEAD);
     let evaluating = tokio::spawn(run_evaluator(evaluator, dispatcher.clone(), evaluate_rx));
+    let (to_window, window_rx) = mpsc::channel(WINDOW_AHEAD);
+    let filling = tokio::spawn(run_window_fill(intake.window.clone(), window_rx));
     let decoding = async {
         loop {
             // Idle while waiting with nothing queued: the poll side then hands over what it has at once.
@@ -420,7 +422,7 @@ pub(super) async fn run_processor(
                 if let Some(assigned) = &polled.assigned {
                     intake.set_assignment(assigned);
                 }
-                let (batch, step) = intake.take(&polled.records);
+                let (batch, step) = intake.take_rows(&polled.records);
                 (intake, batch, step, polled)
             })
             .await
@@ -430,13 +432,19 @@ pub(super) async fn run_processor(
             let rows = batch.len();
             span.record("rows", rows);
             let seq = batch.seq;
+            let batch = Arc::new(batch);
+            if (!batch.audit.is_empty() || !batch.metrics.is_empty())
+                && to_window.send((batch.clone(), step.now)).await.is_err()
+            {
+                break; // the window's task stopped: its error is the cause
+            }
             // An idle tick (no records) has nothing to deliver but still moves the clocks on.
             if !polled.records.is_empty() {
                 // The poll's share of the in-flight budget goes with its events: it comes back
                 // once they are delivered, whether or not the rules have caught up.
                 let inflight = dispatcher.reserve(polled.bytes).await?;
                 dispatcher
-                    .dispatch(Arc::new(batch), Positions::default(), Some(inflight))
+                    .dispatch(batch, Positions::default(), Some(inflight))
                     .instrument(tracing::info_span!(parent: &span, "dispatch"))
                     .await?;
                 tracing::debug!(
@@ -460,11 +468,17 @@ pub(super) async fn run_processor(
     };
     let decoded = decoding.await;
     drop(to_evaluator);
+    drop(to_window);
     let evaluated = match evaluating.await {
         Ok(r) => r,
         Err(e) => Err(PipelineError::Task(format!("evaluating a batch: {e}"))),
     };
-    decoded.and(evaluated)
+    // Every batch handed over is in the window before the processor reports done.
+    let filled = match filling.await {
+        Ok(r) => r,
+        Err(e) => Err(PipelineError::Task(format!("filling the SQL window: {e}"))),
+    };
+    decoded.and(evaluated).and(filled)
 }
 
 #[cfg(test)]
