@@ -23,7 +23,7 @@ pub(super) const WINDOW_AHEAD: usize = 2;
 
 /// Appends `batch`'s rows to the window, each table's built by minute straight into its
 /// stored form. `now` (µs) is the batch's processing time: what an empty table counts from.
-pub(crate) fn fill_window(window: &Window, batch: &Batch, now: i64) {
+pub(super) fn fill_window(window: &Window, batch: &Batch, now: i64) {
     if !batch.audit.is_empty() {
         let newest = batch.audit.iter().map(|r| r.time_us).max().unwrap_or(now);
         // Which of the poll's chunks its rows fill, judged over the whole poll (the window

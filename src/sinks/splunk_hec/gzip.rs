@@ -6,23 +6,21 @@
 //! compressor is reset (its tables cleared, nothing allocated) and a kept buffer is already
 //! mapped.
 
-use std::io::Write;
 use std::sync::Mutex;
 
-use flate2::write::GzEncoder;
-use flate2::{Compress, Compression, FlushCompress, Status};
+use flate2::{Compress, CompressError, Compression, FlushCompress, Status};
 
 /// Level 1: the cheapest setting that still shrinks audit JSON ~10x.
 fn level() -> Compression {
     Compression::fast()
 }
 
-/// `bytes` gzipped with a compressor of its own (tests, and the fallback when the pool's
-/// compressor cannot be used).
-pub fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut enc = GzEncoder::new(Vec::with_capacity(bytes.len() / 6 + 64), level());
-    enc.write_all(bytes).expect("writing to a Vec cannot fail");
-    enc.finish().expect("writing to a Vec cannot fail")
+/// `bytes` gzipped with a compressor of its own (tests, and the sink when its blocking pool
+/// cannot run the kept one).
+pub fn gzip(bytes: &[u8]) -> Result<Vec<u8>, CompressError> {
+    let mut out = Vec::new();
+    Gzip::default().compress_into(bytes, &mut out)?;
+    Ok(out)
 }
 
 /// A gzip compressor (gzip header and trailer included) reused across bodies.
@@ -47,7 +45,9 @@ impl std::fmt::Debug for Gzip {
 
 impl Gzip {
     /// `bytes` as one gzip member, written into `out` (cleared first; it grows as needed).
-    pub fn compress_into(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+    /// Only a misused stream fails, and this one is reset first; a compressor that failed is
+    /// not to be used again.
+    pub fn compress_into(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), CompressError> {
         self.compress.reset();
         out.clear();
         out.reserve(bytes.len() / 6 + 64);
@@ -55,18 +55,10 @@ impl Gzip {
             let read = usize::try_from(self.compress.total_in())
                 .unwrap_or(usize::MAX)
                 .min(bytes.len());
-            match self.compress.compress_vec(&bytes[read..], out, FlushCompress::Finish) {
-                Ok(Status::StreamEnd) => return,
+            match self.compress.compress_vec(&bytes[read..], out, FlushCompress::Finish)? {
+                Status::StreamEnd => return Ok(()),
                 // Out of room in `out`: more, and go on where it stopped.
-                Ok(Status::Ok | Status::BufError) => out.reserve(out.capacity().max(4096)),
-                // Only a misused stream fails; this one was just reset. Start over with a
-                // compressor of its own rather than send a broken body.
-                Err(e) => {
-                    tracing::warn!(error = %e, "gzip stream failed; compressing the body again with a new one");
-                    *self = Gzip::default();
-                    *out = gzip(bytes);
-                    return;
-                }
+                Status::Ok | Status::BufError => out.reserve(out.capacity().max(4096)),
             }
         }
     }
@@ -160,10 +152,10 @@ mod tests {
         }
         for input in [&small[..], &noisy[..], &small[..], b""] {
             let (mut gz, mut out) = pool.take();
-            gz.compress_into(input, &mut out);
+            gz.compress_into(input, &mut out).unwrap();
             assert_eq!(&out[..2], [0x1f, 0x8b], "a gzip header");
             assert_eq!(gunzip(&out), input);
-            assert_eq!(gunzip(&out), gunzip(&gzip(input)));
+            assert_eq!(gunzip(&out), gunzip(&gzip(input).unwrap()));
             if input == &small[..] {
                 assert!(out.len() < input.len() / 4, "{} bytes from {}", out.len(), input.len());
             }

@@ -416,38 +416,56 @@ impl Connection {
 
     /// Sends one body until HEC accepts it or rejects an event in it.
     async fn send(&self, body: &Body) -> Outcome {
-        if !self.shared.config.compression {
-            return self
-                .post(body, &bytes::Bytes::from_owner(SharedBody(body.bytes.clone())))
-                .await;
+        let gzipped = if self.shared.config.compression {
+            self.gzipped(body).await
+        } else {
+            None
+        };
+        match gzipped {
+            Some(payload) => {
+                let outcome = self.post(body, &payload, true).await;
+                self.shared.gzips.give_body(payload);
+                outcome
+            }
+            None => {
+                let payload = bytes::Bytes::from_owner(SharedBody(body.bytes.clone()));
+                self.post(body, &payload, false).await
+            }
         }
-        let payload = self.gzipped(body).await;
-        let outcome = self.post(body, &payload).await;
-        self.shared.gzips.give_body(payload);
-        outcome
     }
 
-    /// `body` gzipped with a kept compressor, off the runtime's workers; when the blocking
-    /// pool cannot run it (the runtime shutting down), here instead.
-    async fn gzipped(&self, body: &Body) -> bytes::Bytes {
+    /// `body` gzipped with a kept compressor, off the runtime's workers (here instead when the
+    /// blocking pool cannot run it, the runtime shutting down); `None` if compressing failed,
+    /// and the body then goes uncompressed, which HEC takes as well.
+    async fn gzipped(&self, body: &Body) -> Option<bytes::Bytes> {
         let (mut compressor, mut out) = self.shared.gzips.take();
         let raw = body.bytes.clone();
         let done = tokio::task::spawn_blocking(move || {
-            compressor.compress_into(&raw, &mut out);
-            (compressor, out)
+            let compressed = compressor.compress_into(&raw, &mut out);
+            (compressor, out, compressed)
         })
         .await;
-        match done {
-            Ok((compressor, out)) => {
+        let compressed = match done {
+            Ok((compressor, out, Ok(()))) => {
                 self.shared.gzips.give_compressor(compressor);
-                bytes::Bytes::from(out)
+                Ok(out)
             }
-            Err(_) => bytes::Bytes::from(gzip(&body.bytes)),
+            // A failed compressor is not kept.
+            Ok((_, _, Err(e))) => Err(e),
+            Err(_) => gzip(&body.bytes),
+        };
+        match compressed {
+            Ok(out) => Some(bytes::Bytes::from(out)),
+            Err(e) => {
+                tracing::warn!(error = %e, "gzip failed; sending the body uncompressed");
+                None
+            }
         }
     }
 
-    /// Posts `payload` (the body as sent) until HEC accepts it or rejects an event in it.
-    async fn post(&self, body: &Body, payload: &bytes::Bytes) -> Outcome {
+    /// Posts `payload` (the body as sent, gzipped or not) until HEC accepts it or rejects an
+    /// event in it.
+    async fn post(&self, body: &Body, payload: &bytes::Bytes, gzipped: bool) -> Outcome {
         let config = &self.shared.config;
         let sending = Instant::now();
         let mut attempt: u32 = 0;
@@ -461,7 +479,7 @@ impl Connection {
                 .header("Authorization", format!("Splunk {}", config.token.expose()))
                 .header("X-Splunk-Request-Channel", &self.channels[endpoint])
                 .header("Content-Type", "application/json");
-            if config.compression {
+            if gzipped {
                 request = request.header("Content-Encoding", "gzip");
             }
             let (verdict, answer) = match request.body(payload.clone()).send().await {
