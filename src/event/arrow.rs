@@ -1,7 +1,7 @@
 //! Arrow schemas of the SQL tables and the builders that turn a batch of rows into one
 //! `RecordBatch` (built once per batch: rules evaluate on it and the window keeps it).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::NullBufferBuilder;
@@ -26,6 +26,13 @@ fn ts() -> DataType {
 fn map_type() -> DataType {
     let mut b = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
     datafusion::arrow::array::Array::data_type(&b.finish()).clone()
+}
+
+/// How the window stores a `labels` map column: each row a key into the batch's distinct label
+/// sets. A series' labels repeat on every sample (and across the metrics of one topic), so a
+/// row costs 4 bytes instead of two offsets and the text of every key and value.
+pub fn label_sets_type() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(map_type()))
 }
 
 fn utf8(name: &str) -> Field {
@@ -239,7 +246,7 @@ fn bools(capacity: usize, values: impl Iterator<Item = Option<bool>>) -> ArrayRe
     Arc::new(b.finish())
 }
 
-fn labels_map<'a>(rows: impl Iterator<Item = &'a std::collections::BTreeMap<String, String>>) -> ArrayRef {
+fn labels_map<'a>(rows: impl Iterator<Item = &'a BTreeMap<String, String>>) -> ArrayRef {
     let mut b = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
     for labels in rows {
         for (k, v) in labels {
@@ -249,6 +256,34 @@ fn labels_map<'a>(rows: impl Iterator<Item = &'a std::collections::BTreeMap<Stri
         b.append(true).expect("keys and values are appended in pairs");
     }
     Arc::new(b.finish())
+}
+
+/// The `labels` column of the type `data_type` names: a plain map per row, or the rows' distinct
+/// label sets with a key per row ([`label_sets_type`]).
+fn labels<'a>(data_type: &DataType, rows: impl Iterator<Item = &'a BTreeMap<String, String>> + Clone) -> ArrayRef {
+    if data_type != &label_sets_type() {
+        return labels_map(rows);
+    }
+    let mut index: HashMap<&BTreeMap<String, String>, i32, _> =
+        HashMap::with_hasher(foldhash::fast::RandomState::default());
+    let mut distinct = Vec::new();
+    let mut keys = Vec::new();
+    // A batch often holds one series' samples side by side: the last set is checked first.
+    let mut last: Option<(&BTreeMap<String, String>, i32)> = None;
+    for labels in rows {
+        let key = match last {
+            Some((previous, key)) if previous == labels => key,
+            _ => *index.entry(labels).or_insert_with(|| {
+                distinct.push(labels);
+                distinct.len() as i32 - 1
+            }),
+        };
+        last = Some((labels, key));
+        keys.push(key);
+    }
+    let array = DictionaryArray::<Int32Type>::try_new(Int32Array::from(keys), labels_map(distinct.into_iter()))
+        .expect("every key indexes the label sets built beside it");
+    Arc::new(array)
 }
 
 fn batch(schema: &SchemaRef, columns: Vec<ArrayRef>) -> RecordBatch {
@@ -382,7 +417,10 @@ pub fn metrics_batch_as(rows: &[&MetricSample], schema: &SchemaRef) -> RecordBat
             s("cluster_id", |r| r.cluster_id.as_deref()),
             s("topic", |r| r.topic.as_deref()),
             Arc::new(partition.finish()),
-            labels_map(rows.iter().map(|r| &r.labels)),
+            labels(
+                schema.field_with_name("labels").map_or(&map_type(), |f| f.data_type()),
+                rows.iter().map(|r| &r.labels),
+            ),
             s("resource_app", |r| r.resource_app.as_deref()),
         ],
     )

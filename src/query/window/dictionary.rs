@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, DictionaryArray, Int32Array, NullBufferBuilder, StringBuilder,
+    Array, ArrayRef, AsArray, DictionaryArray, Int32Array, MapArray, MapBuilder, NullBufferBuilder, StringBuilder,
 };
 use datafusion::arrow::datatypes::Int32Type;
 use datafusion::arrow::error::ArrowError;
@@ -83,6 +83,74 @@ pub fn concat_dictionaries(parts: &[&dyn Array]) -> Result<ArrayRef, ArrowError>
     Ok(Arc::new(merged))
 }
 
+/// `parts` (each a `Map(Utf8, Utf8)` column, or a dictionary of such maps with Int32 keys) as
+/// one dictionary of maps holding each distinct label set once, in order of first use. A null
+/// row (which `labels` never has) stays null.
+pub fn concat_label_sets(parts: &[&dyn Array]) -> Result<ArrayRef, ArrowError> {
+    let len = parts.iter().map(|p| p.len()).sum();
+    let mut keys: Vec<i32> = Vec::with_capacity(len);
+    let mut nulls = NullBufferBuilder::new(len);
+    let mut sets = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+    let mut index: HashMap<Vec<(&str, &str)>, i32> = HashMap::new();
+    for part in parts {
+        // The part's maps and, per row, which of them it holds (a plain map column: its own).
+        let (maps, part_keys): (&MapArray, Option<&Int32Array>) = match part.as_dictionary_opt::<Int32Type>() {
+            Some(dictionary) => (map_of(dictionary.values().as_ref())?, Some(dictionary.keys())),
+            None => (map_of(*part)?, None),
+        };
+        let (map_keys, map_values) = (text_of(maps.keys())?, text_of(maps.values())?);
+        let offsets = maps.value_offsets();
+        let mut mapping: Vec<Option<i32>> = Vec::with_capacity(maps.len());
+        for set in 0..maps.len() {
+            if maps.is_null(set) {
+                mapping.push(None);
+                continue;
+            }
+            let (start, end) = (offsets[set] as usize, offsets[set + 1] as usize);
+            let entries: Vec<(&str, &str)> = (start..end).map(|e| (map_keys.value(e), map_values.value(e))).collect();
+            let next = index.len() as i32;
+            let key = *index.entry(entries).or_insert_with_key(|entries| {
+                for (k, v) in entries {
+                    sets.keys().append_value(k);
+                    sets.values().append_value(v);
+                }
+                next
+            });
+            if key == next {
+                sets.append(true)?;
+            }
+            mapping.push(Some(key));
+        }
+        let rows = (0..part.len()).map(|row| match part_keys {
+            Some(part_keys) if part_keys.is_null(row) => None,
+            Some(part_keys) => mapping.get(part_keys.value(row) as usize).copied().flatten(),
+            None => mapping[row],
+        });
+        for key in rows {
+            keys.push(key.unwrap_or_default());
+            nulls.append(key.is_some());
+        }
+        if index.len() > i32::MAX as usize {
+            return Err(ArrowError::DictionaryKeyOverflowError);
+        }
+    }
+    let keys = Int32Array::new(keys.into(), nulls.finish());
+    let merged = DictionaryArray::<Int32Type>::try_new(keys, Arc::new(sets.finish()))?;
+    Ok(Arc::new(merged))
+}
+
+fn map_of(array: &dyn Array) -> Result<&MapArray, ArrowError> {
+    array
+        .as_map_opt()
+        .ok_or_else(|| ArrowError::InvalidArgumentError(format!("expected a map, got {}", array.data_type())))
+}
+
+fn text_of(array: &ArrayRef) -> Result<&datafusion::arrow::array::StringArray, ArrowError> {
+    array.as_string_opt::<i32>().ok_or_else(|| {
+        ArrowError::InvalidArgumentError(format!("expected map keys and values as text, got {}", array.data_type()))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use datafusion::arrow::array::StringArray;
@@ -128,6 +196,36 @@ mod tests {
         assert_eq!(rows, vec![b, a, b, None, c, a, b, a, b]);
         assert_eq!(merged.as_dictionary::<Int32Type>().values().len(), 3);
         assert_eq!(merged.null_count(), 1);
+    }
+
+    /// A map column of `rows`, `None` a null row.
+    fn maps(rows: &[Option<&[(&str, &str)]>]) -> ArrayRef {
+        let mut b = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
+        for row in rows {
+            for (k, v) in row.iter().flat_map(|r| r.iter()) {
+                b.keys().append_value(k);
+                b.values().append_value(v);
+            }
+            b.append(row.is_some()).unwrap();
+        }
+        Arc::new(b.finish())
+    }
+
+    #[test]
+    fn label_sets_from_maps_and_dictionaries_keep_each_set_once() {
+        let (a, ab, b): (&[(&str, &str)], &[_], &[_]) = (&[("k", "1")], &[("k", "1"), ("t", "x")], &[("t", "x")]);
+        let plain = maps(&[Some(a), Some(ab), Some(a), None]);
+        let encoded = concat_label_sets(&[plain.as_ref()]).unwrap();
+        assert_eq!(encoded.as_dictionary::<Int32Type>().values().len(), 2);
+        // A slice of a plain column reads its own rows (offsets into the shared entries).
+        let later = maps(&[Some(b), Some(ab)]).slice(1, 1);
+        let merged = concat_label_sets(&[encoded.as_ref(), later.as_ref(), encoded.slice(2, 2).as_ref()]).unwrap();
+        let dictionary = merged.as_dictionary::<Int32Type>();
+        assert_eq!(dictionary.values().len(), 2, "{{k=1}} and {{k=1, t=x}}, whatever part they came in");
+        assert_eq!(merged.null_count(), 2);
+        let back = cast(&merged, plain.data_type()).unwrap();
+        let expected = maps(&[Some(a), Some(ab), Some(a), None, Some(ab), Some(a), None]);
+        assert_eq!(back.as_ref(), expected.as_ref());
     }
 
     #[test]

@@ -81,12 +81,10 @@ impl Window {
                 WindowTable::with_options(AUDIT_SCHEMA.clone(), retention, AUDIT_DICTIONARY_COLUMNS, share(70))
                     .stored_as_views(AUDIT_VIEW_COLUMNS),
             ),
-            metrics: Arc::new(WindowTable::with_options(
-                METRICS_SCHEMA.clone(),
-                retention,
-                METRICS_DICTIONARY_COLUMNS,
-                share(25),
-            )),
+            metrics: Arc::new(
+                WindowTable::with_options(METRICS_SCHEMA.clone(), retention, METRICS_DICTIONARY_COLUMNS, share(25))
+                    .stored_as_label_sets(&["labels"]),
+            ),
             alerts: Arc::new(WindowTable::with_options(
                 ALERTS_SCHEMA.clone(),
                 retention,
@@ -148,5 +146,47 @@ mod tests {
             .to_string();
         // 10 of the 30 batches are scanned (5 per partition).
         assert!(text.contains("partitions=2, partition_sizes=[5, 5]"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn labels_stored_as_label_sets_read_as_maps() {
+        use datafusion::arrow::array::AsArray;
+        let window = Window::new(Duration::from_secs(3600));
+        let t = now_us() - 60_000_000;
+        let samples: Vec<_> = (0..6)
+            .map(|i| crate::event::MetricSample {
+                labels: std::collections::BTreeMap::from([
+                    ("kafka.id".to_string(), "lkc-1".to_string()),
+                    ("topic".to_string(), format!("t{}", i % 2)),
+                ]),
+                ..sample(t + i)
+            })
+            .collect();
+        window.metrics.append(metrics_batch(&samples), t + 5);
+        let engine = crate::query::engine::QueryEngine::new(&window);
+        let (_, batches) = engine
+            .query("SELECT labels['topic'] AS topic, count(*) AS n FROM metrics GROUP BY 1 ORDER BY 1")
+            .await
+            .unwrap();
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        assert!(text.contains("| t0    | 3 |") && text.contains("| t1    | 3 |"), "{text}");
+        let (schema, batches) = engine
+            .query("SELECT labels, arrow_typeof(labels) AS type FROM metrics LIMIT 1")
+            .await
+            .unwrap();
+        assert_eq!(
+            schema.field_with_name("labels").unwrap().data_type(),
+            crate::event::arrow::METRICS_SCHEMA.field_with_name("labels").unwrap().data_type(),
+            "served as the map it was appended as"
+        );
+        assert!(batches[0].column(1).as_string::<i32>().value(0).starts_with("Map("));
+        // As `POST /v1/sql` writes it.
+        let mut json = datafusion::arrow::json::LineDelimitedWriter::new(Vec::new());
+        json.write(&batches[0]).unwrap();
+        json.finish().unwrap();
+        let body = String::from_utf8(json.into_inner()).unwrap();
+        assert!(body.contains(r#""labels":{"kafka.id":"lkc-1","topic":"t0"}"#), "{body}");
     }
 }

@@ -15,10 +15,16 @@ use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_expr::expressions::{CastExpr, Column};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::projection::ProjectionExpr;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::projection::ProjectionExec;
 
 use super::buckets::{bucket_of, split_by_bucket, time_range};
+use super::dictionary::concat_label_sets;
 use super::pruning::{IdFilter, Pruning, pruning};
+use crate::event::arrow::label_sets_type;
 use crate::event::now_us;
 
 /// Most an event may run ahead of the wall clock before it stops moving the window forward.
@@ -100,8 +106,11 @@ pub const BUCKET_US: i64 = 60_000_000;
 pub struct WindowTable {
     /// What the pipeline appends (plain strings).
     input_schema: SchemaRef,
-    /// What is stored and served: repetitive strings dictionary-encoded.
+    /// What is stored: repetitive strings dictionary-encoded, label sets kept once per batch.
     schema: SchemaRef,
+    /// What queries see: the stored schema with label-set columns as the maps they hold (a
+    /// scan turns them back, batch by batch, only when the query reads them).
+    served_schema: SchemaRef,
     retention_us: i64,
     max_bytes: usize,
     /// Stored batches by the start of their event-time bucket, oldest bucket first; within a
@@ -137,8 +146,10 @@ impl WindowTable {
                 }
             })
             .collect();
+        let schema = Arc::new(Schema::new(fields));
         WindowTable {
-            schema: Arc::new(Schema::new(fields)),
+            served_schema: schema.clone(),
+            schema,
             input_schema,
             retention_us: retention.as_micros() as i64,
             max_bytes,
@@ -167,6 +178,27 @@ impl WindowTable {
             })
             .collect();
         self.schema = Arc::new(Schema::new(fields));
+        self.served_schema = self.schema.clone();
+        self
+    }
+
+    /// Stores the map columns `columns` as a dictionary of the batch's distinct maps
+    /// ([`label_sets_type`]); queries still see maps.
+    pub fn stored_as_label_sets(mut self, columns: &[&str]) -> WindowTable {
+        let fields: Vec<Field> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| {
+                if columns.contains(&f.name().as_str()) && matches!(f.data_type(), DataType::Map(..)) {
+                    Field::new(f.name(), label_sets_type(), f.is_nullable())
+                } else {
+                    f.as_ref().clone()
+                }
+            })
+            .collect();
+        self.served_schema = self.schema.clone();
+        self.schema = Arc::new(Schema::new(fields));
         self
     }
 
@@ -183,6 +215,8 @@ impl WindowTable {
             .map(|(column, field)| {
                 if column.data_type() == field.data_type() {
                     Ok(column.clone())
+                } else if field.data_type() == &label_sets_type() {
+                    concat_label_sets(&[column.as_ref()])
                 } else {
                     cast(column, field.data_type())
                 }
@@ -341,11 +375,40 @@ impl WindowTable {
     }
 }
 
-/// A timestamp literal in microseconds since the epoch.
+impl WindowTable {
+    /// `scan` (columns of the stored schema) as the served schema: a label-set column it reads
+    /// is turned back into maps, batch by batch, as the query pulls them.
+    fn served(&self, scan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let stored = scan.schema();
+        if !stored.fields().iter().any(|f| f.data_type() == &label_sets_type()) {
+            return Ok(scan);
+        }
+        let columns: Vec<ProjectionExpr> = stored
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, field)| {
+                let column: Arc<dyn PhysicalExpr> = Arc::new(Column::new(field.name(), i));
+                let served = self.served_schema.field_with_name(field.name())?.data_type();
+                let expr: Arc<dyn PhysicalExpr> = if served == field.data_type() {
+                    column
+                } else {
+                    Arc::new(CastExpr::new(column, served.clone(), None))
+                };
+                Ok(ProjectionExpr {
+                    expr,
+                    alias: field.name().clone(),
+                })
+            })
+            .collect::<DfResult<_>>()?;
+        Ok(Arc::new(ProjectionExec::try_new(columns, scan)?))
+    }
+}
+
 #[async_trait]
 impl TableProvider for WindowTable {
     fn schema(&self) -> SchemaRef {
-        self.schema.clone()
+        self.served_schema.clone()
     }
 
     fn table_type(&self) -> TableType {
@@ -372,7 +435,7 @@ impl TableProvider for WindowTable {
             partitions[i % 2].push(b);
         }
         let exec = MemorySourceConfig::try_new_exec(&partitions, self.schema.clone(), projection.cloned())?;
-        Ok(exec)
+        self.served(exec)
     }
 }
 

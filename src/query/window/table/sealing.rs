@@ -8,7 +8,8 @@ use datafusion::arrow::compute::concat;
 
 use super::{BUCKET_US, Stored, WindowTable, dictionary_type};
 use crate::query::window::buckets::bucket_of;
-use crate::query::window::dictionary::concat_dictionaries;
+use crate::event::arrow::label_sets_type;
+use crate::query::window::dictionary::{concat_dictionaries, concat_label_sets};
 
 /// A stored batch under this many rows counts as small (a quiet stream polls a few records at a
 /// time); a bucket's run of trailing small batches is concatenated into one once it reaches
@@ -61,6 +62,8 @@ impl WindowTable {
                 let column: Vec<&dyn Array> = parts.iter().map(|s| s.batch.column(i).as_ref()).collect();
                 if field.data_type() == &dictionary_type() {
                     concat_dictionaries(&column).map_err(|e| e.to_string())
+                } else if field.data_type() == &label_sets_type() {
+                    concat_label_sets(&column).map_err(|e| e.to_string())
                 } else {
                     concat(&column).map_err(|e| e.to_string())
                 }

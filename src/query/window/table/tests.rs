@@ -2,7 +2,8 @@
 //! straight into the stored form.
 
 use super::*;
-use datafusion::arrow::array::TimestampMicrosecondArray;
+use datafusion::arrow::array::{AsArray, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::Int32Type;
 
 use crate::event::MetricSample;
 use crate::event::arrow::{METRICS_SCHEMA, metrics_batch};
@@ -21,7 +22,7 @@ pub fn sample(time_us: i64) -> MetricSample {
     }
 }
 
-/// A metrics table of an hour, dictionary-encoded as the window's, without a memory cap.
+/// A metrics table of an hour, encoded as the window's, without a memory cap.
 fn metrics_table() -> WindowTable {
     WindowTable::with_options(
         METRICS_SCHEMA.clone(),
@@ -29,6 +30,7 @@ fn metrics_table() -> WindowTable {
         crate::query::window::METRICS_DICTIONARY_COLUMNS,
         usize::MAX,
     )
+    .stored_as_label_sets(&["labels"])
 }
 
 #[test]
@@ -258,6 +260,7 @@ fn rows_appended_by_minute_read_back_as_an_appended_batch_does() {
         .map(|i| MetricSample {
             name: format!("m{}", i % 4),
             cluster_id: (i % 5 != 0).then(|| format!("lkc-{}", i % 2)),
+            labels: BTreeMap::from([("topic".into(), format!("t{}", i % 7))]),
             ..sample(base + (i % 3) * BUCKET_US + i)
         })
         .collect();
@@ -274,10 +277,8 @@ fn rows_appended_by_minute_read_back_as_an_appended_batch_does() {
                 let columns = b
                     .columns()
                     .iter()
-                    .map(|c| match c.data_type() {
-                        DataType::Dictionary(..) => cast(c, &DataType::Utf8).unwrap(),
-                        _ => c.clone(),
-                    })
+                    .zip(METRICS_SCHEMA.fields())
+                    .map(|(c, f)| cast(c, f.data_type()).unwrap())
                     .collect();
                 RecordBatch::try_new(METRICS_SCHEMA.clone(), columns).unwrap()
             })
@@ -288,6 +289,43 @@ fn rows_appended_by_minute_read_back_as_an_appended_batch_does() {
     assert_eq!(stored[0].schema(), from_rows.schema);
     let names = name_dictionary(&stored[0]);
     assert_eq!(names.values().len(), 4, "each distinct name once");
+    let labels = stored[0].column_by_name("labels").unwrap().as_dictionary::<Int32Type>();
+    assert_eq!(labels.values().len(), 7.min(stored[0].num_rows()), "each label set once");
+}
+
+#[test]
+fn sealing_keeps_each_label_set_once_per_batch() {
+    let t = metrics_table();
+    let base = bucket_of(now_us() - 30 * 60 * 1_000_000);
+    // Ten polls into one minute, each with the same 5 series, then a row 3 minutes on seals it.
+    for poll in 0..10 {
+        let samples: Vec<MetricSample> = (0..5)
+            .map(|series| MetricSample {
+                labels: BTreeMap::from([
+                    ("kafka.id".into(), "lkc-1".into()),
+                    ("topic".into(), format!("t{series}")),
+                ]),
+                ..sample(base + poll * 1000 + series)
+            })
+            .collect();
+        t.append(metrics_batch(&samples), base + poll * 1000 + 4);
+    }
+    let later = base + 3 * BUCKET_US;
+    t.append(metrics_batch(&[sample(later)]), later);
+    let batches = t.snapshot();
+    let sealed = &batches[0];
+    assert_eq!(sealed.num_rows(), 50, "the minute's ten polls, merged: {batches:?}");
+    let labels = sealed.column_by_name("labels").unwrap().as_dictionary::<Int32Type>();
+    assert_eq!(labels.values().len(), 5, "each series' label set once");
+    let maps = cast(labels, METRICS_SCHEMA.field_with_name("labels").unwrap().data_type()).unwrap();
+    let maps = maps.as_map();
+    for row in 0..50 {
+        let topics = maps.value(row);
+        let keys = topics.column(0).as_string::<i32>();
+        let values = topics.column(1).as_string::<i32>();
+        assert_eq!(keys.value(1), "topic");
+        assert_eq!(values.value(1), format!("t{}", row % 5), "row {row}");
+    }
 }
 
 /// The `name` column of a stored metrics batch, dictionary-encoded as the window keeps it.
