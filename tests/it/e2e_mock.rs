@@ -343,6 +343,27 @@ async fn mock_cluster_to_hec_otlp_sql() {
     }
     let (_, rows) = sql(http, "SELECT name, kind, cluster_id, topic, value FROM metrics WHERE name = 'io.confluent.kafka.server/retained_bytes' ORDER BY value").await;
     assert_eq!(rows.as_array().unwrap().len(), 2, "{rows}");
+    // `labels` (stored as label sets) reads back as the map it came in as, in every format.
+    let (_, rows) = sql(
+        http,
+        "SELECT topic, labels['topic'] AS label, labels FROM metrics WHERE name = 'io.confluent.kafka.server/retained_bytes'",
+    )
+    .await;
+    for r in rows.as_array().unwrap() {
+        assert_eq!(r["label"], r["topic"], "{rows}");
+        assert_eq!(r["labels"]["topic"], r["topic"], "{rows}");
+    }
+    let csv = reqwest::Client::new()
+        .post(format!("http://{http}/v1/sql"))
+        .header("Accept", "text/csv")
+        .json(&json!({"sql": "SELECT * FROM metrics WHERE name = 'io.confluent.kafka.server/retained_bytes'"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.status(), 200);
+    let csv = csv.text().await.unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(csv.contains(r#"{""kafka.id"":""#), "labels as JSON text: {csv}");
     let (status, err) = sql(http, "SELECT nope FROM audit_events").await;
     assert_eq!(status, 400);
     assert!(err["error"].as_str().unwrap().contains("nope"));

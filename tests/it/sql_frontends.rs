@@ -77,6 +77,24 @@ async fn psql_and_a_postgres_driver_query_the_window() {
     .await
     .unwrap();
     assert_eq!(stdout(&o), "audit_events");
+    // Every table reads whole, maps (`labels`) as JSON text: the wire has no map type.
+    for table in ["metrics", "alerts"] {
+        let o = tokio::task::spawn_blocking(move || psql(port, None, &format!("SELECT * FROM {table}")))
+            .await
+            .unwrap();
+        assert!(o.status.success(), "{table}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let o = tokio::task::spawn_blocking(move || {
+        psql(
+            port,
+            None,
+            "SELECT map(['topic', 'kafka.id'], ['orders', 'lkc-1']) AS labels",
+        )
+    })
+    .await
+    .unwrap();
+    let labels: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("a JSON object");
+    assert_eq!(labels, serde_json::json!({"kafka.id": "lkc-1", "topic": "orders"}));
     // Read-only, with a clear message.
     for statement in [
         "DROP TABLE audit_events",
@@ -109,6 +127,8 @@ async fn psql_and_a_postgres_driver_query_the_window() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].get::<_, String>(0), "User:sa-r8v2kq");
     assert_eq!(rows[0].get::<_, i64>(1), 20);
+    let rows = client.query("SELECT labels FROM alerts", &[]).await.unwrap();
+    assert!(rows.is_empty());
     let rows = client.query("SELECT count(*) FROM auth_failures", &[]).await.unwrap();
     assert_eq!(rows[0].get::<_, i64>(0), 0);
     let rows = client.simple_query("SHOW TABLES").await.unwrap();

@@ -5,6 +5,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 
 use super::ARROW_STREAM;
+use crate::query::nested_text::Nested;
 
 #[derive(Clone, Copy)]
 pub enum Format {
@@ -66,7 +67,7 @@ impl StreamEncoder {
                 let mut writer = datafusion::arrow::csv::WriterBuilder::new()
                     .with_header(!self.started)
                     .build(&mut out);
-                writer.write(batch)?;
+                writer.write(&Nested::All.batch(batch.clone())?)?;
                 self.started = true;
             }
             Format::Arrow => {

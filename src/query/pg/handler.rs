@@ -29,6 +29,7 @@ use futures::{Sink, StreamExt};
 
 use crate::query::engine::{QueryEngine, QueryError};
 use crate::query::gate;
+use crate::query::nested_text::Nested;
 
 /// `SET`s clients send on connect, answered `SET` and kept on the connection only (never on
 /// the engine). Formatting ones (`DateStyle`, `extra_float_digits`, ...) shape this
@@ -139,10 +140,16 @@ impl PgHandler {
                 let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
                 let engine = &self.parser.engine;
                 let (schema, batches) = engine.stream_plan(ctx, plan).await.map_err(user_error)?;
+                let schema = Nested::Maps.schema(&schema);
                 let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, Some(options))?);
                 let encode_fields = fields.clone();
                 let rows = batches
                     .map(move |batch| -> Box<dyn Iterator<Item = PgWireResult<_>> + Send> {
+                        let batch = batch.and_then(|b| {
+                            Nested::Maps
+                                .batch(b)
+                                .map_err(|e| QueryError::Sql(format!("a map column as text: {e}")))
+                        });
                         match batch {
                             Ok(batch) => encode_recordbatch(encode_fields.clone(), batch),
                             Err(e) => Box::new(std::iter::once(Err(user_error(e)))),
@@ -384,7 +391,7 @@ impl QueryParser for PgParser {
     fn get_result_schema(&self, stmt: &PgStatement, column_format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
         match &stmt.1 {
             Prepared::Plan(plan) => arrow_schema_to_pg_fields(
-                plan.schema().as_arrow(),
+                &Nested::Maps.schema(plan.schema().as_arrow()),
                 column_format.unwrap_or(&Format::UnifiedText),
                 None,
             ),

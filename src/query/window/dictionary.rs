@@ -147,7 +147,10 @@ fn map_of(array: &dyn Array) -> Result<&MapArray, ArrowError> {
 
 fn text_of(array: &ArrayRef) -> Result<&datafusion::arrow::array::StringArray, ArrowError> {
     array.as_string_opt::<i32>().ok_or_else(|| {
-        ArrowError::InvalidArgumentError(format!("expected map keys and values as text, got {}", array.data_type()))
+        ArrowError::InvalidArgumentError(format!(
+            "expected map keys and values as text, got {}",
+            array.data_type()
+        ))
     })
 }
 
@@ -221,7 +224,11 @@ mod tests {
         let later = maps(&[Some(b), Some(ab)]).slice(1, 1);
         let merged = concat_label_sets(&[encoded.as_ref(), later.as_ref(), encoded.slice(2, 2).as_ref()]).unwrap();
         let dictionary = merged.as_dictionary::<Int32Type>();
-        assert_eq!(dictionary.values().len(), 2, "{{k=1}} and {{k=1, t=x}}, whatever part they came in");
+        assert_eq!(
+            dictionary.values().len(),
+            2,
+            "{{k=1}} and {{k=1, t=x}}, whatever part they came in"
+        );
         assert_eq!(merged.null_count(), 2);
         let back = cast(&merged, plain.data_type()).unwrap();
         let expected = maps(&[Some(a), Some(ab), Some(a), None, Some(ab), Some(a), None]);

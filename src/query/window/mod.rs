@@ -171,14 +171,20 @@ mod tests {
         let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
             .unwrap()
             .to_string();
-        assert!(text.contains("| t0    | 3 |") && text.contains("| t1    | 3 |"), "{text}");
+        assert!(
+            text.contains("| t0    | 3 |") && text.contains("| t1    | 3 |"),
+            "{text}"
+        );
         let (schema, batches) = engine
             .query("SELECT labels, arrow_typeof(labels) AS type FROM metrics LIMIT 1")
             .await
             .unwrap();
         assert_eq!(
             schema.field_with_name("labels").unwrap().data_type(),
-            crate::event::arrow::METRICS_SCHEMA.field_with_name("labels").unwrap().data_type(),
+            crate::event::arrow::METRICS_SCHEMA
+                .field_with_name("labels")
+                .unwrap()
+                .data_type(),
             "served as the map it was appended as"
         );
         assert!(batches[0].column(1).as_string::<i32>().value(0).starts_with("Map("));

@@ -7,8 +7,8 @@ use datafusion::arrow::array::{Array, ArrayRef, RecordBatch};
 use datafusion::arrow::compute::concat;
 
 use super::{BUCKET_US, Stored, WindowTable, dictionary_type};
-use crate::query::window::buckets::bucket_of;
 use crate::event::arrow::label_sets_type;
+use crate::query::window::buckets::bucket_of;
 use crate::query::window::dictionary::{concat_dictionaries, concat_label_sets};
 
 /// A stored batch under this many rows counts as small (a quiet stream polls a few records at a

@@ -290,7 +290,11 @@ fn rows_appended_by_minute_read_back_as_an_appended_batch_does() {
     let names = name_dictionary(&stored[0]);
     assert_eq!(names.values().len(), 4, "each distinct name once");
     let labels = stored[0].column_by_name("labels").unwrap().as_dictionary::<Int32Type>();
-    assert_eq!(labels.values().len(), 7.min(stored[0].num_rows()), "each label set once");
+    assert_eq!(
+        labels.values().len(),
+        7.min(stored[0].num_rows()),
+        "each label set once"
+    );
 }
 
 #[test]
