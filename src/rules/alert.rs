@@ -150,20 +150,25 @@ fn render(
             }
         }
     }
+    // Only what the templates name; the same precedence as ever: the alert's own fields, then
+    // its labels, then the triggering event's columns.
     let mut ctx: BTreeMap<String, minijinja::Value> = BTreeMap::new();
-    for (k, v) in obs.context.iter().chain(obs.labels.iter()) {
-        ctx.insert(k.clone(), minijinja::Value::from(v.clone()));
+    for name in &meta.template_names {
+        let value = match name.as_str() {
+            "value" => format_number(obs.value).into(),
+            "threshold" => obs.threshold.map(format_number).unwrap_or_default().into(),
+            "rule_id" => meta.id.clone().into(),
+            "status" => status.as_str().into(),
+            "labels" => minijinja::Value::from_serialize(&obs.labels),
+            other => match obs.labels.get(other).or_else(|| obs.context.get(other)) {
+                Some(v) => minijinja::Value::from(v.clone()),
+                None => continue,
+            },
+        };
+        ctx.insert(name.clone(), value);
     }
-    ctx.insert("value".into(), format_number(obs.value).into());
-    ctx.insert(
-        "threshold".into(),
-        obs.threshold.map(format_number).unwrap_or_default().into(),
-    );
-    ctx.insert("rule_id".into(), meta.id.clone().into());
-    ctx.insert("status".into(), status.as_str().into());
-    ctx.insert("labels".into(), minijinja::Value::from_serialize(&obs.labels));
-    let summary = meta.render(&meta.summary, &ctx);
-    let description = meta.description.as_ref().map(|d| meta.render(d, &ctx));
+    let summary = meta.render("summary", &meta.summary, &ctx);
+    let description = meta.description.as_ref().map(|d| meta.render("description", d, &ctx));
     let mut labels = meta.labels.clone();
     labels.extend(obs.labels);
     Alert {

@@ -73,15 +73,13 @@ impl<'a> BatchView<'a> {
         }
     }
 
-    /// Every column of `row` but `raw`, for alert templates.
-    pub fn row_context(&mut self, row: usize) -> BTreeMap<String, String> {
+    /// The columns `columns` of `row` (those the batch has), for an alert's templates.
+    pub fn row_context(&mut self, columns: &[String], row: usize) -> BTreeMap<String, String> {
         let schema = self.batch.schema();
-        schema
-            .fields()
+        columns
             .iter()
-            .map(|f| f.name())
-            .filter(|n| *n != "raw")
-            .map(|n| (n.clone(), self.text(n, row)))
+            .filter(|c| schema.field_with_name(c).is_ok())
+            .map(|c| (c.clone(), self.text(c, row)))
             .collect()
     }
 

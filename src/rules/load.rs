@@ -365,12 +365,16 @@ fn validate(ctx: &SessionContext, r: RawRule, group: &str, text: &str, path: &Pa
     }
     // What the templates name: the row columns among them are read from the batch.
     let mut template_names = std::collections::BTreeSet::new();
+    let mut templates = minijinja::Environment::new();
     for (field, template) in [("summary", Some(&r.summary)), ("description", r.description.as_ref())] {
         if let Some(t) = template {
             match TEMPLATES.template_from_str(t) {
                 Ok(compiled) => template_names.extend(compiled.undeclared_variables(false)),
                 Err(e) => return Err(fields.err(field, format!("bad template: {e}"))),
             }
+            templates
+                .add_template_owned(field, t.clone())
+                .map_err(|e| fields.err(field, format!("bad template: {e}")))?;
         }
     }
     let repeat_interval_us = fields
@@ -414,11 +418,14 @@ fn validate(ctx: &SessionContext, r: RawRule, group: &str, text: &str, path: &Pa
         .cloned()
         .collect();
     columns.extend(kind.predicate().into_iter().flat_map(|p| p.columns().iter().cloned()));
-    columns.extend(
-        template_names
-            .into_iter()
-            .filter(|n| n != "raw" && schema.field_with_name(n).is_ok()),
-    );
+    let row_column = |n: &String| n != "raw" && schema.field_with_name(n).is_ok();
+    let mut context_columns: Vec<String> = template_names.iter().filter(|n| row_column(n)).cloned().collect();
+    columns.extend(context_columns.iter().cloned());
+    for principal in ["principal", "auth_identifier"] {
+        if schema.field_with_name(principal).is_ok() && !context_columns.iter().any(|c| c == principal) {
+            context_columns.push(principal.to_owned());
+        }
+    }
     Ok(Rule {
         meta: RuleMeta {
             id: r.id.clone(),
@@ -434,6 +441,9 @@ fn validate(ctx: &SessionContext, r: RawRule, group: &str, text: &str, path: &Pa
             fingerprint,
             columns: columns.into_iter().collect(),
             directory: None,
+            template_names: template_names.into_iter().collect(),
+            context_columns,
+            templates: std::sync::Arc::new(templates),
         },
         kind,
     })

@@ -49,7 +49,7 @@ impl MatchRule {
                 value: 1.0,
                 threshold: None,
                 evidence: id.into_iter().collect(),
-                context: view.row_context(row),
+                context: view.row_context(&meta.context_columns, row),
             };
             alerts.extend(self.lifecycle.firing(meta, obs, at));
         }

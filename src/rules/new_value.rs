@@ -101,7 +101,7 @@ impl NewValueRule {
                 value: 1.0,
                 threshold: None,
                 evidence: view.id(row).into_iter().collect(),
-                context: view.row_context(row),
+                context: view.row_context(&meta.context_columns, row),
             };
             alerts.extend(self.lifecycle.firing(meta, obs, t));
         }

@@ -53,3 +53,21 @@ fn reload_keeps_the_state_of_unchanged_rules() {
     engine.replace(load(&PACK.replace("threshold: 3", "threshold: 2")));
     assert!(engine.evaluate(Source::Audit, &audit_batch(&[denied(4)])).0.is_empty());
 }
+
+/// An alert's templates see the names they read: its own fields, its labels (over the event's
+/// columns of the same name), and the triggering event's columns.
+#[test]
+fn templates_render_the_names_they_read() {
+    let text = "groups:\n  - name: g\n    rules:\n      - id: seen\n        kind: match\n        where: \"granted = false\"\n        group_by: [operation]\n        severity: low\n        summary: \"{{ principal }} {{ operation }}/{{ labels.operation }} {{ rule_id }} {{ status }} {{ value }}{{ missing }}\"\n        description: \"on {{ resource_name }}\"\n";
+    let mut engine = RuleEngine::new(rules_of(text));
+    let row = AuditRow {
+        principal: Some("User:1".into()),
+        operation: Some("Write".into()),
+        resource_name: Some("orders".into()),
+        ..denied_row(1, "e1".into())
+    };
+    let (alerts, _) = engine.evaluate(Source::Audit, &audit_batch(&[row]));
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].summary, "User:1 Write/Write seen firing 1");
+    assert_eq!(alerts[0].description.as_deref(), Some("on orders"));
+}
