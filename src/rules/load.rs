@@ -17,7 +17,7 @@ use super::new_value::NewValueRule;
 use super::predicate::Predicate;
 use super::sql_rule::SqlRule;
 use super::threshold::ThresholdRule;
-use super::{Rule, RuleKind, RuleMeta, RulesError, Source, TEMPLATES};
+use super::{Rule, RuleKind, RuleMeta, RulesError, Source};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -368,13 +368,13 @@ fn validate(ctx: &SessionContext, r: RawRule, group: &str, text: &str, path: &Pa
     let mut templates = minijinja::Environment::new();
     for (field, template) in [("summary", Some(&r.summary)), ("description", r.description.as_ref())] {
         if let Some(t) = template {
-            match TEMPLATES.template_from_str(t) {
+            let compiled = templates
+                .add_template_owned(field, t.clone())
+                .and_then(|()| templates.get_template(field));
+            match compiled {
                 Ok(compiled) => template_names.extend(compiled.undeclared_variables(false)),
                 Err(e) => return Err(fields.err(field, format!("bad template: {e}"))),
             }
-            templates
-                .add_template_owned(field, t.clone())
-                .map_err(|e| fields.err(field, format!("bad template: {e}")))?;
         }
     }
     let repeat_interval_us = fields

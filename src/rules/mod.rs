@@ -22,7 +22,6 @@ pub mod threshold;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::LazyLock;
 
 use datafusion::arrow::datatypes::SchemaRef;
 
@@ -115,8 +114,6 @@ pub struct RuleMeta {
     pub templates: std::sync::Arc<minijinja::Environment<'static>>,
 }
 
-pub(crate) static TEMPLATES: LazyLock<minijinja::Environment<'static>> = LazyLock::new(minijinja::Environment::new);
-
 impl RuleMeta {
     /// Whether the rule reads the `raw` column (templates never see it). Rows wait for the
     /// rules without their `raw` when no rule reads it.
@@ -127,11 +124,10 @@ impl RuleMeta {
     /// Renders the compiled template `name` (`summary` or `description`, whose text is
     /// `source`) with `ctx`.
     pub fn render(&self, name: &str, source: &str, ctx: &BTreeMap<String, minijinja::Value>) -> String {
-        let rendered = match self.templates.get_template(name) {
-            Ok(template) => template.render(ctx),
-            Err(_) => TEMPLATES.render_str(source, ctx),
-        };
-        rendered.unwrap_or_else(|e| format!("{source} (template error: {e})"))
+        self.templates
+            .get_template(name)
+            .and_then(|template| template.render(ctx))
+            .unwrap_or_else(|e| format!("{source} (template error: {e})"))
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::faults::{default_text, setup, start, stop, with_server};
 use crate::support::eventually;
 use crate::support::hec::HecReceiver;
-use crate::support::psql::{psql, stdout};
+use crate::support::psql::{psql_async, stdout};
 
 const TOKEN: &str = crate::faults::TOKEN;
 
@@ -31,68 +31,48 @@ async fn psql_and_a_postgres_driver_query_the_window() {
     .await;
 
     // psql, simple query protocol.
-    let count = tokio::task::spawn_blocking(move || psql(port, None, "SELECT count(*) FROM audit_events"))
-        .await
-        .unwrap();
+    let count = psql_async(port, None, "SELECT count(*) FROM audit_events").await;
     assert_eq!(stdout(&count), "20");
-    let o = tokio::task::spawn_blocking(move || {
-        psql(
-            port,
-            None,
-            "SELECT resource_name FROM audit_events WHERE resource_name = 'Tech01-orders-7'",
-        )
-    })
-    .await
-    .unwrap();
+    let o = psql_async(
+        port,
+        None,
+        "SELECT resource_name FROM audit_events WHERE resource_name = 'Tech01-orders-7'",
+    )
+    .await;
     assert_eq!(stdout(&o), "Tech01-orders-7");
     // What clients send on connect.
-    let o = tokio::task::spawn_blocking(move || psql(port, None, "SELECT current_database()"))
-        .await
-        .unwrap();
+    let o = psql_async(port, None, "SELECT current_database()").await;
     assert_eq!(stdout(&o), "auditflow");
-    let o = tokio::task::spawn_blocking(move || psql(port, None, "SELECT version()"))
-        .await
-        .unwrap();
+    let o = psql_async(port, None, "SELECT version()").await;
     assert!(!stdout(&o).is_empty());
-    let o = tokio::task::spawn_blocking(move || {
-        psql(
-            port,
-            None,
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name",
-        )
-    })
-    .await
-    .unwrap();
+    let o = psql_async(
+        port,
+        None,
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name",
+    )
+    .await;
     assert_eq!(
         stdout(&o).lines().collect::<Vec<_>>(),
         ["alerts", "audit_events", "auth_failures", "metrics", "topic_traffic"]
     );
-    let o = tokio::task::spawn_blocking(move || {
-        psql(
-            port,
-            None,
-            "SELECT relname FROM pg_catalog.pg_class WHERE relname = 'audit_events'",
-        )
-    })
-    .await
-    .unwrap();
+    let o = psql_async(
+        port,
+        None,
+        "SELECT relname FROM pg_catalog.pg_class WHERE relname = 'audit_events'",
+    )
+    .await;
     assert_eq!(stdout(&o), "audit_events");
     // Every table reads whole, maps (`labels`) as JSON text: the wire has no map type.
     for table in ["metrics", "alerts"] {
-        let o = tokio::task::spawn_blocking(move || psql(port, None, &format!("SELECT * FROM {table}")))
-            .await
-            .unwrap();
+        let o = psql_async(port, None, &format!("SELECT * FROM {table}")).await;
         assert!(o.status.success(), "{table}: {}", String::from_utf8_lossy(&o.stderr));
     }
-    let o = tokio::task::spawn_blocking(move || {
-        psql(
-            port,
-            None,
-            "SELECT map(['topic', 'kafka.id'], ['orders', 'lkc-1']) AS labels",
-        )
-    })
-    .await
-    .unwrap();
+    let o = psql_async(
+        port,
+        None,
+        "SELECT map(['topic', 'kafka.id'], ['orders', 'lkc-1']) AS labels",
+    )
+    .await;
     let labels: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("a JSON object");
     assert_eq!(labels, serde_json::json!({"kafka.id": "lkc-1", "topic": "orders"}));
     // Read-only, with a clear message.
@@ -101,9 +81,7 @@ async fn psql_and_a_postgres_driver_query_the_window() {
         "INSERT INTO alerts (id) VALUES ('x')",
         "CREATE TABLE t (a INT)",
     ] {
-        let o = tokio::task::spawn_blocking(move || psql(port, None, statement))
-            .await
-            .unwrap();
+        let o = psql_async(port, None, statement).await;
         assert!(!o.status.success(), "{statement} was accepted");
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains("read-only"), "{statement}: {err}");
@@ -203,22 +181,14 @@ async fn password_token_and_row_limit() {
     })
     .await;
 
-    let o = tokio::task::spawn_blocking(move || psql(port, None, "SELECT 1"))
-        .await
-        .unwrap();
+    let o = psql_async(port, None, "SELECT 1").await;
     assert!(!o.status.success(), "no password was asked for");
-    let o = tokio::task::spawn_blocking(move || psql(port, Some("wrong"), "SELECT 1"))
-        .await
-        .unwrap();
+    let o = psql_async(port, Some("wrong"), "SELECT 1").await;
     assert!(!o.status.success(), "a wrong password was accepted");
-    let o = tokio::task::spawn_blocking(move || psql(port, Some("p-sql"), "SELECT count(*) FROM audit_events"))
-        .await
-        .unwrap();
+    let o = psql_async(port, Some("p-sql"), "SELECT count(*) FROM audit_events").await;
     assert_eq!(stdout(&o), "12");
     // The row limit holds on the Postgres endpoint too (the session enforces it).
-    let o = tokio::task::spawn_blocking(move || psql(port, Some("p-sql"), "SELECT id FROM audit_events"))
-        .await
-        .unwrap();
+    let o = psql_async(port, Some("p-sql"), "SELECT id FROM audit_events").await;
     assert!(!o.status.success(), "12 rows passed a limit of 5");
     let message = String::from_utf8_lossy(&o.stderr);
     assert!(message.contains("more than 5 rows"), "{message}");

@@ -117,6 +117,14 @@ mod tests {
     use crate::event::now_us;
     use table::tests::sample;
 
+    /// The result of `sql` as a text table.
+    async fn pretty(engine: &crate::query::engine::QueryEngine, sql: &str) -> String {
+        let (_, batches) = engine.query(sql).await.unwrap();
+        datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string()
+    }
+
     #[tokio::test]
     async fn a_query_reads_only_the_batches_in_its_time_range() {
         let window = Window::new(Duration::from_secs(3600));
@@ -137,13 +145,11 @@ mod tests {
             .unwrap()
             .value(0);
         assert_eq!(n, 20);
-        let (_, plan) = engine
-            .query("EXPLAIN SELECT count(*) FROM metrics WHERE time > now() - INTERVAL '10 minutes'")
-            .await
-            .unwrap();
-        let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
-            .unwrap()
-            .to_string();
+        let text = pretty(
+            &engine,
+            "EXPLAIN SELECT count(*) FROM metrics WHERE time > now() - INTERVAL '10 minutes'",
+        )
+        .await;
         // 10 of the 30 batches are scanned (5 per partition).
         assert!(text.contains("partitions=2, partition_sizes=[5, 5]"), "{text}");
     }
@@ -164,13 +170,11 @@ mod tests {
             .collect();
         window.metrics.append(metrics_batch(&samples), t + 5);
         let engine = crate::query::engine::QueryEngine::new(&window);
-        let (_, batches) = engine
-            .query("SELECT labels['topic'] AS topic, count(*) AS n FROM metrics GROUP BY 1 ORDER BY 1")
-            .await
-            .unwrap();
-        let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
-            .unwrap()
-            .to_string();
+        let text = pretty(
+            &engine,
+            "SELECT labels['topic'] AS topic, count(*) AS n FROM metrics GROUP BY 1 ORDER BY 1",
+        )
+        .await;
         assert!(
             text.contains("| t0    | 3 |") && text.contains("| t1    | 3 |"),
             "{text}"

@@ -74,6 +74,20 @@ impl Stored {
 
 mod sealing;
 
+/// The schema queries see of a table stored as `stored`: label-set columns as the maps they were
+/// appended as (in `input`), every other column as stored.
+fn served_schema_of(stored: &Schema, input: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = stored
+        .fields()
+        .iter()
+        .map(|f| match input.field_with_name(f.name()) {
+            Ok(appended) if f.data_type() == &label_sets_type() => appended.clone(),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
 /// What a stored batch holds in memory. A string-view column counts the bytes its rows use in
 /// its blocks, not the blocks' size: `raw` views a poll's whole chunk of payloads (shared by the
 /// batches of that poll and by merged batches), so counting whole blocks would count a chunk
@@ -178,7 +192,7 @@ impl WindowTable {
             })
             .collect();
         self.schema = Arc::new(Schema::new(fields));
-        self.served_schema = self.schema.clone();
+        self.served_schema = served_schema_of(&self.schema, &self.input_schema);
         self
     }
 
@@ -197,8 +211,8 @@ impl WindowTable {
                 }
             })
             .collect();
-        self.served_schema = self.schema.clone();
         self.schema = Arc::new(Schema::new(fields));
+        self.served_schema = served_schema_of(&self.schema, &self.input_schema);
         self
     }
 

@@ -2,10 +2,64 @@
 //! whichever endpoint, fired once per outage and resolved when HEC accepts again. Endpoint URLs
 //! are shown without any `user:password@`.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use tokio::sync::mpsc;
+
 use crate::config::redact_url;
-use crate::event::{Alert, AlertStatus};
+use crate::event::{Alert, AlertStatus, now_us};
 
 pub const REFUSED_RULE_ID: &str = "auditflow-hec-refused";
+
+/// One sink's refused-token incident: since when it is firing (µs; 0 when it is not), and
+/// where its alert goes (the pipeline publishes it to every sink).
+#[derive(Default)]
+pub struct Outage {
+    since_us: AtomicI64,
+    alerts: Option<mpsc::Sender<Alert>>,
+}
+
+impl Outage {
+    pub fn alerting(alerts: mpsc::Sender<Alert>) -> Outage {
+        Outage {
+            since_us: AtomicI64::new(0),
+            alerts: Some(alerts),
+        }
+    }
+
+    /// `endpoint` refused the token: raises the alert unless the outage already began.
+    /// True if this call began it.
+    pub fn begin(&self, endpoint: &str, status: u16, code: u64, text: &str) -> bool {
+        let now = now_us();
+        if self
+            .since_us
+            .compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return false;
+        }
+        self.publish(firing(endpoint, now, status, code, text));
+        true
+    }
+
+    /// `endpoint` accepted data: resolves the outage if there was one. True if this call ended it.
+    pub fn end(&self, endpoint: &str) -> bool {
+        let since = self.since_us.swap(0, Ordering::SeqCst);
+        if since == 0 {
+            return false;
+        }
+        self.publish(resolved(endpoint, since, now_us()));
+        true
+    }
+
+    fn publish(&self, alert: Alert) {
+        if let Some(tx) = &self.alerts
+            && tx.try_send(alert).is_err()
+        {
+            tracing::warn!("the HEC refused-token alert could not be queued");
+        }
+    }
+}
 
 /// The firing alert: `endpoint` answered `status` and HEC `code` (`u64::MAX`: none) with `text`.
 pub fn firing(endpoint: &str, now_us: i64, status: u16, code: u64, text: &str) -> Alert {

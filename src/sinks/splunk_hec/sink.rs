@@ -9,7 +9,7 @@
 //! connection keeps sending while up to `max_pending_acks` groups wait for acknowledgement, so
 //! acknowledgement costs latency, not throughput.
 
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use super::gzip::{GzipPool, gzip};
 use super::refused;
 use super::response::{HecResponse, classify, classify_transport, retry_after};
 use crate::config::{HecSinkConfig, redact_url};
-use crate::event::{Alert, now_us};
+use crate::event::Alert;
 use crate::retry::{Verdict, wait_after};
 use crate::sinks::dead_letter::DeadLetters;
 use crate::sinks::{SinkError, SinkItem};
@@ -61,10 +61,8 @@ pub(super) struct Shared {
     dead_letters: DeadLetters,
     pub(super) telemetry: Telemetry,
     pub(super) label: SinkLabel,
-    /// Where the refused-token alert goes (the pipeline publishes it to every sink).
-    system_alerts: Option<mpsc::Sender<Alert>>,
-    /// Since when (µs) the refused-token alert is firing; 0 when it is not.
-    refused_since_us: AtomicI64,
+    /// The refused-token incident and where its alert goes.
+    refused: refused::Outage,
     /// Connections waiting for a group, and a signal when one starts waiting: while one is
     /// idle, a group is sent as soon as it is taken instead of lingering for more events
     /// (lingering only pays while every connection is busy).
@@ -137,8 +135,7 @@ impl HecSink {
                 dead_letters,
                 telemetry,
                 label: SinkLabel { sink: "splunk_hec" },
-                system_alerts: None,
-                refused_since_us: AtomicI64::new(0),
+                refused: refused::Outage::default(),
                 idle: AtomicUsize::new(0),
                 became_idle: tokio::sync::Notify::new(),
                 buffers,
@@ -151,7 +148,7 @@ impl HecSink {
     /// when HEC accepts again.
     pub fn with_system_alerts(self, tx: mpsc::Sender<Alert>) -> HecSink {
         let mut shared = Arc::into_inner(self.shared).expect("not yet shared");
-        shared.system_alerts = Some(tx);
+        shared.refused = refused::Outage::alerting(tx);
         HecSink {
             shared: Arc::new(shared),
         }
@@ -505,7 +502,9 @@ impl Connection {
                         request_ms = sending.elapsed().as_secs_f64() * 1e3,
                         "HEC body delivered"
                     );
-                    self.refused_resolved(endpoint);
+                    if self.shared.refused.end(&self.shared.config.endpoints[endpoint]) {
+                        self.shared.telemetry.hec_refused.set(0);
+                    }
                     return Outcome::Delivered {
                         endpoint,
                         ack_id: answer.and_then(|(_, body)| body.ack_id),
@@ -518,8 +517,13 @@ impl Connection {
                     tracing::error!(
                         endpoint = %redact_url(base), %reason, "HEC refused the token or configuration; holding data and retrying"
                     );
-                    if let Some((status, body)) = &answer {
-                        self.refused_firing(endpoint, *status, body.code.unwrap_or(u64::MAX), &body.text);
+                    if let Some((status, body)) = &answer
+                        && self
+                            .shared
+                            .refused
+                            .begin(base, *status, body.code.unwrap_or(u64::MAX), &body.text)
+                    {
+                        self.shared.telemetry.hec_refused.set(1);
                     }
                 }
                 Verdict::Retry { reason, .. } => {
@@ -540,48 +544,6 @@ impl Connection {
                 tokio::time::sleep(wait).await;
             }
             attempt = attempt.saturating_add(1);
-        }
-    }
-
-    /// Raises the refused-token alert once per outage.
-    fn refused_firing(&self, endpoint: usize, status: u16, code: u64, text: &str) {
-        let now = now_us();
-        if self
-            .shared
-            .refused_since_us
-            .compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst)
-            .is_err()
-        {
-            return;
-        }
-        self.shared.telemetry.hec_refused.set(1);
-        self.publish(refused::firing(
-            &self.shared.config.endpoints[endpoint],
-            now,
-            status,
-            code,
-            text,
-        ));
-    }
-
-    fn refused_resolved(&self, endpoint: usize) {
-        let since = self.shared.refused_since_us.swap(0, Ordering::SeqCst);
-        if since == 0 {
-            return;
-        }
-        self.shared.telemetry.hec_refused.set(0);
-        self.publish(refused::resolved(
-            &self.shared.config.endpoints[endpoint],
-            since,
-            now_us(),
-        ));
-    }
-
-    fn publish(&self, alert: Alert) {
-        if let Some(tx) = &self.shared.system_alerts
-            && tx.try_send(alert).is_err()
-        {
-            tracing::warn!("the HEC refused-token alert could not be queued");
         }
     }
 }

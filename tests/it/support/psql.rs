@@ -36,3 +36,11 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// [`psql`] from async code: the client runs on a blocking thread.
+pub async fn psql_async(port: u16, password: Option<&str>, sql: &str) -> Output {
+    let (password, sql) = (password.map(str::to_owned), sql.to_owned());
+    tokio::task::spawn_blocking(move || psql(port, password.as_deref(), &sql))
+        .await
+        .expect("the psql thread ends")
+}
