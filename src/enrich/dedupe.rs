@@ -18,7 +18,8 @@ pub struct Dedupe {
     /// pages), long enough to put a drain's p99 latency over 50 ms on its own; a shard doubles
     /// alone, 1/[`SHARDS`] of that.
     seen: Box<[HashSet<Key, foldhash::fast::RandomState>]>,
-    /// Ids in `seen`, over all shards.
+    /// Ids in `seen`, over all shards: counted as they come and go, since every insert checks
+    /// it against the capacity (summing 64 tables per event would not be free).
     len: usize,
     /// (bucket start, ids first seen in it), oldest first: what expires together.
     buckets: VecDeque<(i64, Vec<Key>)>,

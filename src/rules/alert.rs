@@ -167,8 +167,8 @@ fn render(
         };
         ctx.insert(name.clone(), value);
     }
-    let summary = meta.render("summary", &meta.summary, &ctx);
-    let description = meta.description.as_ref().map(|d| meta.render("description", d, &ctx));
+    let summary = meta.render("summary", &ctx);
+    let description = meta.description.as_ref().map(|_| meta.render("description", &ctx));
     let mut labels = meta.labels.clone();
     labels.extend(obs.labels);
     Alert {

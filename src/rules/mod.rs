@@ -121,13 +121,15 @@ impl RuleMeta {
         self.columns.iter().any(|c| c == "raw")
     }
 
-    /// Renders the compiled template `name` (`summary` or `description`, whose text is
-    /// `source`) with `ctx`.
-    pub fn render(&self, name: &str, source: &str, ctx: &BTreeMap<String, minijinja::Value>) -> String {
-        self.templates
-            .get_template(name)
-            .and_then(|template| template.render(ctx))
-            .unwrap_or_else(|e| format!("{source} (template error: {e})"))
+    /// Renders the compiled template `name` (`summary` or `description`) with `ctx`; on an
+    /// error, its text with the error.
+    pub fn render(&self, name: &str, ctx: &BTreeMap<String, minijinja::Value>) -> String {
+        match self.templates.get_template(name) {
+            Ok(template) => template
+                .render(ctx)
+                .unwrap_or_else(|e| format!("{} (template error: {e})", template.source())),
+            Err(e) => format!("{name} (template error: {e})"),
+        }
     }
 }
 

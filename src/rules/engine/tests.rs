@@ -71,3 +71,19 @@ fn templates_render_the_names_they_read() {
     assert_eq!(alerts[0].summary, "User:1 Write/Write seen firing 1");
     assert_eq!(alerts[0].description.as_deref(), Some("on orders"));
 }
+
+/// A template that fails as it renders gives its own text and the error, not an empty summary.
+#[test]
+fn a_template_that_fails_to_render_reads_as_its_text() {
+    let text = "groups:\n  - name: g\n    rules:\n      - id: seen\n        kind: match\n        where: \"granted = false\"\n        severity: low\n        summary: \"{{ value | nosuchfilter }}\"\n";
+    let mut engine = RuleEngine::new(rules_of(text));
+    let (alerts, _) = engine.evaluate(Source::Audit, &audit_batch(&[denied_row(1, "e1".into())]));
+    assert_eq!(alerts.len(), 1);
+    assert!(
+        alerts[0]
+            .summary
+            .starts_with("{{ value | nosuchfilter }} (template error: "),
+        "{}",
+        alerts[0].summary
+    );
+}
