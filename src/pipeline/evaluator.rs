@@ -4,7 +4,8 @@
 //! It runs beside [`super::processor::Intake`], behind it: a poll's events go to the sinks as
 //! soon as they are decoded, so their delivery never waits for a release of the rules' reorder
 //! buffer (once a second a one-second cell; after a backlog, when its partitions go idle, ten
-//! at once: half a second of work).
+//! at once: half a second of work). The rules run on a thread of their own at a lower priority,
+//! so such a burst does not hold up the intake either.
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use crate::rules::{self, RuleEngine, Source};
 use crate::telemetry::{RuleLabel, Telemetry};
 
 use super::PipelineError;
+use super::background::{BACKGROUND_NICE, Background};
 use super::dispatch::Dispatcher;
 
 /// What the intake hands on from a poll: its rows as the rules read them (`raw` left empty
@@ -150,15 +152,17 @@ pub(super) async fn run_evaluator(
     dispatcher: Dispatcher,
     mut rx: mpsc::Receiver<Decoded>,
 ) -> Result<(), PipelineError> {
+    // Rules are CPU work of up to tens of milliseconds per poll, on a thread that yields to
+    // the intake (see `background`).
+    let thread = Background::spawn("auditflow-rules", BACKGROUND_NICE)?;
     while let Some(Decoded { seq, step, positions }) = rx.recv().await {
         let started = std::time::Instant::now();
-        // Rules are CPU work of up to tens of milliseconds per poll.
-        let (returned, alerts) = tokio::task::spawn_blocking(move || {
-            let alerts = evaluator.evaluate(step);
-            (evaluator, alerts)
-        })
-        .await
-        .map_err(|e| PipelineError::Task(format!("evaluating a batch: {e}")))?;
+        let (returned, alerts) = thread
+            .run("evaluating a batch", move || {
+                let alerts = evaluator.evaluate(step);
+                (evaluator, alerts)
+            })
+            .await?;
         evaluator = returned;
         if alerts.is_empty() && positions.max_offsets.is_empty() {
             continue; // nothing raised and nothing to commit (an idle tick, polled metrics)

@@ -6,6 +6,7 @@
 //! publishes the alerts raised outside the batch path the same way; this file starts it all and
 //! runs the poll loop.
 
+mod background;
 mod dispatch;
 mod evaluator;
 mod processor;
