@@ -38,18 +38,36 @@ pub struct Observation<'a> {
     pub context: BTreeMap<String, String>,
 }
 
-#[derive(Default)]
 pub struct Lifecycle {
     active: HashMap<Vec<String>, Active>,
+    /// Alerts last notified before this are forgotten ([`Lifecycle::forget_before`]), whether
+    /// or not a sweep has removed them from `active` yet: every lookup skips them.
+    forgotten_before_us: i64,
+    /// Alerts added since `active` was last swept of forgotten ones.
+    added_since_sweep: usize,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Lifecycle {
+        Lifecycle {
+            active: HashMap::new(),
+            forgotten_before_us: i64::MIN,
+            added_since_sweep: 0,
+        }
+    }
 }
 
 impl Lifecycle {
+    /// The alert kept for `key`, unless it is forgotten.
+    fn live(&self, key: &[String]) -> Option<&Active> {
+        (self.active.get(key)).filter(|a| a.last_notified_us >= self.forgotten_before_us)
+    }
+
     /// Whether the condition holding for `key` at `now_us` would notify (a new alert, or a
     /// repeat past `repeat_interval`): callers skip building an observation that would be
     /// suppressed.
     pub fn notifies(&self, meta: &RuleMeta, key: &[String], now_us: i64) -> bool {
-        self.active
-            .get(key)
+        self.live(key)
             .is_none_or(|a| now_us - a.last_notified_us >= meta.repeat_interval_us)
     }
 
@@ -67,7 +85,8 @@ impl Lifecycle {
 
     /// The condition holds for `obs` at `now_us`: fire, repeat, or stay quiet.
     pub fn firing(&mut self, meta: &RuleMeta, obs: Observation<'_>, now_us: i64) -> Option<Alert> {
-        match self.active.get_mut(obs.key) {
+        let forgotten_before = self.forgotten_before_us;
+        match (self.active.get_mut(obs.key)).filter(|a| a.last_notified_us >= forgotten_before) {
             Some(a) => {
                 if now_us - a.last_notified_us < meta.repeat_interval_us {
                     return None;
@@ -78,6 +97,8 @@ impl Lifecycle {
             }
             None => {
                 let id = alert_id(&meta.id, obs.key);
+                self.added_since_sweep += 1;
+                // Replaces a forgotten alert of the same key, if the sweep has not yet.
                 self.active.insert(
                     obs.key.to_vec(),
                     Active {
@@ -94,6 +115,9 @@ impl Lifecycle {
     /// The condition no longer holds for `obs.key`: resolve if it was firing.
     pub fn clear(&mut self, meta: &RuleMeta, obs: Observation<'_>, now_us: i64) -> Option<Alert> {
         let a = self.active.remove(obs.key)?;
+        if a.last_notified_us < self.forgotten_before_us {
+            return None; // forgotten: nothing is firing to resolve
+        }
         Some(render(
             meta,
             a.id,
@@ -106,16 +130,38 @@ impl Lifecycle {
     }
 
     pub fn is_firing(&self, key: &[String]) -> bool {
-        self.active.contains_key(key)
+        self.live(key).is_some()
     }
 
     pub fn firing_keys(&self) -> Vec<Vec<String>> {
-        self.active.keys().cloned().collect()
+        (self.active.iter())
+            .filter(|(_, a)| a.last_notified_us >= self.forgotten_before_us)
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
-    /// Forgets alerts that were last notified before `cutoff_us` (match rules never resolve).
+    /// Forgets alerts that were last notified before `cutoff_us` (match and new-value rules,
+    /// whose alerts never resolve, once they can no longer suppress a repeat).
+    ///
+    /// Forgetting is immediate; removing is not. A match rule keyed by event id keeps every
+    /// alert of its `repeat_interval` (up to a day), and a pass over all of them on each call,
+    /// that is each one-second cell, was a sixth of the alert-heavy stage's time. `active` is
+    /// swept once the alerts added since the last sweep are half as many as it holds: the
+    /// sweeps cost O(1) per alert added, and `active` holds at most half as many again as it
+    /// held after the last sweep, plus the alerts one call adds.
     pub fn forget_before(&mut self, cutoff_us: i64) {
-        self.active.retain(|_, a| a.last_notified_us >= cutoff_us);
+        self.forgotten_before_us = self.forgotten_before_us.max(cutoff_us);
+        if self.added_since_sweep * 2 >= self.active.len() {
+            let cutoff = self.forgotten_before_us;
+            self.active.retain(|_, a| a.last_notified_us >= cutoff);
+            self.added_since_sweep = 0;
+        }
+    }
+
+    /// Alerts kept, forgotten ones not yet swept included.
+    #[cfg(test)]
+    fn num_kept(&self) -> usize {
+        self.active.len()
     }
 }
 
@@ -210,6 +256,79 @@ mod tests {
         assert_ne!(
             alert_id("r", &["a".into(), "bc".into()]),
             alert_id("r", &["ab".into(), "c".into()])
+        );
+    }
+
+    const S: i64 = 1_000_000;
+
+    /// A match rule's metadata, repeats suppressed for an hour.
+    fn meta() -> RuleMeta {
+        let text = "groups:\n  - name: g\n    rules:\n      - id: m\n        kind: match\n        where: \"granted = true\"\n        repeat_interval: 1h\n        severity: low\n        summary: s\n";
+        let ctx = datafusion::execution::context::SessionContext::new();
+        let mut rules = super::super::parse_rules(&ctx, text, std::path::Path::new("r.yaml")).unwrap();
+        rules.remove(0).meta
+    }
+
+    fn obs(key: &[String]) -> Observation<'_> {
+        Observation {
+            key,
+            labels: BTreeMap::new(),
+            value: 1.0,
+            threshold: None,
+            evidence: Vec::new(),
+            context: BTreeMap::new(),
+        }
+    }
+
+    /// A forgotten alert is gone at once for every lookup, though the sweep that removes it
+    /// comes later: it notifies again as a new alert, is not firing and resolves nothing.
+    #[test]
+    fn a_forgotten_alert_is_gone_before_the_sweep_removes_it() {
+        let meta = meta();
+        let mut lifecycle = Lifecycle::default();
+        let key = |name: &str| vec![name.to_owned()];
+        assert_eq!(lifecycle.firing(&meta, obs(&key("a")), 0).unwrap().started_at_us, 0);
+        for i in 0..10 {
+            lifecycle.firing(&meta, obs(&key(&format!("k{i}"))), 20 * S);
+        }
+        lifecycle.forget_before(5 * S);
+        assert_eq!(lifecycle.num_kept(), 10, "swept: as many added as kept");
+        assert!(!lifecycle.is_firing(&key("a")));
+
+        lifecycle.firing(&meta, obs(&key("b")), 21 * S);
+        assert!(
+            !lifecycle.notifies(&meta, &key("b"), 22 * S),
+            "a repeat within the hour"
+        );
+        lifecycle.forget_before(30 * S);
+        assert_eq!(lifecycle.num_kept(), 11, "not swept: one added against ten kept");
+        assert!(lifecycle.firing_keys().is_empty());
+        assert!(!lifecycle.is_firing(&key("k0")));
+        assert!(
+            lifecycle.clear(&meta, obs(&key("k0")), 31 * S).is_none(),
+            "nothing to resolve"
+        );
+        assert!(lifecycle.notifies(&meta, &key("b"), 31 * S), "forgotten, so new");
+        let again = lifecycle.firing(&meta, obs(&key("b")), 31 * S).unwrap();
+        assert_eq!(
+            again.started_at_us,
+            31 * S,
+            "a new alert, not a repeat of the forgotten one"
+        );
+        assert_eq!(lifecycle.firing_keys(), [key("b")]);
+        assert!(
+            lifecycle.firing(&meta, obs(&key("b")), 32 * S).is_none(),
+            "its repeats are suppressed"
+        );
+
+        for i in 0..6 {
+            lifecycle.firing(&meta, obs(&key(&format!("n{i}"))), 40 * S);
+        }
+        lifecycle.forget_before(30 * S);
+        assert_eq!(
+            lifecycle.num_kept(),
+            7,
+            "swept: b and the six new ones are what is live"
         );
     }
 
