@@ -27,6 +27,13 @@ struct Active {
     last_notified_us: i64,
 }
 
+impl Active {
+    /// Whether [`Lifecycle::forget_before`]`(cutoff_us)` forgot it.
+    fn forgotten(&self, cutoff_us: i64) -> bool {
+        self.last_notified_us < cutoff_us
+    }
+}
+
 /// What one evaluation of one series found.
 pub struct Observation<'a> {
     pub key: &'a [String],
@@ -60,7 +67,7 @@ impl Default for Lifecycle {
 impl Lifecycle {
     /// The alert kept for `key`, unless it is forgotten.
     fn live(&self, key: &[String]) -> Option<&Active> {
-        (self.active.get(key)).filter(|a| a.last_notified_us >= self.forgotten_before_us)
+        (self.active.get(key)).filter(|a| !a.forgotten(self.forgotten_before_us))
     }
 
     /// Whether the condition holding for `key` at `now_us` would notify (a new alert, or a
@@ -85,8 +92,8 @@ impl Lifecycle {
 
     /// The condition holds for `obs` at `now_us`: fire, repeat, or stay quiet.
     pub fn firing(&mut self, meta: &RuleMeta, obs: Observation<'_>, now_us: i64) -> Option<Alert> {
-        let forgotten_before = self.forgotten_before_us;
-        match (self.active.get_mut(obs.key)).filter(|a| a.last_notified_us >= forgotten_before) {
+        let cutoff = self.forgotten_before_us;
+        match (self.active.get_mut(obs.key)).filter(|a| !a.forgotten(cutoff)) {
             Some(a) => {
                 if now_us - a.last_notified_us < meta.repeat_interval_us {
                     return None;
@@ -115,8 +122,8 @@ impl Lifecycle {
     /// The condition no longer holds for `obs.key`: resolve if it was firing.
     pub fn clear(&mut self, meta: &RuleMeta, obs: Observation<'_>, now_us: i64) -> Option<Alert> {
         let a = self.active.remove(obs.key)?;
-        if a.last_notified_us < self.forgotten_before_us {
-            return None; // forgotten: nothing is firing to resolve
+        if a.forgotten(self.forgotten_before_us) {
+            return None; // nothing is firing to resolve
         }
         Some(render(
             meta,
@@ -135,7 +142,7 @@ impl Lifecycle {
 
     pub fn firing_keys(&self) -> Vec<Vec<String>> {
         (self.active.iter())
-            .filter(|(_, a)| a.last_notified_us >= self.forgotten_before_us)
+            .filter(|(_, a)| !a.forgotten(self.forgotten_before_us))
             .map(|(k, _)| k.clone())
             .collect()
     }
@@ -153,7 +160,7 @@ impl Lifecycle {
         self.forgotten_before_us = self.forgotten_before_us.max(cutoff_us);
         if self.added_since_sweep * 2 >= self.active.len() {
             let cutoff = self.forgotten_before_us;
-            self.active.retain(|_, a| a.last_notified_us >= cutoff);
+            self.active.retain(|_, a| !a.forgotten(cutoff));
             self.added_since_sweep = 0;
         }
     }
