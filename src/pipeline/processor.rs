@@ -225,9 +225,12 @@ impl Intake {
         let mut batch = Batch::default();
         // Counted per batch: a label lookup per record costs more than the count.
         let (mut audit_in, mut metrics_in) = (0u64, 0u64);
-        let mut decoded = self.decode_audit(records).into_iter();
-        // Rows are large (~600 bytes): grown by doubling, the vector copied them again.
-        batch.audit.reserve(decoded.len());
+        // Rows stay where the decode put them (they are ~600 bytes each: moving every one
+        // into another vector was a twentieth of this stage); repeats are cut out after.
+        let DecodedAudit { mut rows, failed } = self.decode_audit(records);
+        let mut failed = failed.into_iter().peekable();
+        let mut repeats = Vec::new();
+        let (mut position, mut next_row) = (0, 0);
         for record in records {
             match record.stream {
                 Stream::Audit => audit_in += 1,
@@ -235,24 +238,28 @@ impl Intake {
             }
             let payload = record.payload.as_deref().unwrap_or_default();
             match record.stream {
-                Stream::Audit => match decoded.next().expect("one result per audit record") {
-                    Ok(mut row) => {
-                        let origin = Origin {
-                            topic: record.topic.clone(),
-                            partition: record.partition,
-                            offset: record.offset,
-                        };
-                        self.clocks[0].observe(&record.topic, record.partition, row.time_us, now);
-                        if self.dedupe.insert(&row.id, now) {
-                            row.origin = Some(origin);
-                            batch.audit.push(row);
-                        } else {
-                            batch.duplicates.push(origin);
-                            self.telemetry.duplicates.inc();
-                        }
+                Stream::Audit => {
+                    position += 1;
+                    if let Some((_, e)) = failed.next_if(|(at, _)| *at == position - 1) {
+                        batch.dead_letters.push(dead_letter(record, &e));
+                        continue;
                     }
-                    Err(e) => batch.dead_letters.push(dead_letter(record, &e)),
-                },
+                    let row = &mut rows[next_row];
+                    next_row += 1;
+                    let origin = Origin {
+                        topic: record.topic.clone(),
+                        partition: record.partition,
+                        offset: record.offset,
+                    };
+                    self.clocks[0].observe(&record.topic, record.partition, row.time_us, now);
+                    if self.dedupe.insert(&row.id, now) {
+                        row.origin = Some(origin);
+                    } else {
+                        repeats.push(next_row - 1);
+                        batch.duplicates.push(origin);
+                        self.telemetry.duplicates.inc();
+                    }
+                }
                 Stream::Metrics => {
                     let headers = MetricHeaders {
                         content_type: record.header("content-type").map(str::to_owned),
@@ -279,6 +286,14 @@ impl Intake {
                 }
             }
         }
+        if !repeats.is_empty() {
+            let (mut repeats, mut at) = (repeats.into_iter().peekable(), 0);
+            rows.retain(|_| {
+                at += 1;
+                repeats.next_if_eq(&(at - 1)).is_none()
+            });
+        }
+        batch.audit = rows;
         for (stream, n) in [(Stream::Audit, audit_in), (Stream::Metrics, metrics_in)] {
             if n > 0 {
                 self.telemetry
@@ -314,56 +329,76 @@ impl Intake {
     /// Decodes and enriches a poll's audit records, in order, on up to one thread per core.
     /// Nothing here depends on another record (the dedupe memory and the clocks, which do, are
     /// applied afterwards in order), so the split changes no result.
-    fn decode_audit(&mut self, records: &[Record]) -> Vec<Result<AuditRow, DecodeError>> {
+    fn decode_audit(&mut self, records: &[Record]) -> DecodedAudit {
         let audit: Vec<&Record> = records.iter().filter(|r| r.stream == Stream::Audit).collect();
         let (ownership, directory) = (&self.ownership, &*self.directory);
-        let decode = |decoder: &mut AuditDecoder, part: &[&Record]| -> Vec<Result<AuditRow, DecodeError>> {
-            part.iter()
-                .map(|r| {
-                    let Some(payload) = &r.payload else {
-                        return Err(DecodeError::Empty);
-                    };
-                    let mut row = decoder.decode_shared(payload)?;
-                    ownership.enrich_audit(&mut row);
-                    if directory.enrich_audit(&mut row) {
-                        crate::enrich::ownership::set_cross_namespace(&mut row);
+        // `first`: the position of `part[0]` among the poll's audit records.
+        let decode = |decoder: &mut AuditDecoder, part: &[&Record], first: usize| -> DecodedAudit {
+            let mut out = DecodedAudit {
+                rows: Vec::with_capacity(part.len()),
+                failed: Vec::new(),
+            };
+            for (at, r) in (first..).zip(part) {
+                let Some(payload) = &r.payload else {
+                    out.failed.push((at, DecodeError::Empty));
+                    continue;
+                };
+                match decoder.decode_shared(payload) {
+                    Ok(mut row) => {
+                        ownership.enrich_audit(&mut row);
+                        if directory.enrich_audit(&mut row) {
+                            crate::enrich::ownership::set_cross_namespace(&mut row);
+                        }
+                        out.rows.push(row);
                     }
-                    Ok(row)
-                })
-                .collect()
+                    Err(e) => out.failed.push((at, e)),
+                }
+            }
+            out
         };
         let threads = (audit.len() / MIN_RECORDS_PER_THREAD).clamp(1, self.audit_helpers.len() + 1);
         if threads == 1 {
-            return decode(&mut self.audit, &audit);
+            return decode(&mut self.audit, &audit, 0);
         }
-        let mut parts = audit.chunks(audit.len().div_ceil(threads));
-        let mine = parts.next().unwrap_or_default();
+        let per_thread = audit.len().div_ceil(threads);
+        let mut parts = audit.chunks(per_thread).enumerate();
+        let mine = parts.next().map(|(_, part)| part).unwrap_or_default();
         let (audit_decoder, helpers) = (&mut self.audit, &mut self.audit_helpers);
         std::thread::scope(|scope| {
             let mut pending = Vec::new();
-            for (part, helper) in parts.zip(helpers.iter_mut()) {
+            for ((i, part), helper) in parts.zip(helpers.iter_mut()) {
+                let first = i * per_thread;
                 // A thread that cannot be started leaves its part to this one.
                 let started = std::thread::Builder::new()
                     .name("decode".into())
-                    .spawn_scoped(scope, move || decode(helper, part));
+                    .spawn_scoped(scope, move || decode(helper, part, first));
                 pending.push(started.map_err(|e| {
                     tracing::debug!(error = %e, "no decode thread; decoding in line");
-                    part
+                    (part, first)
                 }));
             }
-            let mut out = decode(audit_decoder, mine);
+            let mut out = decode(audit_decoder, mine, 0);
             for p in pending {
-                match p {
+                let more = match p {
                     Ok(handle) => match handle.join() {
-                        Ok(rows) => out.extend(rows),
+                        Ok(more) => more,
                         Err(panic) => std::panic::resume_unwind(panic),
                     },
-                    Err(part) => out.extend(decode(audit_decoder, part)),
-                }
+                    Err((part, first)) => decode(audit_decoder, part, first),
+                };
+                out.rows.extend(more.rows);
+                out.failed.extend(more.failed);
             }
             out
         })
     }
+}
+
+/// A poll's audit records decoded and enriched: the rows in record order, and the records
+/// that failed, by their position among the poll's audit records (ascending).
+struct DecodedAudit {
+    rows: Vec<AuditRow>,
+    failed: Vec<(usize, DecodeError)>,
 }
 
 /// A record that could not be decoded, as the dead-letter sink takes it.

@@ -117,3 +117,60 @@ async fn events_go_out_first_and_positions_wait_behind_the_alerts() {
     drop(pendings);
     assert_eq!(budget.available_permits(), 1024);
 }
+
+/// A poll's rows keep record order with their own origins, whichever thread decoded them:
+/// undecodable and empty records go to the dead letters and repeats are dropped, in either
+/// half of a poll large enough to be split between threads.
+#[test]
+fn rows_keep_their_records_through_failures_and_repeats() {
+    let config = Config::parse("[kafka]\nbootstrap_servers = \"x:1\"\n", "test.toml").unwrap();
+    let (alerts_tx, _) = broadcast::channel(16);
+    let mut processor = Processor::new(
+        &config,
+        Ownership::default(),
+        Arc::default(),
+        RuleEngine::new(Vec::new()),
+        Window::new(std::time::Duration::from_secs(60)),
+        Telemetry::new(),
+        alerts_tx,
+    );
+    // 0..1200: every 97th is not JSON, every 89th has no payload, every 50th repeats the id of
+    // the record before it.
+    let id_of = |offset: i64| {
+        if offset % 50 == 0 && offset > 0 {
+            offset - 1
+        } else {
+            offset
+        }
+    };
+    let records: Vec<Record> = (0..1200)
+        .map(|offset| {
+            let mut record = polled(offset, &format!("id-{}", id_of(offset)), "2026-11-24T09:18:11.907Z")
+                .records
+                .remove(0);
+            if offset % 97 == 5 {
+                record.payload = Some(crate::event::Raw::from(b"{not json".to_vec()));
+            } else if offset % 89 == 7 {
+                record.payload = None;
+            }
+            record
+        })
+        .collect();
+    let failed = |offset: i64| offset % 97 == 5 || offset % 89 == 7;
+    // Four threads of 300 records each, whatever this machine's cores.
+    processor.intake.audit_helpers = vec![processor.intake.audit.clone(); 3];
+    let (batch, _) = processor.intake.take_rows(&records);
+
+    let dead: Vec<i64> = batch.dead_letters.iter().map(|d| d.offset).collect();
+    assert_eq!(dead, (0..1200).filter(|o| failed(*o)).collect::<Vec<_>>());
+    // A repeat whose original failed is not a repeat.
+    let repeat = |offset: i64| id_of(offset) != offset && !failed(offset) && !failed(offset - 1);
+    let duplicates: Vec<i64> = batch.duplicates.iter().map(|o| o.offset).collect();
+    assert_eq!(duplicates, (0..1200).filter(|o| repeat(*o)).collect::<Vec<_>>());
+    let kept: Vec<i64> = (0..1200).filter(|o| !failed(*o) && !repeat(*o)).collect();
+    let origins: Vec<i64> = batch.audit.iter().map(|r| r.origin.as_ref().unwrap().offset).collect();
+    assert_eq!(origins, kept);
+    for row in &batch.audit {
+        assert_eq!(row.id, format!("id-{}", id_of(row.origin.as_ref().unwrap().offset)));
+    }
+}
