@@ -101,13 +101,14 @@ impl AnomalyRule {
             None
         };
         let oldest_open = now - now.rem_euclid(self.bucket_us) - self.bucket_us;
+        let keys = view.key_reader(&self.group_by);
         for row in (0..mask.len()).filter(|&i| mask.value(i)) {
             let t = view.time(row);
             let start = t - t.rem_euclid(self.bucket_us);
             if start < oldest_open {
                 continue; // its bucket is closed already
             }
-            let key = view.key(&self.group_by, row);
+            let key = keys.key(row);
             if !self.series.contains_key(&key) && self.series.len() >= self.max_series {
                 self.num_shed += 1;
                 continue;

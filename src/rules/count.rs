@@ -1,7 +1,7 @@
 //! `count`: events matching `where` per `group_by` in a sliding event-time `window`, or distinct
 //! values of a column (`distinct`), compared with `threshold` (fires at `>= threshold`).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use super::RuleMeta;
 use super::alert::{Lifecycle, Observation};
@@ -21,9 +21,31 @@ struct Series {
     distinct: HashMap<String, i64>,
     recent_ids: VecDeque<String>,
     newest: i64,
+    /// The call that last touched this series ([`CountRule::calls`]).
+    touched_in: u64,
 }
 
 impl Series {
+    /// Counts an event at `t` in call `call`; whether it is the first of this call.
+    fn add(&mut self, t: i64, distinct: Option<String>, id: Option<String>, call: u64) -> bool {
+        let at = self.times.partition_point(|&x| x <= t);
+        self.times.insert(at, t);
+        self.newest = self.newest.max(t);
+        if let Some(v) = distinct {
+            let slot = self.distinct.entry(v).or_insert(t);
+            *slot = (*slot).max(t);
+        }
+        if let Some(id) = id {
+            if self.recent_ids.len() == EVIDENCE {
+                self.recent_ids.pop_front();
+            }
+            self.recent_ids.push_back(id);
+        }
+        let first = self.touched_in != call;
+        self.touched_in = call;
+        first
+    }
+
     fn evict(&mut self, cutoff: i64) {
         while self.times.front().is_some_and(|&t| t <= cutoff) {
             self.times.pop_front();
@@ -44,6 +66,8 @@ pub struct CountRule {
     num_shed: u64,
     /// Event time of the last sweep of idle series.
     last_sweep_us: i64,
+    /// Calls of `evaluate` so far, so that a series knows whether this call touched it.
+    calls: u64,
 }
 
 impl CountRule {
@@ -66,6 +90,7 @@ impl CountRule {
             lifecycle: Lifecycle::default(),
             num_shed: 0,
             last_sweep_us: i64::MIN,
+            calls: 0,
         }
     }
 
@@ -76,38 +101,42 @@ impl CountRule {
     pub fn evaluate(&mut self, meta: &RuleMeta, view: &mut BatchView<'_>, now: i64) -> Result<Vec<Alert>, String> {
         let mask = self.predicate.evaluate(view.batch)?;
         let cutoff = now - self.window_us;
-        let mut touched: HashSet<Vec<String>> = HashSet::new();
+        self.calls += 1;
+        let call = self.calls;
+        // Each series once, in the order first touched: a stamp on the series, not a set of
+        // keys hashed again per row.
+        let mut touched: Vec<Vec<String>> = Vec::new();
+        let keys = view.key_reader(&self.group_by);
         for row in (0..mask.len()).filter(|&i| mask.value(i)) {
             let t = view.time(row);
             if t <= cutoff {
                 continue; // later than the window can take
             }
-            let key = view.key(&self.group_by, row);
-            if !self.series.contains_key(&key) {
-                if self.series.len() >= self.max_series {
+            let key = keys.key(row);
+            let distinct = self.distinct.as_ref().map(|column| view.text(column, row));
+            let id = view.id(row);
+            let full = self.series.len() >= self.max_series;
+            let first = match self.series.get_mut(&key) {
+                Some(s) => s.add(t, distinct, id, call),
+                None if full => {
                     self.num_shed += 1;
                     continue;
                 }
-                self.series.insert(key.clone(), Series::default());
+                None => (self.series.entry(key.clone()).or_default()).add(t, distinct, id, call),
+            };
+            if first {
+                touched.push(key);
             }
-            let Some(s) = self.series.get_mut(&key) else { continue };
-            let at = s.times.partition_point(|&x| x <= t);
-            s.times.insert(at, t);
-            s.newest = s.newest.max(t);
-            if let Some(column) = &self.distinct {
-                let v = view.text(column, row);
-                let slot = s.distinct.entry(v).or_insert(t);
-                *slot = (*slot).max(t);
-            }
-            if let Some(id) = view.id(row) {
-                if s.recent_ids.len() == EVIDENCE {
-                    s.recent_ids.pop_front();
-                }
-                s.recent_ids.push_back(id);
-            }
-            touched.insert(key);
         }
-        touched.extend(self.lifecycle.firing_keys());
+        // Firing series are re-evaluated as the window slides, touched or not.
+        for key in self.lifecycle.firing_keys() {
+            if let Some(s) = self.series.get_mut(&key)
+                && s.touched_in != call
+            {
+                s.touched_in = call;
+                touched.push(key);
+            }
+        }
 
         let mut alerts = Vec::new();
         for key in touched {

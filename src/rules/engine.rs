@@ -55,6 +55,11 @@ impl<'a> BatchView<'a> {
 
     /// The value of `column` at `row` as text (NULL as the empty string).
     pub fn text(&mut self, column: &str, row: usize) -> String {
+        text_at(self.text_column(column), row)
+    }
+
+    /// `column` as text, cast once per batch.
+    fn text_column(&mut self, column: &str) -> &ArrayRef {
         if !self.strings.contains_key(column) {
             let array = self
                 .batch
@@ -63,14 +68,7 @@ impl<'a> BatchView<'a> {
             let utf8 = cast(array, &DataType::Utf8).unwrap_or_else(|_| array.clone());
             self.strings.insert(column.to_owned(), utf8);
         }
-        let array = &self.strings[column];
-        if array.is_null(row) {
-            return String::new();
-        }
-        match array.as_any().downcast_ref::<StringArray>() {
-            Some(s) => s.value(row).to_owned(),
-            None => array_value_to_string(array, row).unwrap_or_default(),
-        }
+        &self.strings[column]
     }
 
     /// The columns `columns` of `row` (those the batch has), for an alert's templates.
@@ -83,8 +81,30 @@ impl<'a> BatchView<'a> {
             .collect()
     }
 
-    pub fn key(&mut self, columns: &[String], row: usize) -> Vec<String> {
-        columns.iter().map(|c| self.text(c, row)).collect()
+    /// Reads the group key `columns` of any row; built once per batch, so that a key costs
+    /// no lookup of its columns by name.
+    pub fn key_reader(&mut self, columns: &[String]) -> KeyReader {
+        KeyReader(columns.iter().map(|c| self.text_column(c).clone()).collect())
+    }
+}
+
+/// The group key columns of one batch, as text ([`BatchView::key_reader`]).
+pub struct KeyReader(Vec<ArrayRef>);
+
+impl KeyReader {
+    /// The key of `row`: one text per column (NULL as the empty string).
+    pub fn key(&self, row: usize) -> Vec<String> {
+        self.0.iter().map(|array| text_at(array, row)).collect()
+    }
+}
+
+fn text_at(array: &ArrayRef, row: usize) -> String {
+    if array.is_null(row) {
+        return String::new();
+    }
+    match array.as_any().downcast_ref::<StringArray>() {
+        Some(s) => s.value(row).to_owned(),
+        None => array_value_to_string(array, row).unwrap_or_default(),
     }
 }
 

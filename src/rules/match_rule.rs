@@ -26,12 +26,13 @@ impl MatchRule {
     pub fn evaluate(&mut self, meta: &RuleMeta, view: &mut BatchView<'_>, now: i64) -> Result<Vec<Alert>, String> {
         let mask = self.predicate.evaluate(view.batch)?;
         let mut alerts = Vec::new();
+        let keys = view.key_reader(&self.group_by);
         for row in (0..mask.len()).filter(|&i| mask.value(i)) {
             let id = view.id(row);
             let key = if self.group_by.is_empty() {
                 vec![id.clone().unwrap_or_default()]
             } else {
-                view.key(&self.group_by, row)
+                keys.key(row)
             };
             let at = view.time(row);
             // A repeat inside `repeat_interval` is suppressed: skip rendering its context.

@@ -64,6 +64,7 @@ impl NewValueRule {
     pub fn evaluate(&mut self, meta: &RuleMeta, view: &mut BatchView<'_>, now: i64) -> Result<Vec<Alert>, String> {
         let mask = self.predicate.evaluate(view.batch)?;
         let mut alerts = Vec::new();
+        let keys = view.key_reader(&self.group_by);
         for row in (0..mask.len()).filter(|&i| mask.value(i)) {
             let t = view.time(row);
             let started = *self.started_at.get_or_insert(t);
@@ -71,7 +72,7 @@ impl NewValueRule {
             if value.is_empty() {
                 continue;
             }
-            let key = view.key(&self.group_by, row);
+            let key = keys.key(row);
             if !self.known.contains_key(&key) && self.known.len() >= self.max_series {
                 self.num_shed += 1;
                 continue;

@@ -144,12 +144,13 @@ impl ThresholdRule {
             .ok_or("threshold rules read the metrics table's `value` column")?;
         let cutoff = now - self.settings.window_us;
         let mut touched: HashSet<Vec<String>> = HashSet::new();
+        let keys = view.key_reader(&self.group_by);
         for row in (0..mask.len()).filter(|&i| mask.value(i)) {
             let t = view.time(row);
             if t <= cutoff || values.is_null(row) {
                 continue;
             }
-            let key = view.key(&self.group_by, row);
+            let key = keys.key(row);
             if !self.series.contains_key(&key) && self.series.len() >= self.settings.max_series {
                 self.num_shed += 1;
                 continue;

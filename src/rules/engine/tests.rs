@@ -3,8 +3,8 @@ use std::path::Path;
 use datafusion::execution::context::SessionContext;
 
 use super::*;
-use crate::event::AuditRow;
 use crate::event::arrow::audit_batch;
+use crate::event::{AlertStatus, AuditRow};
 
 const PACK: &str = "groups:\n  - name: g\n    rules:\n      - id: burst\n        kind: count\n        where: \"granted = false\"\n        window: 5m\n        threshold: 3\n        severity: low\n        summary: s\n      - id: other\n        kind: match\n        where: \"granted = true\"\n        severity: low\n        summary: s\n";
 
@@ -85,5 +85,50 @@ fn a_template_that_fails_to_render_reads_as_its_text() {
             .starts_with("{{ value | nosuchfilter }} (template error: "),
         "{}",
         alerts[0].summary
+    );
+}
+
+/// A count rule's evidence is the newest ten contributing events of its series, across
+/// batches and with series interleaved; a firing series that no row touches is still
+/// re-evaluated as the window slides, and resolves.
+#[test]
+fn count_evidence_is_the_newest_events_of_each_series() {
+    let pack = "groups:\n  - name: g\n    rules:\n      - id: burst\n        kind: count\n        where: \"granted = false\"\n        group_by: [principal]\n        window: 5m\n        threshold: 3\n        severity: low\n        summary: s\n";
+    let mut engine = RuleEngine::new(rules_of(pack));
+    let by = |who: &str, t: i64, id: String| AuditRow {
+        principal: Some(who.into()),
+        ..denied_row(t, id)
+    };
+    // Twelve of `a` and two of `b`, interleaved.
+    let mut first: Vec<AuditRow> = (0..12).map(|i| by("User:a", 1_000 + i, format!("a{i}"))).collect();
+    first.insert(3, by("User:b", 1_003, "b0".into()));
+    first.insert(9, by("User:b", 1_008, "b1".into()));
+    let (alerts, _) = engine.evaluate(Source::Audit, &audit_batch(&first));
+    assert_eq!(alerts.len(), 1, "only `a` reached 3: {alerts:?}");
+    assert_eq!(alerts[0].labels["principal"], "User:a");
+    assert_eq!(alerts[0].value, 12.0);
+    let newest_a: Vec<String> = (2..12).map(|i| format!("a{i}")).collect();
+    assert_eq!(alerts[0].evidence, newest_a);
+
+    let (alerts, _) = engine.evaluate(Source::Audit, &audit_batch(&[by("User:b", 2_000, "b2".into())]));
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].labels["principal"], "User:b");
+    assert_eq!(
+        alerts[0].evidence,
+        ["b0", "b1", "b2"],
+        "evidence carried across batches"
+    );
+
+    // Six minutes on, only `c` is seen: `a` and `b` slide out of the window and resolve.
+    let later = 6 * 60 * 1_000_000;
+    let (alerts, _) = engine.evaluate(Source::Audit, &audit_batch(&[by("User:c", later, "c0".into())]));
+    let mut resolved: Vec<(&str, AlertStatus)> = alerts
+        .iter()
+        .map(|a| (a.labels["principal"].as_str(), a.status))
+        .collect();
+    resolved.sort_by_key(|(who, _)| *who);
+    assert_eq!(
+        resolved,
+        [("User:a", AlertStatus::Resolved), ("User:b", AlertStatus::Resolved)]
     );
 }
