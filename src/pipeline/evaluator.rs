@@ -133,16 +133,29 @@ pub(super) fn announce(telemetry: &Telemetry, subscribers: &broadcast::Sender<Al
     }
 }
 
-/// Polls decoded but not yet evaluated. The evaluator's work comes in bursts (half a second
-/// when ten cells go at once), which the intake rides over without waiting. What waits is the
-/// rules' batches, without `raw` (~300 bytes a row): at most ~40 MB at 2,000 rows a poll.
-pub(super) const EVALUATE_AHEAD: usize = 64;
+/// Rows decoded but not yet evaluated. The evaluator's work comes in bursts (about a second
+/// when ten cells go at once after a backlog's partitions fall idle), which the intake rides
+/// over without waiting. What waits is the rules' batches, without `raw` (~300 bytes a row):
+/// at most ~40 MB. The bound is in rows, not polls: live traffic comes in polls of a few
+/// hundred records, the fewer the faster the intake, and 64 of them (the bound before) were
+/// under 0.6 s of it at 40,000/s. A cell raising 10,000 alerts takes the evaluator longer than
+/// that, and the intake stopped behind it: events waited up to a second.
+pub(super) const EVALUATE_AHEAD_ROWS: usize = 131_072;
+
+/// What a poll counts against [`EVALUATE_AHEAD_ROWS`] at least, however few its rows (idle
+/// ticks have none): it bounds the polls waiting too.
+pub(super) const EVALUATE_AHEAD_MIN_ROWS: usize = 256;
+
+/// Polls waiting for the evaluator: as many as the rows allow.
+pub(super) const EVALUATE_AHEAD_POLLS: usize = EVALUATE_AHEAD_ROWS / EVALUATE_AHEAD_MIN_ROWS;
 
 /// A decoded poll on its way to the evaluator, with the positions it will commit.
 pub(super) struct Decoded {
     pub(super) seq: u64,
     pub(super) step: Step,
     pub(super) positions: Positions,
+    /// The poll's rows' share of [`EVALUATE_AHEAD_ROWS`], given back once they are evaluated.
+    pub(super) ahead: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Evaluates the rules on decoded polls in order; dispatches each poll's alerts with its
@@ -155,7 +168,13 @@ pub(super) async fn run_evaluator(
     // Rules are CPU work of up to tens of milliseconds per poll, on a thread that yields to
     // the intake (see `background`).
     let thread = Background::spawn("auditflow-rules", BACKGROUND_NICE)?;
-    while let Some(Decoded { seq, step, positions }) = rx.recv().await {
+    while let Some(Decoded {
+        seq,
+        step,
+        positions,
+        ahead,
+    }) = rx.recv().await
+    {
         let started = std::time::Instant::now();
         let (returned, alerts) = thread
             .run("evaluating a batch", move || {
@@ -164,6 +183,7 @@ pub(super) async fn run_evaluator(
             })
             .await?;
         evaluator = returned;
+        drop(ahead);
         if alerts.is_empty() && positions.max_offsets.is_empty() {
             continue; // nothing raised and nothing to commit (an idle tick, polled metrics)
         }

@@ -25,7 +25,9 @@ use crate::source::{Record, Stream, metrics_api};
 use crate::telemetry::{StreamLabel, Telemetry};
 
 use super::dispatch::Dispatcher;
-use super::evaluator::{Decoded, EVALUATE_AHEAD, Evaluator, Step, run_evaluator};
+use super::evaluator::{
+    Decoded, EVALUATE_AHEAD_MIN_ROWS, EVALUATE_AHEAD_POLLS, EVALUATE_AHEAD_ROWS, Evaluator, Step, run_evaluator,
+};
 use super::window_fill::{WINDOW_AHEAD, fill_window, run_window_fill};
 use super::{PipelineError, Polled};
 
@@ -430,7 +432,8 @@ pub(super) async fn run_processor(
 ) -> Result<(), PipelineError> {
     use std::sync::atomic::Ordering;
     let (mut intake, evaluator) = processor.into_stages();
-    let (to_evaluator, evaluate_rx) = mpsc::channel(EVALUATE_AHEAD);
+    let (to_evaluator, evaluate_rx) = mpsc::channel(EVALUATE_AHEAD_POLLS);
+    let evaluate_ahead = Arc::new(tokio::sync::Semaphore::new(EVALUATE_AHEAD_ROWS));
     let evaluating = tokio::spawn(run_evaluator(evaluator, dispatcher.clone(), evaluate_rx));
     let (to_window, window_rx) = mpsc::channel(WINDOW_AHEAD);
     let filling = tokio::spawn(run_window_fill(intake.window.clone(), window_rx));
@@ -490,10 +493,20 @@ pub(super) async fn run_processor(
                     "processed"
                 );
             }
+            let rows = [&step.audit, &step.metrics]
+                .into_iter()
+                .flatten()
+                .map(|b| b.num_rows())
+                .sum::<usize>()
+                .clamp(EVALUATE_AHEAD_MIN_ROWS, EVALUATE_AHEAD_ROWS);
+            let Ok(ahead) = evaluate_ahead.clone().acquire_many_owned(rows as u32).await else {
+                break; // never closed; if it were, nothing more could be evaluated
+            };
             let decoded = Decoded {
                 seq,
                 step,
                 positions: polled.positions,
+                ahead,
             };
             if to_evaluator.send(decoded).await.is_err() {
                 break; // the evaluator stopped: its error is the cause
