@@ -334,10 +334,11 @@ impl Intake {
     fn decode_audit(&mut self, records: &[Record]) -> DecodedAudit {
         let audit: Vec<&Record> = records.iter().filter(|r| r.stream == Stream::Audit).collect();
         let (ownership, directory) = (&self.ownership, &*self.directory);
-        // `first`: the position of `part[0]` among the poll's audit records.
-        let decode = |decoder: &mut AuditDecoder, part: &[&Record], first: usize| -> DecodedAudit {
+        // `first`: the position of `part[0]` among the poll's audit records; `room`: the rows
+        // its vector is made for (the first part's takes the others' in after).
+        let decode = |decoder: &mut AuditDecoder, part: &[&Record], first: usize, room: usize| -> DecodedAudit {
             let mut out = DecodedAudit {
-                rows: Vec::with_capacity(part.len()),
+                rows: Vec::with_capacity(room),
                 failed: Vec::new(),
             };
             for (at, r) in (first..).zip(part) {
@@ -360,7 +361,7 @@ impl Intake {
         };
         let threads = (audit.len() / MIN_RECORDS_PER_THREAD).clamp(1, self.audit_helpers.len() + 1);
         if threads == 1 {
-            return decode(&mut self.audit, &audit, 0);
+            return decode(&mut self.audit, &audit, 0, audit.len());
         }
         let per_thread = audit.len().div_ceil(threads);
         let mut parts = audit.chunks(per_thread).enumerate();
@@ -373,20 +374,20 @@ impl Intake {
                 // A thread that cannot be started leaves its part to this one.
                 let started = std::thread::Builder::new()
                     .name("decode".into())
-                    .spawn_scoped(scope, move || decode(helper, part, first));
+                    .spawn_scoped(scope, move || decode(helper, part, first, part.len()));
                 pending.push(started.map_err(|e| {
                     tracing::debug!(error = %e, "no decode thread; decoding in line");
                     (part, first)
                 }));
             }
-            let mut out = decode(audit_decoder, mine, 0);
+            let mut out = decode(audit_decoder, mine, 0, audit.len());
             for p in pending {
                 let more = match p {
                     Ok(handle) => match handle.join() {
                         Ok(more) => more,
                         Err(panic) => std::panic::resume_unwind(panic),
                     },
-                    Err((part, first)) => decode(audit_decoder, part, first),
+                    Err((part, first)) => decode(audit_decoder, part, first, part.len()),
                 };
                 out.rows.extend(more.rows);
                 out.failed.extend(more.failed);
