@@ -232,17 +232,14 @@ impl Intake {
         let DecodedAudit { mut rows, failed } = self.decode_audit(records);
         let mut failed = failed.into_iter().peekable();
         let mut repeats = Vec::new();
-        let (mut position, mut next_row) = (0, 0);
+        let mut next_row = 0;
         for record in records {
             match record.stream {
-                Stream::Audit => audit_in += 1,
-                Stream::Metrics => metrics_in += 1,
-            }
-            let payload = record.payload.as_deref().unwrap_or_default();
-            match record.stream {
                 Stream::Audit => {
-                    position += 1;
-                    if let Some((_, e)) = failed.next_if(|(at, _)| *at == position - 1) {
+                    // Its position among the poll's audit records, as `failed` counts them.
+                    let position = audit_in as usize;
+                    audit_in += 1;
+                    if let Some((_, e)) = failed.next_if(|(at, _)| *at == position) {
                         batch.dead_letters.push(dead_letter(record, &e));
                         continue;
                     }
@@ -263,6 +260,8 @@ impl Intake {
                     }
                 }
                 Stream::Metrics => {
+                    metrics_in += 1;
+                    let payload = record.payload.as_deref().unwrap_or_default();
                     let headers = MetricHeaders {
                         content_type: record.header("content-type").map(str::to_owned),
                         metric: record.header("metric").map(str::to_owned),
@@ -494,13 +493,9 @@ pub(super) async fn run_processor(
                     "processed"
                 );
             }
-            let rows = [&step.audit, &step.metrics]
-                .into_iter()
-                .flatten()
-                .map(|b| b.num_rows())
-                .sum::<usize>()
-                .clamp(EVALUATE_AHEAD_MIN_ROWS, EVALUATE_AHEAD_ROWS);
-            let Ok(ahead) = evaluate_ahead.clone().acquire_many_owned(rows as u32).await else {
+            // The rules' batches hold the poll's rows (`rows`: the batch has no alerts yet).
+            let ahead_rows = rows.clamp(EVALUATE_AHEAD_MIN_ROWS, EVALUATE_AHEAD_ROWS);
+            let Ok(ahead) = evaluate_ahead.clone().acquire_many_owned(ahead_rows as u32).await else {
                 break; // never closed; if it were, nothing more could be evaluated
             };
             let decoded = Decoded {

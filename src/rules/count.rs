@@ -107,22 +107,30 @@ impl CountRule {
         // keys hashed again per row.
         let mut touched: Vec<Vec<String>> = Vec::new();
         let keys = view.key_reader(&self.group_by);
+        let distinct = self.distinct.as_deref().map(|column| view.text_reader(column));
+        let view = &*view;
+        // What a counted row adds besides its time: its distinct value and its id.
+        let values = |row| (distinct.as_ref().map(|d| d.text(row)), view.id(row));
         for row in (0..mask.len()).filter(|&i| mask.value(i)) {
             let t = view.time(row);
             if t <= cutoff {
                 continue; // later than the window can take
             }
             let key = keys.key(row);
-            let distinct = self.distinct.as_ref().map(|column| view.text(column, row));
-            let id = view.id(row);
             let full = self.series.len() >= self.max_series;
             let first = match self.series.get_mut(&key) {
-                Some(s) => s.add(t, distinct, id, call),
+                Some(s) => {
+                    let (distinct, id) = values(row);
+                    s.add(t, distinct, id, call)
+                }
                 None if full => {
                     self.num_shed += 1;
                     continue;
                 }
-                None => (self.series.entry(key.clone()).or_default()).add(t, distinct, id, call),
+                None => {
+                    let (distinct, id) = values(row);
+                    (self.series.entry(key.clone()).or_default()).add(t, distinct, id, call)
+                }
             };
             if first {
                 touched.push(key);

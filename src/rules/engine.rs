@@ -58,6 +58,11 @@ impl<'a> BatchView<'a> {
         text_at(self.text_column(column), row)
     }
 
+    /// Reads `column` as text at any row, without a lookup by name per row.
+    pub fn text_reader(&mut self, column: &str) -> TextReader {
+        TextReader(self.text_column(column).clone())
+    }
+
     /// `column` as text, cast once per batch.
     fn text_column(&mut self, column: &str) -> &ArrayRef {
         if !self.strings.contains_key(column) {
@@ -84,17 +89,27 @@ impl<'a> BatchView<'a> {
     /// Reads the group key `columns` of any row; built once per batch, so that a key costs
     /// no lookup of its columns by name.
     pub fn key_reader(&mut self, columns: &[String]) -> KeyReader {
-        KeyReader(columns.iter().map(|c| self.text_column(c).clone()).collect())
+        KeyReader(columns.iter().map(|c| self.text_reader(c)).collect())
+    }
+}
+
+/// One column of one batch, as text ([`BatchView::text_reader`]).
+pub struct TextReader(ArrayRef);
+
+impl TextReader {
+    /// The value at `row` (NULL as the empty string).
+    pub fn text(&self, row: usize) -> String {
+        text_at(&self.0, row)
     }
 }
 
 /// The group key columns of one batch, as text ([`BatchView::key_reader`]).
-pub struct KeyReader(Vec<ArrayRef>);
+pub struct KeyReader(Vec<TextReader>);
 
 impl KeyReader {
     /// The key of `row`: one text per column (NULL as the empty string).
     pub fn key(&self, row: usize) -> Vec<String> {
-        self.0.iter().map(|array| text_at(array, row)).collect()
+        self.0.iter().map(|column| column.text(row)).collect()
     }
 }
 

@@ -65,10 +65,11 @@ impl NewValueRule {
         let mask = self.predicate.evaluate(view.batch)?;
         let mut alerts = Vec::new();
         let keys = view.key_reader(&self.group_by);
+        let values = view.text_reader(&self.field);
         for row in (0..mask.len()).filter(|&i| mask.value(i)) {
             let t = view.time(row);
             let started = *self.started_at.get_or_insert(t);
-            let value = view.text(&self.field, row);
+            let value = values.text(row);
             if value.is_empty() {
                 continue;
             }
