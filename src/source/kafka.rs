@@ -21,6 +21,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -199,16 +200,20 @@ pub async fn poll_batch(
     }
     let tick = tokio::time::sleep(IDLE_TICK);
     tokio::pin!(tick);
+    // One stream for the whole poll: `consumer.recv()` registers and drops a waker slot (a
+    // mutex each way) for every record.
+    let mut stream = consumer.stream();
     let first = loop {
         tokio::select! {
             _ = shutdown.cancelled() => return None,
             _ = &mut tick => return Some(Vec::new()),
-            m = consumer.recv() => match m {
-                Ok(m) => break m,
-                Err(e) => {
+            m = stream.next() => match m {
+                Some(Ok(m)) => break m,
+                Some(Err(e)) => {
                     tracing::warn!(error = %e, "kafka consumer error");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
+                None => return None, // librdkafka's stream does not end; shut down if it does
             }
         }
     };
@@ -220,18 +225,30 @@ pub async fn poll_batch(
     // low rate would only add latency).
     let deadline = tokio::time::Instant::now() + linger;
     while messages.len() < max {
-        let cut = if downstream_idle.load(std::sync::atomic::Ordering::Acquire) {
-            BATCH_IDLE_DOWNSTREAM_IDLE
-        } else {
-            BATCH_IDLE
+        // A record already fetched is taken as it is: reading the clock and arming a timeout
+        // for each one only pays when the queue is empty.
+        let next = match stream.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                let cut = if downstream_idle.load(std::sync::atomic::Ordering::Acquire) {
+                    BATCH_IDLE_DOWNSTREAM_IDLE
+                } else {
+                    BATCH_IDLE
+                };
+                let idle = tokio::time::Instant::now() + cut;
+                match tokio::time::timeout_at(deadline.min(idle), stream.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                }
+            }
         };
-        let idle = tokio::time::Instant::now() + cut;
-        match tokio::time::timeout_at(deadline.min(idle), consumer.recv()).await {
-            Ok(Ok(m)) => messages.push(m),
-            Ok(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
-            Err(_) => break,
+        match next {
+            Some(Ok(m)) => messages.push(m),
+            Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
+            None => break,
         }
     }
+    drop(stream);
     Some(detach_all(&messages, topics))
 }
 
