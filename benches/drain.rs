@@ -243,15 +243,15 @@ fn extra_kafka_properties() -> String {
         .collect()
 }
 
-/// `(utime + stime)` of `pid` in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
+/// `(utime, stime)` of `pid` in seconds: in its own code and in the kernel for it (page
+/// faults, socket copies, futex waits and wake-ups).
+fn cpu_seconds(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0 // USER_HZ is 100 on Linux
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) / 100.0, ticks(12) / 100.0) // USER_HZ is 100 on Linux
 }
 
 fn status_kb(pid: u32, key: &str) -> u64 {
@@ -330,6 +330,8 @@ impl Drop for Process {
 struct Drained {
     rate: f64,
     per_cpu_second: f64,
+    /// The part of that CPU time spent in the kernel.
+    kernel_share: f64,
     peak_rss_mb: f64,
     window_mb: f64,
     /// Resident pages backed by files (the binary's code, shared libraries) at the end of the
@@ -368,7 +370,10 @@ async fn run_mode(
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let cpu = cpu_seconds(pid) - cpu_at_first.unwrap_or(0.0);
+    let (user, system) = cpu_seconds(pid);
+    let (user_at_first, system_at_first) = cpu_at_first.unwrap_or((0.0, 0.0));
+    let (user, system) = (user - user_at_first, system - system_at_first);
+    let cpu = user + system;
     let first = receiver.first.lock().unwrap().unwrap();
     let last = receiver.last.lock().unwrap().unwrap();
     let span = (last - first).as_secs_f64();
@@ -376,6 +381,7 @@ async fn run_mode(
     let drained = Drained {
         rate: n as f64 / span,
         per_cpu_second: n as f64 / cpu.max(0.01),
+        kernel_share: system / cpu.max(0.01),
         peak_rss_mb: status_kb(pid, "VmHWM:") as f64 / 1024.0,
         window_mb: scrape_sum(&http, "auditflow_window_bytes").await as f64 / 1e6,
         mapped_files_mb: status_kb(pid, "RssFile:") as f64 / 1024.0,
@@ -593,10 +599,11 @@ fn main() {
                 "half of peak"
             };
             println!(
-                "drain/{}: {:.0} events/s steady, {:.0} events per CPU-second, peak RSS {:.0} MB (window {:.0} MB, rest {:.0} MB of which {:.0} MB mapped files), first event {} ms after start, {} ms after assignment",
+                "drain/{}: {:.0} events/s steady, {:.0} events per CPU-second ({:.0}% of it in the kernel), peak RSS {:.0} MB (window {:.0} MB, rest {:.0} MB of which {:.0} MB mapped files), first event {} ms after start, {} ms after assignment",
                 mode.name(),
                 d.rate,
                 d.per_cpu_second,
+                d.kernel_share * 100.0,
                 d.peak_rss_mb,
                 d.window_mb,
                 d.peak_rss_mb - d.window_mb,
