@@ -248,7 +248,6 @@ pub async fn poll_batch(
             None => break,
         }
     }
-    drop(stream);
     Some(detach_all(&messages, topics))
 }
 
