@@ -53,11 +53,6 @@ impl<'a> BatchView<'a> {
         datafusion::arrow::compute::max(self.time)
     }
 
-    /// The value of `column` at `row` as text (NULL as the empty string).
-    pub fn text(&mut self, column: &str, row: usize) -> String {
-        text_at(self.text_column(column), row)
-    }
-
     /// Reads `column` as text at any row, without a lookup by name per row.
     pub fn text_reader(&mut self, column: &str) -> TextReader {
         TextReader(self.text_column(column).clone())
@@ -82,7 +77,7 @@ impl<'a> BatchView<'a> {
         columns
             .iter()
             .filter(|c| schema.field_with_name(c).is_ok())
-            .map(|c| (c.clone(), self.text(c, row)))
+            .map(|c| (c.clone(), text_at(self.text_column(c), row)))
             .collect()
     }
 
