@@ -98,6 +98,14 @@ async fn event(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) 
         return r.accepted(n);
     }
     let now_ms = chrono::Utc::now().timestamp_millis() as f64;
+    if let Some(times) = audit_event_times(body) {
+        if let Some(h) = r.latency.lock().unwrap().as_mut() {
+            for time in &times {
+                h.saturating_record((now_ms - time * 1000.0).max(1.0) as u64);
+            }
+        }
+        return r.accepted(times.len() as u64);
+    }
     let mut n = 0;
     let mut latencies = Vec::new();
     for item in serde_json::Deserializer::from_slice(body).into_iter::<HecEvent>() {
@@ -120,6 +128,28 @@ async fn event(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) 
         }
     }
     r.accepted(n)
+}
+
+/// The `time` of each audit event in a HEC body, found the way the counting above finds the
+/// events: by their sourcetype, each preceded by its envelope's opening `{"time":<seconds>`
+/// (the encoder writes time, host, source and sourcetype before the fields and the raw event).
+/// Parsing every event to read its time took a third of a core at 80,000 events/s, of the two
+/// this receiver shares with the process whose latency it measures. `None` for a body not laid
+/// out so; the caller then parses it.
+fn audit_event_times(body: &[u8]) -> Option<Vec<f64>> {
+    const OPEN: &[u8] = br#"{"time":"#;
+    let mut times = Vec::new();
+    let mut from = 0;
+    for at in memchr::memmem::find_iter(body, br#""sourcetype":"confluent:audit""#) {
+        let start = memchr::memmem::rfind(&body[from..at], OPEN)? + from + OPEN.len();
+        let digits = body[start..at]
+            .iter()
+            .position(|b| !(b.is_ascii_digit() || *b == b'.'))
+            .map_or(&body[start..at], |end| &body[start..start + end]);
+        times.push(std::str::from_utf8(digits).ok()?.parse::<f64>().ok()?);
+        from = at;
+    }
+    Some(times)
 }
 
 impl Receiver {
