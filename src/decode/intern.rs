@@ -120,7 +120,8 @@ mod tests {
         assert!(crn.len() > 128);
         let mut i = Interner::default();
         let a = i.text(crn);
-        let b = i.text(&crn.to_owned());
+        let copy = String::from(crn);
+        let b = i.text(&copy);
         assert!(Arc::ptr_eq(&a, &b));
     }
 }
