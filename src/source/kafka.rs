@@ -173,6 +173,15 @@ pub fn consumer(config: &Config, telemetry: Telemetry) -> KafkaResult<KafkaConsu
     Ok(KafkaConsumer(Some(consumer)))
 }
 
+/// How long a batch waits for one more record before it closes.
+fn batch_idle(downstream_idle: &std::sync::atomic::AtomicBool) -> Duration {
+    if downstream_idle.load(std::sync::atomic::Ordering::Acquire) {
+        BATCH_IDLE_DOWNSTREAM_IDLE
+    } else {
+        BATCH_IDLE
+    }
+}
+
 /// Reads up to `max` records, waiting at most `linger` after the first.
 ///
 /// `carried` holds records received while the assignment was paused (see [`Backpressure`]);
@@ -230,12 +239,7 @@ pub async fn poll_batch(
         let next = match stream.next().now_or_never() {
             Some(next) => next,
             None => {
-                let cut = if downstream_idle.load(std::sync::atomic::Ordering::Acquire) {
-                    BATCH_IDLE_DOWNSTREAM_IDLE
-                } else {
-                    BATCH_IDLE
-                };
-                let idle = tokio::time::Instant::now() + cut;
+                let idle = tokio::time::Instant::now() + batch_idle(downstream_idle);
                 match tokio::time::timeout_at(deadline.min(idle), stream.next()).await {
                     Ok(next) => next,
                     Err(_) => break,

@@ -12,6 +12,11 @@ fn text<'s>(s: &'s Option<Str<'_>>) -> Option<&'s str> {
     s.as_ref().map(Str::as_str)
 }
 
+/// `s` unless it is empty: an empty field does not stand in for a less precise one.
+fn filled(s: Option<&str>) -> Option<&str> {
+    s.filter(|s| !s.is_empty())
+}
+
 pub(super) fn to_row(e: Envelope<'_>, raw: Raw, strings: &mut Interner) -> Result<AuditRow, DecodeError> {
     let mut owned = |s: Option<&str>| strings.non_empty(s);
     let time_us = parse_time_us(e.time.as_str())
@@ -53,23 +58,20 @@ pub(super) fn to_row(e: Envelope<'_>, raw: Raw, strings: &mut Interner) -> Resul
     // (API keys, service accounts); else the CRN's last segment. Each is looked up only when
     // nothing more precise is there (a lookup is a hash and a compare, ~20 per event).
     let authz_resource = data.authorization_info.as_ref().map_or((None, None), |Object(authz)| {
-        (
-            text(&authz.resource_type).filter(|t| !t.is_empty()),
-            text(&authz.resource_name).filter(|n| !n.is_empty()),
-        )
+        (filled(text(&authz.resource_type)), filled(text(&authz.resource_name)))
     });
     let cloud = data.cloud_resources.iter().find_map(|c| c.resource.as_ref());
     let (crn_type, crn_name) = crn.resource();
     row.resource_type = owned(
         authz_resource
             .0
-            .or(cloud.and_then(|c| c.resource_type.as_deref()).filter(|t| !t.is_empty()))
+            .or(filled(cloud.and_then(|c| c.resource_type.as_deref())))
             .or(crn_type),
     );
     row.resource_name = owned(
         authz_resource
             .1
-            .or(cloud.and_then(|c| c.resource_id.as_deref()).filter(|n| !n.is_empty()))
+            .or(filled(cloud.and_then(|c| c.resource_id.as_deref())))
             .or(crn_name),
     );
 
