@@ -1,6 +1,8 @@
 //! Drops events whose `id` was already seen within the dedupe horizon (a consumer restart or a
 //! rebalance re-delivers what was in flight). Memory is bounded: ids live in time buckets that
-//! expire as a whole, and the oldest bucket is dropped early when the capacity is reached.
+//! expire as a whole, and the oldest bucket is dropped early when the capacity is reached. A
+//! bucket also ends when it holds a sixtieth of the capacity, so dropping one frees at most
+//! that much and no bucket outgrows the capacity however fast ids come.
 
 use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, Hasher};
@@ -12,6 +14,11 @@ pub struct Dedupe {
     bucket_us: i64,
     horizon_us: i64,
     capacity: usize,
+    /// The most ids one bucket takes. Buckets were cut by time only: at 2,000,000 ids an hour
+    /// in 60 one-minute buckets, anything over ~33,000 ids/s filled one bucket past the
+    /// capacity, and since the bucket being filled is never dropped, memory grew with the
+    /// rate (9 M ids, ~300 MB, for a minute at 150,000/s) until the minute ended.
+    bucket_ids: usize,
     /// Every remembered id, as its [`Key`], in the shard its key's top bits name: one lookup
     /// per event, whatever the number of buckets. One table of a million ids stalled the
     /// processor for 80-140 ms each time it doubled (rehashing every id into 17-35 MB of fresh
@@ -49,6 +56,7 @@ impl Dedupe {
             bucket_us: (horizon_us / 60).max(1),
             horizon_us,
             capacity: capacity.max(1),
+            bucket_ids: (capacity / 60).max(1),
             seen: {
                 let state = foldhash::fast::RandomState::default();
                 (0..SHARDS).map(|_| HashSet::with_hasher(state.clone())).collect()
@@ -78,7 +86,7 @@ impl Dedupe {
         self.len += 1;
         let start = now_us - now_us.rem_euclid(self.bucket_us);
         match self.buckets.back_mut() {
-            Some((s, ids)) if *s >= start => ids.push(id),
+            Some((s, ids)) if *s >= start && ids.len() < self.bucket_ids => ids.push(id),
             _ => self.buckets.push_back((start, vec![id])),
         }
         true
@@ -143,6 +151,20 @@ mod tests {
         assert!(d.insert("id-0", 200_000_000));
         assert_eq!(d.len(), 1);
         assert_eq!(d.seen.iter().map(HashSet::len).sum::<usize>(), 1);
+    }
+
+    /// Ids faster than the buckets' time: the capacity holds anyway, and what is dropped for
+    /// it is the oldest sixtieth, not everything remembered.
+    #[test]
+    fn capacity_bounds_memory_at_any_rate() {
+        let mut d = Dedupe::new(Duration::from_secs(3600), 6_000);
+        for i in 0..100_000 {
+            d.insert(&format!("id-{i}"), 5_000_000);
+            assert!(d.len() <= 6_000, "{} ids after {i}", d.len());
+        }
+        assert!(d.len() >= 5_900, "only the oldest bucket goes: {}", d.len());
+        assert!(!d.insert("id-99999", 5_000_000));
+        assert!(d.insert("id-0", 5_000_000), "the oldest ids went first");
     }
 
     #[test]
