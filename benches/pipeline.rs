@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use auditflow::config::Config;
 use auditflow::decode::audit::AuditDecoder;
+use auditflow::enrich::dedupe::Dedupe;
 use auditflow::enrich::ownership::Ownership;
 use auditflow::pipeline::Processor;
 use auditflow::query::window::Window;
@@ -150,6 +151,47 @@ fn bench(c: &mut Criterion) {
                 })
                 .sum::<usize>()
         })
+    });
+    group.finish();
+}
+
+/// The dedupe memory at its default capacity (2,000,000 ids), full, taking polls of fresh ids:
+/// each insert remembers one id and the capacity makes it forget an old one. Ids look like
+/// Confluent's (36-character UUIDs). Also prints what the full memory takes.
+fn bench_dedupe(c: &mut Criterion) {
+    const CAPACITY: usize = 2_000_000;
+    let id = |n: usize| {
+        format!(
+            "{:08x}-{:04x}-4000-8000-{:012x}",
+            n >> 16,
+            n & 0xffff,
+            n.wrapping_mul(2654435761)
+        )
+    };
+    let before = rss_bytes();
+    let mut dedupe = Dedupe::new(Duration::from_secs(3600), CAPACITY);
+    let now = 1_767_225_600_000_000;
+    let mut next = 0;
+    while next < CAPACITY + CAPACITY / 10 {
+        assert!(dedupe.insert(&id(next), now));
+        next += 1;
+    }
+    eprintln!(
+        "dedupe: {} ids remembered in {} MB",
+        dedupe.len(),
+        rss_bytes().saturating_sub(before) >> 20
+    );
+    let mut group = c.benchmark_group("dedupe");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("insert_at_capacity", |b| {
+        b.iter_batched(
+            || {
+                next += BATCH;
+                (next - BATCH..next).map(id).collect::<Vec<_>>()
+            },
+            |ids| ids.iter().filter(|id| dedupe.insert(id, now)).count(),
+            criterion::BatchSize::LargeInput,
+        )
     });
     group.finish();
 }
@@ -301,5 +343,5 @@ fn shifted(b: &RecordBatch, by_us: i64) -> RecordBatch {
     RecordBatch::try_new(b.schema(), columns).unwrap()
 }
 
-criterion_group!(benches, bench, bench_rules);
+criterion_group!(benches, bench, bench_rules, bench_dedupe);
 criterion_main!(benches);

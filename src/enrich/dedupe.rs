@@ -4,10 +4,11 @@
 //! bucket also ends when it holds a sixtieth of the capacity, so dropping one frees at most
 //! that much and no bucket outgrows the capacity however fast ids come.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
+use hashbrown::HashTable;
 use siphasher::sip128::{Hasher128, SipHasher13};
 
 pub struct Dedupe {
@@ -19,33 +20,113 @@ pub struct Dedupe {
     /// capacity, and since the bucket being filled is never dropped, memory grew with the
     /// rate (9 M ids, ~300 MB, for a minute at 150,000/s) until the minute ended.
     bucket_ids: usize,
-    /// Every remembered id, as its [`Key`], in the shard its key's top bits name: one lookup
+    /// Every remembered id, as an [`Entry`], in the shard its key's top bits name: one lookup
     /// per event, whatever the number of buckets. One table of a million ids stalled the
     /// processor for 80-140 ms each time it doubled (rehashing every id into 17-35 MB of fresh
     /// pages), long enough to put a drain's p99 latency over 50 ms on its own; a shard doubles
     /// alone, 1/[`SHARDS`] of that.
-    seen: Box<[HashSet<Key, foldhash::fast::RandomState>]>,
-    /// Ids in `seen`, over all shards: counted as they come and go, since every insert checks
-    /// it against the capacity (summing 64 tables per event would not be free).
+    ///
+    /// Entries of expired buckets stay until their shard needs room, and then go in one pass
+    /// over the shard ([`Shard::sweep`]): removing each id on its own when its bucket expired cost a
+    /// cache miss per id, as many as inserting them, and a list of each bucket's ids to find
+    /// them (16 bytes more per id). An expired entry counts as absent meanwhile, and its id,
+    /// if it comes again, takes it over.
+    seen: Box<[Shard]>,
+    /// Live ids, over all shards: the live buckets' counts summed as they come and go.
     len: usize,
-    /// (bucket start, ids first seen in it), oldest first: what expires together.
-    buckets: VecDeque<(i64, Vec<Key>)>,
-    /// This process's secret key for [`Key`]s.
+    /// The live buckets, oldest first: what expires together.
+    buckets: VecDeque<Bucket>,
+    /// The stamp the next bucket gets; the live stamps run from the oldest bucket's to this
+    /// one, exclusive (modulo 2³², so a stamp wraps after 4 billion buckets: years at the
+    /// fastest bucket rate the capacity allows).
+    next_stamp: u32,
+    /// This process's secret key for ids' hashes.
     sip_key: (u64, u64),
 }
 
-/// An id as a 128-bit SipHash under a key drawn at start: 16 bytes per remembered id instead
-/// of a shared copy of the string (~100 bytes with its allocation and two references), and no
-/// allocation per event. Two ids of one horizon meet on one key with a chance of about n²/2¹²⁹
-/// (10⁻²⁷ for a million ids), and the key is secret, so a sender cannot make ids that collide
-/// to have real events dropped as duplicates.
-type Key = u128;
+/// A time bucket: ids first seen in it carry its stamp.
+struct Bucket {
+    start_us: i64,
+    stamp: u32,
+    ids: usize,
+}
 
-/// Shards of the id memory: a power of two, picked by a key's top bits (keys are uniform).
+/// An id as the top 96 bits of its 128-bit SipHash under a key drawn at start, and, in the low
+/// 32 bits, the stamp of the bucket it was remembered in: 16 bytes per remembered id instead of
+/// a shared copy of the string (~100 bytes with its allocation and two references), and no
+/// allocation per event. Two ids of one horizon meet on one hash with a chance of about
+/// n²/2⁹⁷ (10⁻¹⁷ for two million ids), and the key is secret, so a sender cannot make ids that
+/// collide to have real events dropped as duplicates.
+type Entry = u128;
+
+const STAMP_BITS: u32 = 32;
+
+/// Shards of the id memory: a power of two, picked by a hash's top bits (hashes are uniform).
 const SHARDS: usize = 64;
 
-fn shard_of(key: Key) -> usize {
-    (key >> (Key::BITS - SHARDS.trailing_zeros())) as usize
+fn shard_of(entry: Entry) -> usize {
+    (entry >> (Entry::BITS - SHARDS.trailing_zeros())) as usize
+}
+
+/// An entry's id, without its stamp.
+fn identity(entry: Entry) -> u128 {
+    entry >> STAMP_BITS
+}
+
+/// The table's hash of an entry: bits its shard does not fix (the top ones) and its stamp does
+/// not change (the low ones). The SipHash is uniform; hashing it again would add nothing.
+fn table_hash(entry: &Entry) -> u64 {
+    identity(*entry) as u64
+}
+
+/// Which stamps are live: those from the oldest live bucket's to the next bucket's, exclusive.
+#[derive(Clone, Copy)]
+struct Live {
+    oldest: u32,
+    next: u32,
+}
+
+impl Live {
+    fn holds(self, entry: Entry) -> bool {
+        (entry as u32).wrapping_sub(self.oldest) < self.next.wrapping_sub(self.oldest)
+    }
+}
+
+/// One shard of the id memory.
+#[derive(Default)]
+struct Shard {
+    table: HashTable<Entry>,
+    /// The entries `table` holds when full, read after each rehash (when none of its room is
+    /// taken by the marks removals leave).
+    full: usize,
+}
+
+impl Shard {
+    /// Makes room in a full shard: its expired entries go, in one pass over its memory.
+    ///
+    /// Removing an entry from a well-filled table leaves a mark that still takes room, so the
+    /// table is then rehashed: in place (clearing the marks) while the live entries fill at
+    /// most half of it, the most hashbrown rehashes in place, else into twice the room. A shard
+    /// thus keeps room for about as many expired entries as live ones, and is swept at most
+    /// once per half of its size in inserts.
+    fn sweep(&mut self, live: Live) {
+        let table = &mut self.table;
+        table.retain(|entry| live.holds(*entry));
+        let half = self.full / 2;
+        if table.len() < half {
+            // Asking for more than is free makes hashbrown rehash; for no more than half in all,
+            // in place.
+            if table.capacity() - table.len() < half - table.len() {
+                table.reserve(half - table.len(), table_hash);
+                self.full = table.capacity();
+            }
+        } else {
+            // One more than is free, for more than half in all: hashbrown moves the table into
+            // twice its room (asking for the live entries' number again would be four times).
+            table.reserve(table.capacity() - table.len() + 1, table_hash);
+            self.full = table.capacity();
+        }
+    }
 }
 
 impl Dedupe {
@@ -57,12 +138,10 @@ impl Dedupe {
             horizon_us,
             capacity: capacity.max(1),
             bucket_ids: (capacity / 60).max(1),
-            seen: {
-                let state = foldhash::fast::RandomState::default();
-                (0..SHARDS).map(|_| HashSet::with_hasher(state.clone())).collect()
-            },
+            seen: (0..SHARDS).map(|_| Shard::default()).collect(),
             len: 0,
             buckets: VecDeque::new(),
+            next_stamp: 0,
             sip_key: {
                 let seed = std::collections::hash_map::RandomState::new();
                 (seed.hash_one(0u8), seed.hash_one(1u8))
@@ -70,7 +149,7 @@ impl Dedupe {
         }
     }
 
-    fn key(&self, id: &str) -> Key {
+    fn key(&self, id: &str) -> u128 {
         let mut hasher = SipHasher13::new_with_keys(self.sip_key.0, self.sip_key.1);
         hasher.write(id.as_bytes());
         hasher.finish128().as_u128()
@@ -79,32 +158,65 @@ impl Dedupe {
     /// True if `id` is new (and remembers it); false for a duplicate.
     pub fn insert(&mut self, id: &str, now_us: i64) -> bool {
         self.expire(now_us);
-        let id = self.key(id);
-        if !self.seen[shard_of(id)].insert(id) {
-            return false;
+        let key = self.key(id) & !((1 << STAMP_BITS) - 1);
+        let stamp = self.current_stamp(now_us);
+        let live = self.live();
+        let entry = key | Entry::from(stamp);
+        let shard = &mut self.seen[shard_of(key)];
+        match shard
+            .table
+            .find_mut(table_hash(&key), |e| identity(*e) == identity(key))
+        {
+            Some(seen) if live.holds(*seen) => return false,
+            Some(expired) => *expired = entry,
+            None => {
+                if shard.table.len() == shard.table.capacity() {
+                    shard.sweep(live);
+                }
+                shard.table.insert_unique(table_hash(&key), entry, table_hash);
+            }
         }
         self.len += 1;
-        let start = now_us - now_us.rem_euclid(self.bucket_us);
-        match self.buckets.back_mut() {
-            Some((s, ids)) if *s >= start && ids.len() < self.bucket_ids => ids.push(id),
-            _ => self.buckets.push_back((start, vec![id])),
+        if let Some(bucket) = self.buckets.back_mut() {
+            bucket.ids += 1;
         }
         true
     }
 
+    /// The stamp of the bucket an id seen now goes in, starting one when the time or the last
+    /// bucket's size asks for it.
+    fn current_stamp(&mut self, now_us: i64) -> u32 {
+        let start = now_us - now_us.rem_euclid(self.bucket_us);
+        match self.buckets.back() {
+            Some(b) if b.start_us >= start && b.ids < self.bucket_ids => b.stamp,
+            _ => {
+                let stamp = self.next_stamp;
+                self.next_stamp = stamp.wrapping_add(1);
+                self.buckets.push_back(Bucket {
+                    start_us: start,
+                    stamp,
+                    ids: 0,
+                });
+                stamp
+            }
+        }
+    }
+
+    fn live(&self) -> Live {
+        Live {
+            oldest: self.buckets.front().map_or(self.next_stamp, |b| b.stamp),
+            next: self.next_stamp,
+        }
+    }
+
     fn expire(&mut self, now_us: i64) {
-        while let Some((start, _)) = self.buckets.front() {
-            let expired = *start + self.bucket_us <= now_us - self.horizon_us;
+        while let Some(oldest) = self.buckets.front() {
+            let expired = oldest.start_us + self.bucket_us <= now_us - self.horizon_us;
             if !(expired || (self.len >= self.capacity && self.buckets.len() > 1)) {
                 break;
             }
-            if let Some((_, ids)) = self.buckets.pop_front() {
-                for id in &ids {
-                    if self.seen[shard_of(*id)].remove(id) {
-                        self.len -= 1;
-                    }
-                }
-            }
+            self.len -= oldest.ids;
+            self.buckets.pop_front();
         }
     }
 
@@ -135,22 +247,58 @@ mod tests {
     #[test]
     fn ids_spread_over_every_shard_and_leave_with_their_bucket() {
         let mut d = Dedupe::new(Duration::from_secs(60), 1_000_000);
-        for i in 0..20_000 {
+        for i in 0..10_000 {
             assert!(d.insert(&format!("id-{i}"), 0));
         }
-        assert_eq!(d.len(), 20_000);
-        assert_eq!(d.seen.iter().map(HashSet::len).sum::<usize>(), 20_000);
-        // Uniform keys: every shard holds its share, give or take (expected 312, sd ~18).
+        assert_eq!(d.len(), 10_000);
+        assert_eq!(d.seen.iter().map(|s| s.table.len()).sum::<usize>(), 10_000);
+        // Uniform keys: every shard holds its share, give or take (expected 156, sd ~12).
         assert!(
-            d.seen.iter().all(|s| (200..450).contains(&s.len())),
+            d.seen.iter().all(|s| (100..220).contains(&s.table.len())),
             "{:?}",
-            d.seen.iter().map(HashSet::len).collect::<Vec<_>>()
+            d.seen.iter().map(|s| s.table.len()).collect::<Vec<_>>()
         );
-        assert!(!d.insert("id-19999", 1_000_000));
-        // A horizon later the whole bucket goes, from every shard.
+        // Shards grow by doubling, to no more than twice what they hold (at ~156 ids, room for 224
+        // after 112; growing fourfold, as asking for `len` more did, would give 448).
+        assert!(
+            d.seen
+                .iter()
+                .all(|s| s.full <= 2 * s.table.len() && s.table.capacity() == s.full),
+            "{:?}",
+            d.seen.iter().map(|s| (s.table.len(), s.full)).collect::<Vec<_>>()
+        );
+        assert!(!d.insert("id-9999", 1_000_000));
+        // A horizon later the whole bucket goes, from every shard: each of its ids is new again.
         assert!(d.insert("id-0", 200_000_000));
         assert_eq!(d.len(), 1);
-        assert_eq!(d.seen.iter().map(HashSet::len).sum::<usize>(), 1);
+        assert!(d.insert("id-9999", 200_000_000));
+        assert!(!d.insert("id-0", 200_000_000));
+        assert_eq!(d.len(), 2);
+    }
+
+    /// Expired ids leave their shards' memory when it is needed: a horizon after horizon of
+    /// fresh ids keeps the tables at one horizon's size, not the sum of them all.
+    #[test]
+    fn expired_ids_make_room_for_new_ones() {
+        let mut d = Dedupe::new(Duration::from_secs(60), 1_000_000);
+        let mut first_capacity = 0;
+        for round in 0..10i64 {
+            for i in 0..20_000 {
+                assert!(d.insert(&format!("{round}-{i}"), round * 120_000_000));
+            }
+            assert_eq!(d.len(), 20_000, "round {round}: only its own ids are live");
+            assert!(!d.insert(&format!("{round}-7"), round * 120_000_000));
+            let capacity: usize = d.seen.iter().map(|s| s.full).sum();
+            if round == 0 {
+                first_capacity = capacity;
+            }
+            assert!(
+                capacity <= first_capacity * 3 / 2,
+                "round {round}: {capacity} > {first_capacity}"
+            );
+        }
+        let entries: usize = d.seen.iter().map(|s| s.table.len()).sum();
+        assert!(entries < 40_000, "{entries} entries kept for 20,000 live ids");
     }
 
     /// Ids faster than the buckets' time: the capacity holds anyway, and what is dropped for
