@@ -1,7 +1,8 @@
 //! Decode + validate + enrich + rules (+ Arrow batch build), and HEC encoding with gzip, on the
 //! shipped samples. Reported as events per second on one core (criterion's throughput). The
 //! whole stage runs on two mixes: `alert_heavy` (the samples as they are: a quarter of events
-//! raise an alert) and `realistic` (about one in a thousand).
+//! raise an alert) and `realistic` (about one in a thousand). Beside them: the rules alone over
+//! many series (`rules/`), and the dedupe memory full at its default capacity (`dedupe/`).
 
 use std::path::Path;
 use std::time::Duration;

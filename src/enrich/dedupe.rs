@@ -27,10 +27,10 @@ pub struct Dedupe {
     /// alone, 1/[`SHARDS`] of that.
     ///
     /// Entries of expired buckets stay until their shard needs room, and then go in one pass
-    /// over the shard ([`Shard::sweep`]): removing each id on its own when its bucket expired cost a
-    /// cache miss per id, as many as inserting them, and a list of each bucket's ids to find
-    /// them (16 bytes more per id). An expired entry counts as absent meanwhile, and its id,
-    /// if it comes again, takes it over.
+    /// over the shard ([`Shard::sweep`]): removing each id on its own when its bucket expired
+    /// cost a cache miss per id, as many as inserting them, and a list of each bucket's ids to
+    /// find them (16 bytes more per id). An expired entry counts as absent meanwhile, and its
+    /// id, if it comes again, takes it over.
     seen: Box<[Shard]>,
     /// Live ids, over all shards: the live buckets' counts summed as they come and go.
     len: usize,
