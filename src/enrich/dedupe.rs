@@ -60,6 +60,7 @@ struct Bucket {
 type Entry = u128;
 
 const STAMP_BITS: u32 = 32;
+const STAMP_MASK: Entry = (1 << STAMP_BITS) - 1;
 
 /// Shards of the id memory: a power of two, picked by a hash's top bits (hashes are uniform).
 const SHARDS: usize = 64;
@@ -102,6 +103,23 @@ struct Shard {
 }
 
 impl Shard {
+    /// Remembers `entry` unless its id is here with a live stamp (a duplicate: false). An
+    /// expired entry of the id takes the new stamp in place.
+    fn remember(&mut self, entry: Entry, live: Live) -> bool {
+        let hash = table_hash(&entry);
+        match self.table.find_mut(hash, |e| identity(*e) == identity(entry)) {
+            Some(seen) if live.holds(*seen) => return false,
+            Some(expired) => *expired = entry,
+            None => {
+                if self.table.len() == self.table.capacity() {
+                    self.sweep(live);
+                }
+                self.table.insert_unique(hash, entry, table_hash);
+            }
+        }
+        true
+    }
+
     /// Makes room in a full shard: its expired entries go, in one pass over its memory.
     ///
     /// Removing an entry from a well-filled table leaves a mark that still takes room, so the
@@ -158,23 +176,11 @@ impl Dedupe {
     /// True if `id` is new (and remembers it); false for a duplicate.
     pub fn insert(&mut self, id: &str, now_us: i64) -> bool {
         self.expire(now_us);
-        let key = self.key(id) & !((1 << STAMP_BITS) - 1);
         let stamp = self.current_stamp(now_us);
         let live = self.live();
-        let entry = key | Entry::from(stamp);
-        let shard = &mut self.seen[shard_of(key)];
-        match shard
-            .table
-            .find_mut(table_hash(&key), |e| identity(*e) == identity(key))
-        {
-            Some(seen) if live.holds(*seen) => return false,
-            Some(expired) => *expired = entry,
-            None => {
-                if shard.table.len() == shard.table.capacity() {
-                    shard.sweep(live);
-                }
-                shard.table.insert_unique(table_hash(&key), entry, table_hash);
-            }
+        let entry = (self.key(id) & !STAMP_MASK) | Entry::from(stamp);
+        if !self.seen[shard_of(entry)].remember(entry, live) {
+            return false;
         }
         self.len += 1;
         if let Some(bucket) = self.buckets.back_mut() {

@@ -51,7 +51,7 @@ pub fn visit(row: &AuditRow, f: &mut dyn FnMut(&'static str, &str)) {
 
 /// The resource types Kafka and Confluent Cloud name, in lower case: nearly every event has one,
 /// and copying it to lower-case it was an allocation and a free per event on the HEC path.
-const RESOURCE_TYPES: [&str; 13] = [
+const RESOURCE_TYPES: &[&str] = &[
     "topic",
     "group",
     "cluster",
