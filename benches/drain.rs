@@ -12,7 +12,11 @@
 //!   build), not memory the process allocated;
 //! - the time from process start, and from the consumer's assignment, to the first event at HEC;
 //! - latency percentiles at half of the measured peak: each event's own `time` (set when it is
-//!   produced) to its arrival at the receiver.
+//!   produced) to its arrival at the receiver; on stderr, the process's events per CPU-second
+//!   during that phase and the harness's own share of the cores (producer, mock broker and
+//!   receiver), which together say how close to saturated the two cores were;
+//! - with `DRAIN_LATENCY_TIMELINE=1`, each 100 ms of the latency phase whose slowest event took
+//!   40 ms or more (stderr, with its time since the epoch to find it in `DRAIN_LOG`).
 //!
 //! The mock cluster keeps only the newest 5 MB of a partition, so the backlog is spread over as
 //! many partitions as it needs. Run: `cargo bench --bench drain` (`DRAIN_EVENTS=600000` for the
@@ -65,6 +69,27 @@ struct Receiver {
     next_ack: AtomicU64,
     /// Milliseconds from each event's `time` to its arrival, once `measuring` is set.
     latency: Mutex<Option<Histogram<u64>>>,
+    /// `DRAIN_LATENCY_TIMELINE=1`: per 100 ms of arrival (from the phase's start, in ms since
+    /// the epoch), the events and the worst latency, to show where a tail comes from.
+    timeline: Mutex<Vec<(i64, u64, u64)>>,
+}
+
+impl Receiver {
+    fn note_timeline(&self, now_ms: f64, latencies: impl Iterator<Item = u64>) {
+        if std::env::var_os("DRAIN_LATENCY_TIMELINE").is_none() {
+            return;
+        }
+        let slot = now_ms as i64 / 100;
+        let mut t = self.timeline.lock().unwrap();
+        if t.last().is_none_or(|l| l.0 != slot) {
+            t.push((slot, 0, 0));
+        }
+        let last = t.last_mut().unwrap();
+        for ms in latencies {
+            last.1 += 1;
+            last.2 = last.2.max(ms);
+        }
+    }
 }
 
 /// How an audit event in a HEC body names its sourcetype: the receiver finds events by it.
@@ -107,6 +132,10 @@ async fn event(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) 
                 h.saturating_record((now_ms - time * 1000.0).max(1.0) as u64);
             }
         }
+        r.note_timeline(
+            now_ms,
+            times.iter().map(|time| (now_ms - time * 1000.0).max(1.0) as u64),
+        );
         return r.accepted(times.len() as u64);
     }
     let mut n = 0;
@@ -436,6 +465,7 @@ async fn run_mode(
     // than that behind loses records, and the phase below says so instead of timing them.
     let total = (rate * seconds) as usize;
     let p = producer(bootstrap);
+    let cpu_before = (cpu_seconds(pid), cpu_seconds(std::process::id()));
     let tick = Duration::from_millis(5);
     let mut interval = tokio::time::interval(tick);
     let began = Instant::now();
@@ -479,7 +509,28 @@ async fn run_mode(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let achieved = total as f64 / began.elapsed().as_secs_f64();
+    // Where the two cores went during the phase: the process's CPU per event, and the harness's
+    // own share (producer, mock broker and receiver), which sets how much is left for the process.
+    let (process_cpu, harness_cpu) = (cpu_seconds(pid), cpu_seconds(std::process::id()));
+    let used = |(a, b): (f64, f64), (c, d): (f64, f64)| (a + b) - (c + d);
+    let elapsed = began.elapsed().as_secs_f64();
+    eprintln!(
+        "drain: latency phase: process {:.0} events per CPU-second ({:.0}% of a core), harness {:.0}% of a core",
+        total as f64 / used(process_cpu, cpu_before.0).max(1e-9),
+        100.0 * used(process_cpu, cpu_before.0) / elapsed,
+        100.0 * used(harness_cpu, cpu_before.1) / elapsed
+    );
     let h = receiver.latency.lock().unwrap().take().unwrap();
+    let timeline = std::mem::take(&mut *receiver.timeline.lock().unwrap());
+    if let Some(&(start, _, _)) = timeline.first() {
+        for (slot, n, worst) in timeline.iter().filter(|s| s.2 >= 40) {
+            eprintln!(
+                "drain: timeline +{} ms (at {} ms since the epoch): {n} events, worst {worst} ms",
+                (slot - start) * 100,
+                slot * 100
+            );
+        }
+    }
     let percentiles = [0.5, 0.9, 0.99, 0.999].map(|q| h.value_at_quantile(q));
     drop(process);
     (drained, percentiles, achieved)
