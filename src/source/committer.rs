@@ -22,6 +22,14 @@ pub type RememberDelivered = Arc<dyn Fn(&[String]) -> std::io::Result<()> + Send
 /// second. (The delivery bench's ~2,900 events/s, first blamed on this, was the bench's own.)
 const GROUP_MAX: usize = 64;
 
+/// The least time from one disk sync of delivered ids to the next. At a steady moderate rate
+/// a poll is acknowledged every few milliseconds, and a sync for each (~120 a second at 60,000
+/// events/s) was 2-3% of the process's CPU, and as many write operations of a cloud disk's
+/// budget. Waiting this long groups the polls acknowledged meanwhile into one sync. Offsets
+/// are committed once a second, so storing them this much later changes nothing a broker sees,
+/// and the records' memory goes back to the in-flight budget on delivery, not after the sync.
+const MIN_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// A batch waiting for its sinks.
 pub struct Pending {
     pub positions: Positions,
@@ -43,6 +51,7 @@ pub async fn run_committer(
     // A batch taken from the queue whose acknowledgements had not all come yet: the next group
     // starts with it.
     let mut carried: Option<Pending> = None;
+    let mut last_sync: Option<tokio::time::Instant> = None;
     loop {
         let mut first = match carried.take() {
             Some(p) => p,
@@ -54,6 +63,15 @@ pub async fn run_committer(
         let mut delivered = Vec::new();
         let mut dropped = !acknowledged(&mut first).await;
         if !dropped {
+            first.inflight = None; // delivered: its records no longer count as in flight
+            // Only a batch with ids to remember waits: the sync is what the interval spaces.
+            if remember.is_some()
+                && !first.ids.is_empty()
+                && let Some(next_sync) = last_sync.map(|at| at + MIN_SYNC_INTERVAL)
+                && next_sync > tokio::time::Instant::now()
+            {
+                tokio::time::sleep_until(next_sync).await;
+            }
             delivered.push(first);
         }
         // Batches behind it that every sink has already accepted join its disk sync; waiting
@@ -61,7 +79,10 @@ pub async fn run_committer(
         while !dropped && delivered.len() < GROUP_MAX {
             let Ok(mut next) = rx.try_recv() else { break };
             match already_acknowledged(&mut next) {
-                Some(true) => delivered.push(next),
+                Some(true) => {
+                    next.inflight = None;
+                    delivered.push(next);
+                }
                 Some(false) => dropped = true,
                 None => {
                     carried = Some(next);
@@ -73,6 +94,9 @@ pub async fn run_committer(
         // cannot make them look new, and a crash before it finds them remembered.
         if let Some(remember) = &remember {
             let ids: Vec<String> = delivered.iter_mut().map(|p| std::mem::take(&mut p.ids)).collect();
+            if ids.iter().any(|block| !block.is_empty()) {
+                last_sync = Some(tokio::time::Instant::now());
+            }
             let ids = Arc::new(ids);
             let mut attempt = 0;
             loop {
@@ -153,5 +177,90 @@ fn store(consumer: &KafkaConsumer, telemetry: &Telemetry, pending: Pending) {
     if let Some(oldest) = pending.positions.oldest_record_ms {
         let now = chrono::Utc::now().timestamp_millis();
         telemetry.observe_latency_ms((now - oldest).max(0) as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use rdkafka::mocking::MockCluster;
+
+    use super::*;
+    use crate::config::Config;
+
+    /// Polls delivered every 2 ms: their ids are remembered once each, in order, in syncs spaced
+    /// by the interval (so far fewer syncs than polls), and each poll's in-flight share is back
+    /// before the sync that remembers its ids.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn syncs_are_spaced_and_group_what_was_delivered_meanwhile() {
+        const POLLS: usize = 100;
+        let cluster = MockCluster::new(1).unwrap();
+        let text = format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"committer-test\"\n",
+            cluster.bootstrap_servers()
+        );
+        let config = Config::parse(&text, "t.toml").unwrap();
+        let consumer = Arc::new(super::super::kafka::consumer(&config, Telemetry::new()).unwrap());
+
+        let budget = Arc::new(tokio::sync::Semaphore::new(POLLS));
+        let sent = Arc::new(AtomicUsize::new(0));
+        // Each sync: when it began, its ids, and in-flight shares still held then beyond those
+        // of polls not yet remembered (must be none).
+        let syncs: Arc<Mutex<Vec<(Instant, Vec<String>, usize)>>> = Arc::default();
+        let remember: RememberDelivered = {
+            let (budget, sent, syncs) = (budget.clone(), sent.clone(), syncs.clone());
+            Arc::new(move |blocks: &[String]| {
+                let mut syncs = syncs.lock().unwrap();
+                let remembered = syncs.iter().map(|s| s.1.len()).sum::<usize>() + blocks.len();
+                let held = POLLS - budget.available_permits();
+                let not_remembered = sent.load(Ordering::SeqCst) - remembered;
+                syncs.push((Instant::now(), blocks.to_vec(), held.saturating_sub(not_remembered)));
+                Ok(())
+            })
+        };
+        let (tx, rx) = mpsc::channel(POLLS);
+        let committer = tokio::spawn(run_committer(consumer, rx, Telemetry::new(), Some(remember)));
+        let started = Instant::now();
+        for i in 0..POLLS {
+            let (ack, acked) = oneshot::channel();
+            ack.send(()).unwrap();
+            let inflight = Some(budget.clone().try_acquire_owned().unwrap());
+            sent.fetch_add(1, Ordering::SeqCst);
+            let ids = format!("id-{i}\n");
+            tx.send(Pending {
+                positions: Positions::default(),
+                acks: vec![acked],
+                ids,
+                inflight,
+            })
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        drop(tx);
+        committer.await.unwrap();
+        let elapsed = started.elapsed();
+
+        let syncs = syncs.lock().unwrap();
+        let ids: Vec<String> = syncs.iter().flat_map(|s| s.1.iter().cloned()).collect();
+        assert_eq!(ids, (0..POLLS).map(|i| format!("id-{i}\n")).collect::<Vec<_>>());
+        let most = (elapsed.as_secs_f64() / MIN_SYNC_INTERVAL.as_secs_f64()).ceil() as usize + 1;
+        assert!(
+            syncs.len() <= most && syncs.len() < POLLS / 4,
+            "{} syncs for {POLLS} polls in {elapsed:?}",
+            syncs.len()
+        );
+        for pair in syncs.windows(2) {
+            // The interval spaces the syncs' starts; the blocking pool may start one a little late.
+            assert!(pair[1].0 - pair[0].0 >= MIN_SYNC_INTERVAL - Duration::from_millis(5));
+        }
+        assert!(
+            syncs.iter().all(|s| s.2 == 0),
+            "in-flight shares held through their sync"
+        );
+        assert_eq!(budget.available_permits(), POLLS);
     }
 }
