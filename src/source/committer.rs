@@ -191,6 +191,14 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
+    /// One call to remember delivered ids, as the test sees it.
+    struct SyncSeen {
+        began: Instant,
+        ids: Vec<String>,
+        /// In-flight shares still held when it began, beyond those of polls not yet remembered.
+        held_beyond: usize,
+    }
+
     /// Polls delivered every 2 ms: their ids are remembered once each, in order, in syncs spaced
     /// by the interval (so far fewer syncs than polls), and each poll's in-flight share is back
     /// before the sync that remembers its ids.
@@ -207,17 +215,19 @@ mod tests {
 
         let budget = Arc::new(tokio::sync::Semaphore::new(POLLS));
         let sent = Arc::new(AtomicUsize::new(0));
-        // Each sync: when it began, its ids, and in-flight shares still held then beyond those
-        // of polls not yet remembered (must be none).
-        let syncs: Arc<Mutex<Vec<(Instant, Vec<String>, usize)>>> = Arc::default();
+        let syncs: Arc<Mutex<Vec<SyncSeen>>> = Arc::default();
         let remember: RememberDelivered = {
             let (budget, sent, syncs) = (budget.clone(), sent.clone(), syncs.clone());
             Arc::new(move |blocks: &[String]| {
                 let mut syncs = syncs.lock().unwrap();
-                let remembered = syncs.iter().map(|s| s.1.len()).sum::<usize>() + blocks.len();
+                let remembered = syncs.iter().map(|s| s.ids.len()).sum::<usize>() + blocks.len();
                 let held = POLLS - budget.available_permits();
                 let not_remembered = sent.load(Ordering::SeqCst) - remembered;
-                syncs.push((Instant::now(), blocks.to_vec(), held.saturating_sub(not_remembered)));
+                syncs.push(SyncSeen {
+                    began: Instant::now(),
+                    ids: blocks.to_vec(),
+                    held_beyond: held.saturating_sub(not_remembered),
+                });
                 Ok(())
             })
         };
@@ -245,7 +255,7 @@ mod tests {
         let elapsed = started.elapsed();
 
         let syncs = syncs.lock().unwrap();
-        let ids: Vec<String> = syncs.iter().flat_map(|s| s.1.iter().cloned()).collect();
+        let ids: Vec<String> = syncs.iter().flat_map(|s| s.ids.iter().cloned()).collect();
         assert_eq!(ids, (0..POLLS).map(|i| format!("id-{i}\n")).collect::<Vec<_>>());
         let most = (elapsed.as_secs_f64() / MIN_SYNC_INTERVAL.as_secs_f64()).ceil() as usize + 1;
         assert!(
@@ -255,10 +265,10 @@ mod tests {
         );
         for pair in syncs.windows(2) {
             // The interval spaces the syncs' starts; the blocking pool may start one a little late.
-            assert!(pair[1].0 - pair[0].0 >= MIN_SYNC_INTERVAL - Duration::from_millis(5));
+            assert!(pair[1].began - pair[0].began >= MIN_SYNC_INTERVAL - Duration::from_millis(5));
         }
         assert!(
-            syncs.iter().all(|s| s.2 == 0),
+            syncs.iter().all(|s| s.held_beyond == 0),
             "in-flight shares held through their sync"
         );
         assert_eq!(budget.available_permits(), POLLS);
