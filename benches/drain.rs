@@ -69,14 +69,16 @@ struct Receiver {
     next_ack: AtomicU64,
     /// Milliseconds from each event's `time` to its arrival, once `measuring` is set.
     latency: Mutex<Option<Histogram<u64>>>,
-    /// `DRAIN_LATENCY_TIMELINE=1`: per 100 ms of arrival (from the phase's start, in ms since
-    /// the epoch), the events and the worst latency, to show where a tail comes from.
+    /// Whether `DRAIN_LATENCY_TIMELINE` is set (read once, not per request).
+    timeline_on: bool,
+    /// With `timeline_on`: for each 100 ms of arrivals (its index: milliseconds since the epoch
+    /// / 100), the events and the worst latency, to show where a tail comes from.
     timeline: Mutex<Vec<(i64, u64, u64)>>,
 }
 
 impl Receiver {
     fn note_timeline(&self, now_ms: f64, latencies: impl Iterator<Item = u64>) {
-        if std::env::var_os("DRAIN_LATENCY_TIMELINE").is_none() {
+        if !self.timeline_on {
             return;
         }
         let slot = now_ms as i64 / 100;
@@ -198,7 +200,10 @@ impl Receiver {
 }
 
 async fn start_receiver() -> (Arc<Receiver>, String) {
-    let receiver = Arc::new(Receiver::default());
+    let receiver = Arc::new(Receiver {
+        timeline_on: std::env::var_os("DRAIN_LATENCY_TIMELINE").is_some(),
+        ..Receiver::default()
+    });
     let app = Router::new()
         .route("/services/collector/event", post(event))
         .route("/services/collector/ack", post(support::ack))

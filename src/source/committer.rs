@@ -37,7 +37,8 @@ pub struct Pending {
     /// Ids of the batch's audit events, one per line (`enrich::dedupe::id_lines`), remembered
     /// (the dedupe store) once delivered.
     pub ids: String,
-    /// The batch's share of `kafka.max_inflight_bytes`, given back once it is finalised.
+    /// The batch's share of `kafka.max_inflight_bytes`, given back once every sink accepted it
+    /// (before its ids are synced and its offsets stored).
     pub inflight: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
