@@ -77,7 +77,14 @@ struct Receiver {
 }
 
 impl Receiver {
-    fn note_timeline(&self, now_ms: f64, latencies: impl Iterator<Item = u64>) {
+    /// Times the audit events of one body that arrived at `now_ms`: in the histogram, and in
+    /// the timeline when it is on.
+    fn record_latencies(&self, now_ms: f64, latencies: &[u64]) {
+        if let Some(h) = self.latency.lock().unwrap().as_mut() {
+            for &ms in latencies {
+                h.saturating_record(ms);
+            }
+        }
         if !self.timeline_on {
             return;
         }
@@ -87,10 +94,8 @@ impl Receiver {
             t.push((slot, 0, 0));
         }
         let last = t.last_mut().unwrap();
-        for ms in latencies {
-            last.1 += 1;
-            last.2 = last.2.max(ms);
-        }
+        last.1 += latencies.len() as u64;
+        last.2 = latencies.iter().fold(last.2, |worst, &ms| worst.max(ms));
     }
 }
 
@@ -128,24 +133,18 @@ async fn event(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) 
         return r.accepted(n);
     }
     let now_ms = chrono::Utc::now().timestamp_millis() as f64;
+    let latency_of = |time: f64| (now_ms - time * 1000.0).max(1.0) as u64;
     if let Some(times) = audit_event_times(body) {
-        if let Some(h) = r.latency.lock().unwrap().as_mut() {
-            for time in &times {
-                h.saturating_record((now_ms - time * 1000.0).max(1.0) as u64);
-            }
-        }
-        r.note_timeline(
-            now_ms,
-            times.iter().map(|time| (now_ms - time * 1000.0).max(1.0) as u64),
-        );
-        return r.accepted(times.len() as u64);
+        let latencies: Vec<u64> = times.into_iter().map(latency_of).collect();
+        r.record_latencies(now_ms, &latencies);
+        return r.accepted(latencies.len() as u64);
     }
     let mut n = 0;
     let mut latencies = Vec::new();
     for item in serde_json::Deserializer::from_slice(body).into_iter::<HecEvent>() {
         match item {
             // Alerts are HEC events too; only the audit events are counted and timed.
-            Ok(e) if e.sourcetype == "confluent:audit" => latencies.push((now_ms - e.time * 1000.0).max(1.0) as u64),
+            Ok(e) if e.sourcetype == "confluent:audit" => latencies.push(latency_of(e.time)),
             Ok(_) => continue,
             Err(_) => {
                 return (
@@ -156,11 +155,7 @@ async fn event(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) 
         }
         n += 1;
     }
-    if let Some(h) = r.latency.lock().unwrap().as_mut() {
-        for ms in latencies {
-            h.saturating_record(ms);
-        }
-    }
+    r.record_latencies(now_ms, &latencies);
     r.accepted(n)
 }
 

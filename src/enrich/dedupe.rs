@@ -134,7 +134,7 @@ impl Shard {
         if table.len() < half {
             // Asking for more than is free makes hashbrown rehash; for no more than half in all,
             // in place.
-            if table.capacity() - table.len() < half - table.len() {
+            if table.capacity() < half {
                 table.reserve(half - table.len(), table_hash);
                 self.full = table.capacity();
             }

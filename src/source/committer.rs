@@ -64,7 +64,6 @@ pub async fn run_committer(
         let mut delivered = Vec::new();
         let mut dropped = !acknowledged(&mut first).await;
         if !dropped {
-            first.inflight = None; // delivered: its records no longer count as in flight
             // Only a batch with ids to remember waits: the sync is what the interval spaces.
             if remember.is_some()
                 && !first.ids.is_empty()
@@ -80,10 +79,7 @@ pub async fn run_committer(
         while !dropped && delivered.len() < GROUP_MAX {
             let Ok(mut next) = rx.try_recv() else { break };
             match already_acknowledged(&mut next) {
-                Some(true) => {
-                    next.inflight = None;
-                    delivered.push(next);
-                }
+                Some(true) => delivered.push(next),
                 Some(false) => dropped = true,
                 None => {
                     carried = Some(next);
@@ -129,17 +125,22 @@ pub async fn run_committer(
     }
 }
 
-/// Waits for every sink's answer; false when one gave the batch up.
+/// Waits for every sink's answer; false when one gave the batch up. A delivered batch's
+/// in-flight share goes back here, before its ids are synced.
 async fn acknowledged(pending: &mut Pending) -> bool {
     let mut ok = true;
     for ack in std::mem::take(&mut pending.acks) {
         ok &= ack.await.is_ok();
+    }
+    if ok {
+        pending.inflight = None;
     }
     ok
 }
 
 /// Whether every sink has answered already: `Some(true)` all accepted, `Some(false)` one gave
 /// the batch up, `None` some answer is still to come (those received are kept off the list).
+/// As in [`acknowledged`], a delivered batch's in-flight share goes back here.
 fn already_acknowledged(pending: &mut Pending) -> Option<bool> {
     let mut failed = false;
     pending.acks.retain_mut(|ack| match ack.try_recv() {
@@ -153,6 +154,7 @@ fn already_acknowledged(pending: &mut Pending) -> Option<bool> {
     if failed {
         Some(false)
     } else if pending.acks.is_empty() {
+        pending.inflight = None;
         Some(true)
     } else {
         None
