@@ -21,7 +21,8 @@
 //! The mock cluster keeps only the newest 5 MB of a partition, so the backlog is spread over as
 //! many partitions as it needs. Run: `cargo bench --bench drain` (`DRAIN_EVENTS=600000` for the
 //! memory figure; `DRAIN_MODES=gzip` to run one mode; `DRAIN_KAFKA_PROPERTIES="k=v,..."` for more consumer properties; `DRAIN_LATENCY_RATE=50000` for the latency
-//! phase at a fixed rate instead of half of the measured peak; `DRAIN_MODES=broker` for the harness's own
+//! phase at a fixed rate instead of half of the measured peak; `DRAIN_BIN=path` to run a wrapper
+//! or another build in place of the binary; `DRAIN_MODES=broker` for the harness's own
 //! ceiling: a bare consumer's drain rate, and producer -> mock broker -> bare consumer latency,
 //! which bounds every latency figure here from below).
 
@@ -349,7 +350,10 @@ struct Process {
 }
 
 fn spawn(config: &Path) -> Process {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_auditflow"))
+    // `DRAIN_BIN` runs another program in its place: a wrapper that runs the binary under a
+    // profiler (`link/symbol-order.sh`), or another build of it.
+    let binary = std::env::var_os("DRAIN_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_auditflow").into());
+    let mut child = Command::new(binary)
         .args(["run", "--config"])
         .arg(config)
         .env(
