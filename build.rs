@@ -32,4 +32,8 @@ fn main() {
         );
         println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
     }
+    // Relative relocations packed (DT_RELR, glibc >= 2.36, as in the image's Debian bookworm):
+    // the dynamic loader reads every entry at start, and at 24 bytes per pointer they were 7 MB
+    // of resident file pages; packed, 83 KB.
+    println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
 }
