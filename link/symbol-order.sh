@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
-# Regenerates link/symbol-order.txt, the functions the release binary executes in a drain, which
-# build.rs has the linker place first (see there for why). Runs the drain bench with the binary
-# under valgrind's callgrind, which records every function executed (not a sample: the start-up
-# code runs once), on both mixes and in each HEC mode; then lists the functions' symbols. Takes
-# ~5 minutes on 2 cores after the build. Needs valgrind.
+# Regenerates the functions a build of the binary executes in a drain, in link/symbol-order.txt,
+# which build.rs has the linker place first (see there for why). Runs the drain bench with the
+# binary under valgrind's callgrind, which records every function executed (not a sample: the
+# start-up code runs once), on both mixes and in each HEC mode; then lists the functions'
+# symbols. Takes ~5 minutes on 2 cores after the build. Needs valgrind.
 #
-#   link/symbol-order.sh            # then rebuild: cargo build --release
+# Symbol names carry a hash of the build's settings, so each cargo profile has its own list: a
+# section of the file headed `# profile NAME` (the linker reads `#` lines as comments and skips
+# the names a build does not have). This replaces the section of the profile given:
+#
+#   link/symbol-order.sh                   # the release build (benches, cargo run --release)
+#   link/symbol-order.sh --profile dist    # the shipped build (a 30-minute build from cold)
+#
+# then rebuild that profile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+profile=release
+if [ "${1:-}" = "--profile" ]; then profile="$2"; fi
 target="${CARGO_TARGET_DIR:-target}"
-cargo build --release --locked --bin auditflow
+cargo build --profile "$profile" --locked --bin auditflow
 cargo bench --locked --bench drain --no-run
 
 work="$(mktemp -d)"
@@ -17,7 +26,7 @@ trap 'rm -rf "$work"' EXIT
 cat >"$work/auditflow" <<WRAP
 #!/bin/sh
 exec valgrind --tool=callgrind --demangle=no --compress-strings=no --dump-instr=no \
-  --callgrind-out-file="$work/callgrind.%p" "$(realpath "$target/release/auditflow")" "\$@"
+  --callgrind-out-file="$work/callgrind.%p" "$(realpath "$target/$profile/auditflow")" "\$@"
 WRAP
 chmod +x "$work/auditflow"
 
@@ -32,12 +41,13 @@ done
 # `fn=` names each function callgrind charged cost to (every function executed has some), under
 # the object named by the last `ob=`; only the binary's own count. Grouping them is what saves
 # pages; their order within the group matters little.
-python3 - "$work" >link/symbol-order.txt <<'PY'
+python3 - "$work" "$profile" link/symbol-order.txt <<'PY'
 import glob, os, sys
+work, profile, path = sys.argv[1:]
 seen, order = set(), []
-for path in sorted(glob.glob(os.path.join(sys.argv[1], "callgrind.*")), key=os.path.getmtime):
+for trace in sorted(glob.glob(os.path.join(work, "callgrind.*")), key=os.path.getmtime):
     ours = False
-    with open(path, errors="replace") as f:
+    with open(trace, errors="replace") as f:
         for line in f:
             if line.startswith("ob="):
                 ours = os.path.basename(line[3:].strip()) == "auditflow"
@@ -46,6 +56,19 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "callgrind.*")), key=os.p
                 if name not in seen and not name.startswith("0x"):
                     seen.add(name)
                     order.append(name)
-print("\n".join(order))
+sections, current = {}, None
+if os.path.exists(path):
+    for line in open(path):
+        line = line.rstrip("\n")
+        if line.startswith("# profile "):
+            current = line[len("# profile "):]
+            sections[current] = []
+        elif current is not None and line:
+            sections[current].append(line)
+sections[profile] = order
+with open(path, "w") as out:
+    for name in sorted(sections):
+        out.write(f"# profile {name}\n")
+        out.write("".join(s + "\n" for s in sections[name]))
+print(f"{path}: {len(order)} symbols for the {profile} profile")
 PY
-echo "link/symbol-order.txt: $(wc -l <link/symbol-order.txt) symbols"
