@@ -11,6 +11,7 @@ mod demo;
 mod e2e_mock;
 mod e2e_tansu;
 mod faults;
+mod hec_tls;
 mod metrics_api;
 mod otlp_transports;
 mod replay;

@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 use std::io::Read;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -47,6 +48,8 @@ pub struct HecState {
 pub struct HecReceiver {
     pub addr: SocketAddr,
     pub state: Arc<Mutex<HecState>>,
+    /// Over TLS: the TLS sessions established so far (`None` for plain HTTP).
+    pub tls_sessions: Option<Arc<AtomicUsize>>,
 }
 
 fn reply(status: StatusCode, code: u64, text: &str) -> Response {
@@ -59,7 +62,7 @@ fn reply(status: StatusCode, code: u64, text: &str) -> Response {
 }
 
 impl HecReceiver {
-    pub async fn start(token: &str) -> HecReceiver {
+    fn app(token: &str) -> (Arc<Mutex<HecState>>, Router) {
         let state = Arc::new(Mutex::new(HecState {
             token: token.into(),
             ..HecState::default()
@@ -69,14 +72,59 @@ impl HecReceiver {
             .route("/services/collector/ack", post(ack))
             .route("/services/collector/health", get(health))
             .with_state(state.clone());
+        (state, app)
+    }
+
+    pub async fn start(token: &str) -> HecReceiver {
+        let (state, app) = HecReceiver::app(token);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        HecReceiver { addr, state }
+        HecReceiver {
+            addr,
+            state,
+            tls_sessions: None,
+        }
     }
 
+    /// The same receiver over HTTPS, with the given PEM certificate chain and PKCS#8 key: each
+    /// connection is TLS-accepted, then served HTTP/1.1.
+    pub async fn start_tls(token: &str, cert_pem: &[u8], key_pem: &[u8]) -> HecReceiver {
+        let (state, app) = HecReceiver::app(token);
+        let identity = native_tls::Identity::from_pkcs8(cert_pem, key_pem).unwrap();
+        let acceptor = tokio_native_tls::TlsAcceptor::from(native_tls::TlsAcceptor::new(identity).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sessions = Arc::new(AtomicUsize::new(0));
+        let counted = sessions.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let (acceptor, app, counted) = (acceptor.clone(), app.clone(), counted.clone());
+                tokio::spawn(async move {
+                    // A client that refuses the certificate ends here, as at a real HEC.
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        HecReceiver {
+            addr,
+            state,
+            tls_sessions: Some(sessions),
+        }
+    }
+
+    /// The base URL; over TLS by the name the test certificate carries.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.tls_sessions {
+            None => format!("http://{}", self.addr),
+            Some(_) => format!("https://localhost:{}", self.addr.port()),
+        }
     }
 
     pub fn events(&self) -> Vec<Value> {
