@@ -314,8 +314,8 @@ impl Reorder {
 /// column of empty strings only (each column no rule reads, see
 /// `event::arrow::audit_batch_keeping`) becomes a slice of `blank`, one column of empty strings
 /// shared by every waiting batch. Taken, each blank column got 4 bytes of offsets per row: ~25
-/// of the audit table's columns, 19 MB of the ~50 MB waiting here at the peak of a
-/// 600,000-event drain (heaptrack).
+/// of the audit table's columns, 19 MB of the ~50 MB waiting here at heaptrack's peak in a
+/// 600,000-event run of the drain bench.
 fn take_rows(
     batch: &RecordBatch,
     indices: &UInt32Array,
