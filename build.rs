@@ -22,13 +22,16 @@ fn main() {
     if std::env::var("TARGET").as_deref() != Ok("x86_64-unknown-linux-gnu") {
         return;
     }
-    let order = Path::new("link/symbol-order.txt");
     let wanted = std::env::var_os("AUDITFLOW_NO_SYMBOL_ORDER").is_none_or(|v| v.is_empty() || v == "0");
-    // An absolute path, since the linker runs elsewhere; none when the list is not there.
-    if let (true, Ok(path)) = (wanted, std::fs::canonicalize(order)) {
+    // The linker gets a copy in this script's output folder, not the checkout's path: checkouts
+    // sharing a target folder (`CARGO_TARGET_DIR`, git worktrees) share this script's cached
+    // output too, and a path into a checkout since removed failed every link. None when the
+    // list is not there.
+    let copy = Path::new(&std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("symbol-order.txt");
+    if wanted && std::fs::copy("link/symbol-order.txt", &copy).is_ok() {
         println!(
             "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
-            path.display()
+            copy.display()
         );
         println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
     }

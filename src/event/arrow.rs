@@ -222,7 +222,7 @@ fn dictionary<'a>(n: usize, values: impl Iterator<Item = Option<&'a str>>) -> Ar
 }
 
 /// A string column of `n` empty strings: no bytes, one offset per row.
-fn empty_strings(n: usize) -> ArrayRef {
+pub fn empty_strings(n: usize) -> ArrayRef {
     Arc::new(StringArray::new(
         OffsetBuffer::new_zeroed(n),
         Buffer::from_vec(Vec::<u8>::new()),

@@ -19,13 +19,13 @@
 use std::collections::BTreeMap;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions, StringArray, TimestampMicrosecondArray,
-    UInt32Array,
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions, TimestampMicrosecondArray, UInt32Array,
 };
-use datafusion::arrow::buffer::{Buffer, OffsetBuffer};
 use datafusion::arrow::compute::{concat_batches, interleave_record_batch, take};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::error::ArrowError;
+
+use crate::event::arrow::empty_strings;
 
 use super::clock::Watermark;
 
@@ -351,14 +351,7 @@ fn blank_strings(blank: &mut Option<ArrayRef>, n: usize) -> ArrayRef {
     if blank.as_ref().is_some_and(|b| b.len() < n) {
         *blank = None;
     }
-    let shared = blank.get_or_insert_with(|| {
-        let len = n.max(MAX_RELEASE_ROWS);
-        std::sync::Arc::new(StringArray::new(
-            OffsetBuffer::new_zeroed(len),
-            Buffer::from_vec(Vec::<u8>::new()),
-            None,
-        ))
-    });
+    let shared = blank.get_or_insert_with(|| empty_strings(n.max(MAX_RELEASE_ROWS)));
     shared.slice(0, n)
 }
 

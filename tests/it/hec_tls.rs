@@ -24,9 +24,11 @@ fn with_hec(text: String, settings: &str) -> String {
 async fn tls_receiver() -> (tempfile::TempDir, HecReceiver) {
     let certs = tempfile::tempdir().unwrap();
     make_certificates(certs.path());
-    let cert = std::fs::read(certs.path().join("server.pem")).unwrap();
-    let key = std::fs::read(certs.path().join("server.key")).unwrap();
-    let hec = HecReceiver::start_tls(TOKEN, &cert, &key).await;
+    let files = auditflow::config::TlsFiles {
+        cert: certs.path().join("server.pem"),
+        key: certs.path().join("server.key"),
+    };
+    let hec = HecReceiver::start_tls(TOKEN, &files).await;
     (certs, hec)
 }
 

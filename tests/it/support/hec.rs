@@ -15,6 +15,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use datafusion_postgres::pgwire::tokio::tokio_rustls::TlsAcceptor;
 use serde_json::{Value, json};
 
 #[derive(Default)]
@@ -87,12 +88,12 @@ impl HecReceiver {
         }
     }
 
-    /// The same receiver over HTTPS, with the given PEM certificate chain and PKCS#8 key: each
+    /// The same receiver over HTTPS, on the TLS settings the project's own servers use
+    /// (`query::conn::tls_config`) with the PEM certificate chain and key in `files`: each
     /// connection is TLS-accepted, then served HTTP/1.1.
-    pub async fn start_tls(token: &str, cert_pem: &[u8], key_pem: &[u8]) -> HecReceiver {
+    pub async fn start_tls(token: &str, files: &auditflow::config::TlsFiles) -> HecReceiver {
         let (state, app) = HecReceiver::app(token);
-        let identity = native_tls::Identity::from_pkcs8(cert_pem, key_pem).unwrap();
-        let acceptor = tokio_native_tls::TlsAcceptor::from(native_tls::TlsAcceptor::new(identity).unwrap());
+        let acceptor = TlsAcceptor::from(auditflow::query::conn::tls_config(files, &[b"http/1.1"]).unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let sessions = Arc::new(AtomicUsize::new(0));
