@@ -16,7 +16,8 @@
 //!   during that phase and the harness's own share of the cores (producer, mock broker and
 //!   receiver), which together say how close to saturated the two cores were;
 //! - with `DRAIN_LATENCY_TIMELINE=1`, each 100 ms of the latency phase whose slowest event took
-//!   40 ms or more (stderr, with its time since the epoch to find it in `DRAIN_LOG`).
+//!   40 ms or more (stderr, with its time since the epoch to find it in `DRAIN_LOG`);
+//!   `DRAIN_LATENCY_TIMELINE=N` sets that bound to N ms (0: every 100 ms).
 //!
 //! The mock cluster keeps only the newest 5 MB of a partition, so the backlog is spread over as
 //! many partitions as it needs. Run: `cargo bench --bench drain` (`DRAIN_EVENTS=600000` for the
@@ -72,6 +73,8 @@ struct Receiver {
     latency: Mutex<Option<Histogram<u64>>>,
     /// Whether `DRAIN_LATENCY_TIMELINE` is set (read once, not per request).
     timeline_on: bool,
+    /// The slowest event, in ms, that puts 100 ms of the timeline on stderr.
+    timeline_worst_ms: u64,
     /// With `timeline_on`: for each 100 ms of arrivals (its index: milliseconds since the epoch
     /// / 100), the events and the worst latency, to show where a tail comes from.
     timeline: Mutex<Vec<(i64, u64, u64)>>,
@@ -198,6 +201,11 @@ impl Receiver {
 async fn start_receiver() -> (Arc<Receiver>, String) {
     let receiver = Arc::new(Receiver {
         timeline_on: std::env::var_os("DRAIN_LATENCY_TIMELINE").is_some(),
+        timeline_worst_ms: std::env::var("DRAIN_LATENCY_TIMELINE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&ms| ms != 1)
+            .unwrap_or(40),
         ..Receiver::default()
     });
     let app = Router::new()
@@ -527,7 +535,7 @@ async fn run_mode(
     let h = receiver.latency.lock().unwrap().take().unwrap();
     let timeline = std::mem::take(&mut *receiver.timeline.lock().unwrap());
     if let Some(&(start, _, _)) = timeline.first() {
-        for (slot, n, worst) in timeline.iter().filter(|s| s.2 >= 40) {
+        for (slot, n, worst) in timeline.iter().filter(|s| s.2 >= receiver.timeline_worst_ms) {
             eprintln!(
                 "drain: timeline +{} ms (at {} ms since the epoch): {n} events, worst {worst} ms",
                 (slot - start) * 100,
