@@ -194,6 +194,21 @@ fn bench_dedupe(c: &mut Criterion) {
             criterion::BatchSize::LargeInput,
         )
     });
+    // As the processor inserts a poll's ids: keys first, their slots read ahead, then inserts.
+    group.bench_function("insert_at_capacity_warmed", |b| {
+        b.iter_batched(
+            || {
+                next += BATCH;
+                (next - BATCH..next).map(id).collect::<Vec<_>>()
+            },
+            |ids| {
+                let keys: Vec<_> = ids.iter().map(|id| dedupe.key(id)).collect();
+                dedupe.warm(&keys);
+                keys.into_iter().filter(|&key| dedupe.insert_key(key, now)).count()
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
     group.finish();
 }
 

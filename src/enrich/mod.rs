@@ -1,6 +1,7 @@
 //! Enrichment: who owns what (namespace prefixes and the directory) and duplicate removal.
 
 pub mod dedupe;
+pub mod dedupe_store;
 pub mod directory;
 pub mod ownership;
 

@@ -55,7 +55,7 @@ impl Dispatcher {
         let closed = || PipelineError::Task("a sink or the committer stopped".into());
         let mut acks = Vec::new();
         let ids = if self.record_ids {
-            crate::enrich::dedupe::id_lines(&batch.audit)
+            crate::enrich::dedupe_store::id_lines(&batch.audit)
         } else {
             String::new()
         };

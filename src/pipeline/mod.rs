@@ -21,7 +21,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::enrich::dedupe::{Dedupe, DedupeStore};
+use crate::enrich::dedupe::Dedupe;
+use crate::enrich::dedupe_store::DedupeStore;
 use crate::enrich::directory::Directory;
 use crate::enrich::ownership::Ownership;
 use crate::event::{Alert, Positions, now_us};

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::decode::DecodeError;
 use crate::decode::audit::AuditDecoder;
 use crate::decode::metrics::{MetricHeaders, MetricsDecoder};
-use crate::enrich::dedupe::Dedupe;
+use crate::enrich::dedupe::{Dedupe, IdKey};
 use crate::enrich::directory::Directory;
 use crate::enrich::ownership::Ownership;
 use crate::event::arrow as tables;
@@ -230,6 +230,8 @@ impl Intake {
         // Rows stay where the decode put them (they are ~600 bytes each: moving every one
         // into another vector was a twentieth of this stage); repeats are cut out after.
         let DecodedAudit { mut rows, failed } = self.decode_audit(records);
+        let keys: Vec<IdKey> = rows.iter().map(|row| self.dedupe.key(&row.id)).collect();
+        self.dedupe.warm(&keys);
         let mut failed = failed.into_iter().peekable();
         let mut repeats = Vec::new();
         let mut next_row = 0;
@@ -251,7 +253,7 @@ impl Intake {
                         offset: record.offset,
                     };
                     self.clocks[0].observe(&record.topic, record.partition, row.time_us, now);
-                    if self.dedupe.insert(&row.id, now) {
+                    if self.dedupe.insert_key(keys[next_row - 1], now) {
                         row.origin = Some(origin);
                     } else {
                         repeats.push(next_row - 1);

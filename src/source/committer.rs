@@ -34,7 +34,7 @@ const MIN_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(
 pub struct Pending {
     pub positions: Positions,
     pub acks: Vec<oneshot::Receiver<()>>,
-    /// Ids of the batch's audit events, one per line (`enrich::dedupe::id_lines`), remembered
+    /// Ids of the batch's audit events, one per line (`enrich::dedupe_store::id_lines`), remembered
     /// (the dedupe store) once delivered.
     pub ids: String,
     /// The batch's share of `kafka.max_inflight_bytes`, given back once every sink accepted it
