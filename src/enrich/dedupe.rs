@@ -99,10 +99,11 @@ impl Live {
 /// One shard of the id memory: an open-addressing table of entries, probed linearly from the
 /// slot its hash names, an empty slot holding [`VACANT`].
 ///
-/// A lookup reads one cache line (four entries) and rarely the next: entries sit in the slots
-/// themselves. hashbrown's table, which this replaced, keeps its control bytes apart from its
-/// entries, and at a few million ids each is a cache miss: its lookup was 9% of the processor's
-/// time on one core (`--bench pipeline`, realistic mix), two thirds of it those two misses.
+/// Where an id's probe starts follows from its key alone, so a poll's slots can be read ahead
+/// ([`Dedupe::warm`]); hashbrown's table, which this replaced, hides its slots. At two million
+/// ids its inserts were 14% of the samples of the realistic `--bench pipeline` stage on one
+/// core, nearly all of it waiting on memory. (The table alone, without reading ahead, measured
+/// no faster: the core already overlapped hashbrown's two misses per insert.)
 #[derive(Default)]
 struct Shard {
     /// A power of two of slots, or none before the first id.
@@ -136,7 +137,8 @@ impl Shard {
         };
         if self.used + 1 > room(self.slots.len()) {
             self.sweep(live);
-            at = self.vacant(entry);
+            // Absent still: the vacant slot where its probe now ends.
+            at = self.find(entry).unwrap_or_else(|vacant| vacant);
         }
         self.slots[at] = entry;
         self.used += 1;
@@ -164,16 +166,6 @@ impl Shard {
         }
     }
 
-    /// The vacant slot where `entry`'s probe ends, for an id known to be absent.
-    fn vacant(&self, entry: Entry) -> usize {
-        let mask = self.slots.len() - 1;
-        let mut at = table_hash(&entry) as usize & mask;
-        while self.slots[at] != VACANT {
-            at = (at + 1) & mask;
-        }
-        at
-    }
-
     /// Makes room in a full shard: its live entries move into fresh slots, with room for twice
     /// as many (a shard full of live ones doubles), so a shard keeps room for about as many expired
     /// entries as live ones and is swept at most once per that many inserts. (A probe runs
@@ -192,7 +184,8 @@ impl Shard {
         self.slots = vec![VACANT; slots].into_boxed_slice();
         self.used = kept.len();
         for entry in kept {
-            let at = self.vacant(entry);
+            // Each id once: its probe ends at a vacant slot.
+            let at = self.find(entry).unwrap_or_else(|vacant| vacant);
             self.slots[at] = entry;
         }
     }
