@@ -71,11 +71,10 @@ struct Receiver {
     next_ack: AtomicU64,
     /// Milliseconds from each event's `time` to its arrival, once `measuring` is set.
     latency: Mutex<Option<Histogram<u64>>>,
-    /// Whether `DRAIN_LATENCY_TIMELINE` is set (read once, not per request).
-    timeline_on: bool,
-    /// The slowest event, in ms, that puts 100 ms of the timeline on stderr.
-    timeline_worst_ms: u64,
-    /// With `timeline_on`: for each 100 ms of arrivals (its index: milliseconds since the epoch
+    /// With `DRAIN_LATENCY_TIMELINE` set (read once, not per request): the slowest event, in
+    /// ms, that puts 100 ms of the timeline on stderr.
+    timeline_worst_ms: Option<u64>,
+    /// With `timeline_worst_ms`: for each 100 ms of arrivals (its index: milliseconds since the epoch
     /// / 100), the events and the worst latency, to show where a tail comes from.
     timeline: Mutex<Vec<(i64, u64, u64)>>,
 }
@@ -89,7 +88,7 @@ impl Receiver {
                 h.saturating_record(ms);
             }
         }
-        if !self.timeline_on {
+        if self.timeline_worst_ms.is_none() {
             return;
         }
         let slot = now_ms as i64 / 100;
@@ -200,12 +199,10 @@ impl Receiver {
 
 async fn start_receiver() -> (Arc<Receiver>, String) {
     let receiver = Arc::new(Receiver {
-        timeline_on: std::env::var_os("DRAIN_LATENCY_TIMELINE").is_some(),
+        // `1` turns it on at the default bound; another number is the bound.
         timeline_worst_ms: std::env::var("DRAIN_LATENCY_TIMELINE")
             .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&ms| ms != 1)
-            .unwrap_or(40),
+            .map(|v| v.parse().ok().filter(|&ms| ms != 1).unwrap_or(40)),
         ..Receiver::default()
     });
     let app = Router::new()
@@ -547,7 +544,7 @@ async fn run_mode(
     let h = receiver.latency.lock().unwrap().take().unwrap();
     let timeline = std::mem::take(&mut *receiver.timeline.lock().unwrap());
     if let Some(&(start, _, _)) = timeline.first() {
-        for (slot, n, worst) in timeline.iter().filter(|s| s.2 >= receiver.timeline_worst_ms) {
+        for (slot, n, worst) in timeline.iter().filter(|s| Some(s.2) >= receiver.timeline_worst_ms) {
             eprintln!(
                 "drain: timeline +{} ms (at {} ms since the epoch): {n} events, worst {worst} ms",
                 (slot - start) * 100,

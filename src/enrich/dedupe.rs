@@ -77,12 +77,6 @@ fn identity(entry: Entry) -> u128 {
     entry >> STAMP_BITS
 }
 
-/// The table's hash of an entry: bits its shard does not fix (the top ones) and its stamp does
-/// not change (the low ones). The SipHash is uniform; hashing it again would add nothing.
-fn table_hash(entry: &Entry) -> u64 {
-    identity(*entry) as u64
-}
-
 /// Which stamps are live: those from the oldest live bucket's to the next bucket's, exclusive.
 #[derive(Clone, Copy)]
 struct Live {
@@ -145,6 +139,13 @@ impl Shard {
         true
     }
 
+    /// The slot `entry`'s probe starts at, in a shard with slots: the low bits of its id, which
+    /// its shard does not fix (the top ones) and its stamp does not change. The SipHash is
+    /// uniform; hashing it again would add nothing.
+    fn home(&self, entry: Entry) -> usize {
+        identity(entry) as usize & (self.slots.len() - 1)
+    }
+
     /// The slot holding `entry`'s id, or else the vacant slot where its probe ends (none when
     /// there are no slots yet: `usize::MAX`, which [`Shard::remember`] never writes to, since a
     /// shard without slots has no room).
@@ -153,7 +154,7 @@ impl Shard {
             return Err(usize::MAX);
         }
         let mask = self.slots.len() - 1;
-        let mut at = table_hash(&entry) as usize & mask;
+        let mut at = self.home(entry);
         loop {
             let slot = self.slots[at];
             if slot == VACANT {
@@ -230,11 +231,8 @@ impl Dedupe {
         let mut read: Entry = 0;
         for key in keys {
             let shard = &self.seen[shard_of(key.0)];
-            if let Some(slot) = shard
-                .slots
-                .get(table_hash(&key.0) as usize & shard.slots.len().wrapping_sub(1))
-            {
-                read ^= *slot;
+            if !shard.slots.is_empty() {
+                read ^= shard.slots[shard.home(key.0)];
             }
         }
         std::hint::black_box(read);
