@@ -7,6 +7,7 @@
 //! runs the poll loop.
 
 mod background;
+mod decode_helper;
 mod dispatch;
 mod evaluator;
 mod processor;

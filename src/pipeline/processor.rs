@@ -17,13 +17,14 @@ use crate::enrich::dedupe::{Dedupe, IdKey};
 use crate::enrich::directory::Directory;
 use crate::enrich::ownership::Ownership;
 use crate::event::arrow as tables;
-use crate::event::{Alert, AuditRow, Batch, DeadLetter, Origin, Positions, now_us};
+use crate::event::{Alert, Batch, DeadLetter, Origin, Positions, now_us};
 use crate::query::window::Window;
 use crate::rules::clock::EventClock;
 use crate::rules::{self, RuleEngine, Source};
 use crate::source::{Record, Stream, metrics_api};
 use crate::telemetry::{StreamLabel, Telemetry};
 
+use super::decode_helper::{DecodeHelper, DecodedAudit, Enrichment, Part, decode_part};
 use super::dispatch::Dispatcher;
 use super::evaluator::{
     Decoded, EVALUATE_AHEAD_MIN_ROWS, EVALUATE_AHEAD_POLLS, EVALUATE_AHEAD_ROWS, Evaluator, Step, run_evaluator,
@@ -48,9 +49,9 @@ pub struct Intake {
     audit: AuditDecoder,
     /// More decoders, one per further core: a large poll's audit records are decoded and
     /// enriched on as many threads as there are cores (the rest of the stage is in order).
-    audit_helpers: Vec<AuditDecoder>,
+    audit_helpers: Vec<DecodeHelper>,
     metrics: MetricsDecoder,
-    ownership: Ownership,
+    ownership: Arc<Ownership>,
     directory: Arc<Directory>,
     dedupe: Dedupe,
     window: Window,
@@ -84,10 +85,12 @@ impl Processor {
         let audit = AuditDecoder::new(config.decode.validate_schema, config.decode.max_record_bytes);
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let intake = Intake {
-            audit_helpers: (1..cores.min(MAX_DECODE_THREADS)).map(|_| audit.clone()).collect(),
+            audit_helpers: (1..cores.min(MAX_DECODE_THREADS))
+                .map(|_| DecodeHelper::new(audit.clone()))
+                .collect(),
             audit,
             metrics: MetricsDecoder::new(config.decode.clone()),
-            ownership,
+            ownership: Arc::new(ownership),
             directory,
             dedupe: Dedupe::new(config.enrich.dedupe_horizon, config.enrich.dedupe_capacity),
             window,
@@ -179,7 +182,7 @@ impl Intake {
         let Some(rx) = self.reloads.as_mut() else { return };
         while let Ok(r) = rx.try_recv() {
             if let Some(o) = r.ownership {
-                self.ownership = o;
+                self.ownership = Arc::new(o);
                 tracing::info!("namespace file reloaded");
             }
             if let Some(d) = r.directory {
@@ -334,75 +337,43 @@ impl Intake {
     /// applied afterwards in order), so the split changes no result.
     fn decode_audit(&mut self, records: &[Record]) -> DecodedAudit {
         let audit: Vec<&Record> = records.iter().filter(|r| r.stream == Stream::Audit).collect();
-        let (ownership, directory) = (&self.ownership, &*self.directory);
-        // `first`: the position of `part[0]` among the poll's audit records; `room`: the rows
-        // its vector is made for (the first part's takes the others' in after).
-        let decode = |decoder: &mut AuditDecoder, part: &[&Record], first: usize, room: usize| -> DecodedAudit {
-            let mut out = DecodedAudit {
-                rows: Vec::with_capacity(room),
-                failed: Vec::new(),
-            };
-            for (at, r) in (first..).zip(part) {
-                let Some(payload) = &r.payload else {
-                    out.failed.push((at, DecodeError::Empty));
-                    continue;
-                };
-                match decoder.decode_shared(payload) {
-                    Ok(mut row) => {
-                        ownership.enrich_audit(&mut row);
-                        if directory.enrich_audit(&mut row) {
-                            crate::enrich::ownership::set_cross_namespace(&mut row);
-                        }
-                        out.rows.push(row);
-                    }
-                    Err(e) => out.failed.push((at, e)),
-                }
-            }
-            out
+        let enrichment = Enrichment {
+            ownership: self.ownership.clone(),
+            directory: self.directory.clone(),
         };
         let threads = (audit.len() / MIN_RECORDS_PER_THREAD).clamp(1, self.audit_helpers.len() + 1);
         if threads == 1 {
-            return decode(&mut self.audit, &audit, 0, audit.len());
+            let payloads = audit.iter().map(|r| r.payload.as_ref());
+            return decode_part(&mut self.audit, &enrichment, payloads, 0, audit.len());
         }
         let per_thread = audit.len().div_ceil(threads);
         let mut parts = audit.chunks(per_thread).enumerate();
         let mine = parts.next().map(|(_, part)| part).unwrap_or_default();
-        let (audit_decoder, helpers) = (&mut self.audit, &mut self.audit_helpers);
-        std::thread::scope(|scope| {
-            let mut pending = Vec::new();
-            for ((i, part), helper) in parts.zip(helpers.iter_mut()) {
-                let first = i * per_thread;
-                // A thread that cannot be started leaves its part to this one.
-                let started = std::thread::Builder::new()
-                    .name("decode".into())
-                    .spawn_scoped(scope, move || decode(helper, part, first, part.len()));
-                pending.push(started.map_err(|e| {
-                    tracing::debug!(error = %e, "no decode thread; decoding in line");
-                    (part, first)
-                }));
-            }
-            let mut out = decode(audit_decoder, mine, 0, audit.len());
-            for p in pending {
-                let more = match p {
-                    Ok(handle) => match handle.join() {
-                        Ok(more) => more,
-                        Err(panic) => std::panic::resume_unwind(panic),
-                    },
-                    Err((part, first)) => decode(audit_decoder, part, first, part.len()),
-                };
-                out.rows.extend(more.rows);
-                out.failed.extend(more.failed);
-            }
-            out
-        })
+        // Each later part goes to a helper; one without a thread comes back to be decoded here.
+        let mut pending = Vec::new();
+        for ((i, part), helper) in parts.zip(self.audit_helpers.iter_mut()) {
+            let handed = helper.start(Part {
+                payloads: part.iter().map(|r| r.payload.clone()).collect(),
+                first: i * per_thread,
+                enrichment: enrichment.clone(),
+            });
+            pending.push((helper, handed.err()));
+        }
+        let payloads = mine.iter().map(|r| r.payload.as_ref());
+        let mut out = decode_part(&mut self.audit, &enrichment, payloads, 0, audit.len());
+        for (helper, returned) in pending {
+            let more = match returned {
+                None => helper.finish(),
+                Some(part) => {
+                    let payloads = part.payloads.iter().map(Option::as_ref);
+                    decode_part(&mut self.audit, &enrichment, payloads, part.first, part.payloads.len())
+                }
+            };
+            out.rows.extend(more.rows);
+            out.failed.extend(more.failed);
+        }
+        out
     }
-}
-
-/// A poll's audit records decoded and enriched: the rows in record order, and the records
-/// that failed, by their position among the poll's audit records (ascending).
-struct DecodedAudit {
-    rows: Vec<AuditRow>,
-    failed: Vec<(usize, DecodeError)>,
 }
 
 /// A record that could not be decoded, as the dead-letter sink takes it.

@@ -158,7 +158,9 @@ fn rows_keep_their_records_through_failures_and_repeats() {
         .collect();
     let failed = |offset: i64| offset % 97 == 5 || offset % 89 == 7;
     // Four threads of 300 records each, whatever this machine's cores.
-    processor.intake.audit_helpers = vec![processor.intake.audit.clone(); 3];
+    processor.intake.audit_helpers = (0..3)
+        .map(|_| DecodeHelper::new(processor.intake.audit.clone()))
+        .collect();
     let (batch, _) = processor.intake.take_rows(&records);
 
     let dead: Vec<i64> = batch.dead_letters.iter().map(|d| d.offset).collect();
