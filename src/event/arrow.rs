@@ -159,9 +159,14 @@ fn strings<'a>(capacity: usize, values: impl Iterator<Item = Option<&'a str>> + 
 
 /// A text column of the type `data_type` names: plain strings, or a dictionary with Int32 keys
 /// (how the window stores repetitive columns).
-fn text<'a>(data_type: &DataType, n: usize, values: impl Iterator<Item = Option<&'a str>> + Clone) -> ArrayRef {
+fn text<'a>(
+    data_type: &DataType,
+    n: usize,
+    values: impl Iterator<Item = Option<&'a str>> + Clone,
+    maps: &mut DictionaryMaps<'a>,
+) -> ArrayRef {
     match data_type {
-        DataType::Dictionary(..) => dictionary(n, values),
+        DataType::Dictionary(..) => dictionary(n, values, maps),
         _ => strings(n, values),
     }
 }
@@ -171,16 +176,33 @@ fn text_type<'s>(schema: &'s Schema, name: &str) -> &'s DataType {
     schema.field_with_name(name).map_or(&DataType::Utf8, |f| f.data_type())
 }
 
+/// The lookups [`dictionary`] builds a column with, kept from one column of a batch to the
+/// next: growing two fresh maps per column and batch was about one allocation per event.
+pub(crate) struct DictionaryMaps<'a> {
+    by_address: HashMap<(usize, usize), i32, foldhash::fast::RandomState>,
+    by_value: HashMap<&'a str, i32, foldhash::fast::RandomState>,
+}
+
+impl Default for DictionaryMaps<'_> {
+    fn default() -> Self {
+        let state = foldhash::fast::RandomState::default();
+        DictionaryMaps {
+            by_address: HashMap::with_hasher(state.clone()),
+            by_value: HashMap::with_hasher(state),
+        }
+    }
+}
+
 /// Dictionary-encoded text, each distinct value once, in order of first use. The decoder hands
 /// out one shared copy of each repeated value ([`super::Text`]), so a row's value is found by
 /// its address (hashing a pointer, not the string); a value met at a new address (long, or
 /// decoded before the decoder's set started over) is looked up by its contents once.
 /// Building the dictionary this way, instead of plain strings cast to a dictionary, was the
 /// window's largest cost per row.
-fn dictionary<'a>(n: usize, values: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
-    let state = foldhash::fast::RandomState::default();
-    let mut by_address: HashMap<(usize, usize), i32, _> = HashMap::with_hasher(state.clone());
-    let mut by_value: HashMap<&str, i32, _> = HashMap::with_hasher(state);
+fn dictionary<'a>(n: usize, values: impl Iterator<Item = Option<&'a str>>, maps: &mut DictionaryMaps<'a>) -> ArrayRef {
+    maps.by_address.clear();
+    maps.by_value.clear();
+    let DictionaryMaps { by_address, by_value } = maps;
     let mut keys = Vec::with_capacity(n);
     let mut nulls = NullBufferBuilder::new(n);
     let mut distinct = StringBuilder::new();
@@ -329,6 +351,7 @@ fn audit_batch_of<'r>(
     dense: &DenseChunks,
 ) -> RecordBatch {
     let n = rows.len();
+    let mut maps = DictionaryMaps::default();
     // One array of empty strings serves every column left out.
     let empty = std::cell::OnceCell::new();
     // A macro, not a closure taking `fn` pointers: each column's accessor is inlined into its
@@ -337,7 +360,7 @@ fn audit_batch_of<'r>(
         ($name:literal, $value:expr) => {{
             let data_type = text_type(schema, $name);
             if keep($name) || data_type != &DataType::Utf8 {
-                text(data_type, n, rows.iter().map(|r| $value(*r)))
+                text(data_type, n, rows.iter().map(|r| $value(*r)), &mut maps)
             } else {
                 empty.get_or_init(|| empty_strings(n)).clone()
             }
@@ -399,8 +422,10 @@ pub fn metrics_batch(rows: &[MetricSample]) -> RecordBatch {
 /// `schema` says.
 pub fn metrics_batch_as(rows: &[&MetricSample], schema: &SchemaRef) -> RecordBatch {
     let n = rows.len();
-    let s =
-        |name: &str, f: fn(&MetricSample) -> Option<&str>| text(text_type(schema, name), n, rows.iter().map(|r| f(r)));
+    let mut maps = DictionaryMaps::default();
+    let mut s = |name: &str, f: fn(&MetricSample) -> Option<&str>| {
+        text(text_type(schema, name), n, rows.iter().map(|r| f(r)), &mut maps)
+    };
     let mut value = Float64Builder::with_capacity(n);
     let mut partition = Int32Builder::with_capacity(n);
     for r in rows {
@@ -498,7 +523,11 @@ mod tests {
             Some(&*shared),
             Some(other.as_str()),
         ];
-        let column = dictionary(values.len(), values.iter().copied());
+        let mut maps = DictionaryMaps::default();
+        let column = dictionary(values.len(), values.iter().copied(), &mut maps);
+        // The maps kept from a column before change nothing in the next.
+        let again = dictionary(values.len(), values.iter().copied(), &mut maps);
+        assert_eq!(again.to_data(), column.to_data());
         let keys = column.as_dictionary::<Int32Type>();
         assert_eq!(keys.values().len(), 2, "alice once, bob once");
         assert_eq!(column.null_count(), 1);
