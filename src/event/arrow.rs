@@ -177,8 +177,8 @@ fn text_type<'s>(schema: &'s Schema, name: &str) -> &'s DataType {
 }
 
 /// The lookups [`dictionary`] builds a column with, kept from one column of a batch to the
-/// next: growing two fresh maps per column and batch was about one allocation per event.
-pub(crate) struct DictionaryMaps<'a> {
+/// next: two fresh maps per column and batch were grown (allocated again) for every batch.
+struct DictionaryMaps<'a> {
     by_address: HashMap<(usize, usize), i32, foldhash::fast::RandomState>,
     by_value: HashMap<&'a str, i32, foldhash::fast::RandomState>,
 }

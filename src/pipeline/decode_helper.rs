@@ -98,15 +98,13 @@ impl DecodeHelper {
     /// Hands `part` to the thread (starting it if need be); gives it back when there is no
     /// thread, for the caller to decode.
     pub(super) fn start(&mut self, part: Part) -> Result<(), Part> {
-        if let State::NotStarted(_) = self.state {
-            let State::NotStarted(decoder) = std::mem::replace(&mut self.state, State::Unavailable) else {
-                unreachable!("matched just above");
-            };
-            self.state = spawn(decoder).unwrap_or_else(|e| {
+        self.state = match std::mem::replace(&mut self.state, State::Unavailable) {
+            State::NotStarted(decoder) => spawn(decoder).unwrap_or_else(|e| {
                 tracing::debug!(error = %e, "no decode thread; decoding in line");
                 State::Unavailable
-            });
-        }
+            }),
+            started => started,
+        };
         match &self.state {
             State::Running { parts, .. } => parts.send(part).map_err(|mpsc::SendError(part)| part),
             _ => Err(part),
