@@ -51,8 +51,8 @@ pub struct Intake {
     /// enriched on as many threads as there are cores (the rest of the stage is in order).
     audit_helpers: Vec<DecodeHelper>,
     metrics: MetricsDecoder,
-    ownership: Arc<Ownership>,
-    directory: Arc<Directory>,
+    /// The namespace and directory lookups, shared with the decode helpers.
+    enrichment: Enrichment,
     dedupe: Dedupe,
     window: Window,
     /// The audit columns the loaded rules read: the only ones their batches carry; follows
@@ -90,8 +90,10 @@ impl Processor {
                 .collect(),
             audit,
             metrics: MetricsDecoder::new(config.decode.clone()),
-            ownership: Arc::new(ownership),
-            directory,
+            enrichment: Enrichment {
+                ownership: Arc::new(ownership),
+                directory,
+            },
             dedupe: Dedupe::new(config.enrich.dedupe_horizon, config.enrich.dedupe_capacity),
             window,
             rules_columns,
@@ -182,11 +184,11 @@ impl Intake {
         let Some(rx) = self.reloads.as_mut() else { return };
         while let Ok(r) = rx.try_recv() {
             if let Some(o) = r.ownership {
-                self.ownership = Arc::new(o);
+                self.enrichment.ownership = Arc::new(o);
                 tracing::info!("namespace file reloaded");
             }
             if let Some(d) = r.directory {
-                self.directory = d.clone();
+                self.enrichment.directory = d.clone();
                 step.directory = Some(d);
                 tracing::info!("directory reloaded");
             }
@@ -283,7 +285,7 @@ impl Intake {
                             };
                             for mut s in samples {
                                 self.clocks[1].observe(&record.topic, record.partition, s.time_us, active);
-                                self.ownership.enrich_metric(&mut s);
+                                self.enrichment.ownership.enrich_metric(&mut s);
                                 batch.metrics.push(s);
                             }
                         }
@@ -337,14 +339,11 @@ impl Intake {
     /// applied afterwards in order), so the split changes no result.
     fn decode_audit(&mut self, records: &[Record]) -> DecodedAudit {
         let audit: Vec<&Record> = records.iter().filter(|r| r.stream == Stream::Audit).collect();
-        let enrichment = Enrichment {
-            ownership: self.ownership.clone(),
-            directory: self.directory.clone(),
-        };
+        let enrichment = &self.enrichment;
         let threads = (audit.len() / MIN_RECORDS_PER_THREAD).clamp(1, self.audit_helpers.len() + 1);
         if threads == 1 {
             let payloads = audit.iter().map(|r| r.payload.as_ref());
-            return decode_part(&mut self.audit, &enrichment, payloads, 0, audit.len());
+            return decode_part(&mut self.audit, enrichment, payloads, 0, audit.len());
         }
         let per_thread = audit.len().div_ceil(threads);
         let mut parts = audit.chunks(per_thread).enumerate();
@@ -360,13 +359,13 @@ impl Intake {
             pending.push((helper, handed.err()));
         }
         let payloads = mine.iter().map(|r| r.payload.as_ref());
-        let mut out = decode_part(&mut self.audit, &enrichment, payloads, 0, audit.len());
+        let mut out = decode_part(&mut self.audit, enrichment, payloads, 0, audit.len());
         for (helper, returned) in pending {
             let more = match returned {
                 None => helper.finish(),
                 Some(part) => {
                     let payloads = part.payloads.iter().map(Option::as_ref);
-                    decode_part(&mut self.audit, &enrichment, payloads, part.first, part.payloads.len())
+                    decode_part(&mut self.audit, enrichment, payloads, part.first, part.payloads.len())
                 }
             };
             out.rows.extend(more.rows);
